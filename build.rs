@@ -1,0 +1,30 @@
+//! Compiles `proto/` with protox (pure Rust, no system protoc) and tonic-prost-build.
+
+use protox::prost::Message;
+use std::{env, path::PathBuf};
+
+const PROTOS: [&str; 5] = [
+    "netpathway/v1/common.proto",
+    "netpathway/v1/patient.proto",
+    "netpathway/v1/eligibility_service.proto",
+    "netpathway/v1/funding_service.proto",
+    "netpathway/v1/policy_service.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    // compile_fds() does not honour file_descriptor_set_path(), so the set for reflection is written here.
+    std::fs::write(
+        out_dir.join("netpathway_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .client_mod_attribute(".", "#[cfg(feature = \"client\")]")
+        .server_mod_attribute(".", "#[cfg(feature = \"server\")]")
+        .compile_fds(fds)?;
+    Ok(())
+}

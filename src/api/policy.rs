@@ -1,0 +1,107 @@
+//! PolicyService.
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, Bridge, Reader};
+use super::{ActivePolicy, invalid_argument, requested_therapies};
+use crate::engine::policy::Severity;
+use crate::pb;
+use crate::pb::policy_service_server::PolicyService;
+
+pub struct PolicyApi {
+    policy: ActivePolicy,
+}
+
+impl PolicyApi {
+    pub fn new(policy: ActivePolicy) -> Self {
+        PolicyApi { policy }
+    }
+}
+
+#[tonic::async_trait]
+impl PolicyService for PolicyApi {
+    async fn get_active_policy(
+        &self,
+        request: Request<pb::GetActivePolicyRequest>,
+    ) -> Result<Response<pb::GetActivePolicyResponse>, Status> {
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        let therapies = requested_therapies(&mut r, &req.therapies);
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        let policy = self.policy.current();
+        let (effective_from, effective_to) = convert::period(&policy.period);
+        let described = therapies
+            .iter()
+            .map(|t| match policy.therapies.get(t) {
+                None => pb::TherapyPolicy {
+                    therapy: t.to_proto(),
+                    decided: false,
+                    ..Default::default()
+                },
+                Some(rules) => pb::TherapyPolicy {
+                    therapy: t.to_proto(),
+                    decided: true,
+                    criteria: rules
+                        .eligibility
+                        .iter()
+                        .map(|&c| {
+                            let c = &policy.criteria[c];
+                            pb::CriterionDefinition {
+                                criterion_id: c.id.clone(),
+                                description: c.description.clone(),
+                                role: convert::role(c.role) as i32,
+                                check: c.check_name.clone(),
+                                parameters: c.parameters.clone(),
+                                source: Some(convert::source(&policy, c.source)),
+                                severity: c
+                                    .severity
+                                    .map_or(0, |s: Severity| convert::severity(s) as i32),
+                            }
+                        })
+                        .collect(),
+                    routes: rules
+                        .routes
+                        .iter()
+                        .map(|route| {
+                            let (effective_from, effective_to) = convert::period(&route.period);
+                            pb::RouteDefinition {
+                                route_id: route.id.clone(),
+                                nation: route.nation.to_proto(),
+                                route: convert::route(policy.route_on(route, super::today()))
+                                    as i32,
+                                when_criteria: route
+                                    .when
+                                    .iter()
+                                    .map(|&c| policy.criteria[c].id.clone())
+                                    .collect(),
+                                commissioner_id: policy.commissioners[route.commissioner]
+                                    .id
+                                    .clone(),
+                                prior_approval: convert::prior_approval(route.prior_approval)
+                                    as i32,
+                                next_route_if_refused: convert::route(route.next_if_refused) as i32,
+                                effective_from,
+                                effective_to,
+                                source: Some(convert::source(&policy, route.source)),
+                                summary: route.summary.clone(),
+                            }
+                        })
+                        .collect(),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::GetActivePolicyResponse {
+            policy: Some(convert::policy_reference(&policy)),
+            title: policy.title.clone(),
+            effective_from,
+            effective_to,
+            therapies: described,
+            sources: (0..policy.sources.len())
+                .map(|i| convert::source(&policy, i))
+                .collect(),
+            example_case_count: i32::try_from(policy.cases.len()).unwrap_or(i32::MAX),
+        }))
+    }
+}

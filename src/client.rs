@@ -1,0 +1,211 @@
+//! The typed client other Rust services use to call net-pathway.
+//!
+//! ```no_run
+//! use net_pathway::client::NetPathwayClient;
+//! use net_pathway::pb;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = NetPathwayClient::connect("http://127.0.0.1:50051").await?;
+//! let patient = pb::PatientProfile {
+//!     demographics: Some(pb::Demographics { nation: pb::Nation::England as i32, age_years: Some(64), ..Default::default() }),
+//!     tumour: Some(pb::Tumour {
+//!         primary_site: pb::PrimarySite::JejunumIleum as i32,
+//!         ki67_percent: Some(8.0),
+//!         ..Default::default()
+//!     }),
+//!     ..Default::default()
+//! };
+//! let answer = client
+//!     .evaluate_eligibility(pb::EvaluateEligibilityRequest {
+//!         patient: Some(patient),
+//!         therapies: vec![pb::Therapy::PrrtLu177Dotatate as i32],
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! for therapy in answer.therapies {
+//!     println!("{}: {}", therapy.therapy().as_str_name(), therapy.summary);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{IntoRequest, Request, Status};
+use tonic_types::StatusExt;
+
+use crate::pb;
+use crate::pb::eligibility_service_client::EligibilityServiceClient;
+use crate::pb::funding_service_client::FundingServiceClient;
+use crate::pb::policy_service_client::PolicyServiceClient;
+
+/// Connect timeout used by [`NetPathwayClient::connect`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline sent with every call unless [`ClientOptions::deadline`] says otherwise.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a client could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint '{endpoint}': {source}")]
+    InvalidEndpoint {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// How the client connects and calls.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// Deadline for each call (sent as grpc-timeout so the server can honour it too).
+    pub deadline: Duration,
+    /// Compress requests and accept compressed responses with gzip.
+    pub gzip: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
+            gzip: false,
+        }
+    }
+}
+
+/// A field violation from an INVALID_ARGUMENT answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Proto field path, for example "patient.tumour.ki67_percent".
+    pub field: String,
+    pub description: String,
+}
+
+/// The field violations in a status's google.rpc.BadRequest details (empty if none).
+pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| FieldViolation {
+                    field: v.field.clone(),
+                    description: v.description.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A cheap-to-clone client for all net-pathway services over one HTTP/2 connection.
+#[derive(Debug, Clone)]
+pub struct NetPathwayClient {
+    channel: Channel,
+    options: ClientOptions,
+}
+
+impl NetPathwayClient {
+    /// Connects with [`ClientOptions::default`].
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, ClientOptions::default()).await
+    }
+
+    /// Connects with the given options. `endpoint` is a URI such as `http://127.0.0.1:50051`.
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let endpoint = endpoint.into();
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|source| ClientError::InvalidEndpoint {
+                endpoint: endpoint.clone(),
+                source,
+            })?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect { endpoint, source })?;
+        Ok(NetPathwayClient { channel, options })
+    }
+
+    /// Wraps an existing channel (for TLS or custom settings).
+    pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
+        NetPathwayClient { channel, options }
+    }
+
+    /// The underlying channel, for other gRPC clients such as grpc.health.v1.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    fn request<T>(&self, message: impl IntoRequest<T>) -> Request<T> {
+        let mut request = message.into_request();
+        request.set_timeout(self.options.deadline);
+        request
+    }
+
+    fn compress<C>(&self, client: C, configure: impl FnOnce(C) -> C) -> C {
+        if self.options.gzip {
+            configure(client)
+        } else {
+            client
+        }
+    }
+
+    /// Which therapies the patient can be considered for.
+    pub async fn evaluate_eligibility(
+        &self,
+        request: pb::EvaluateEligibilityRequest,
+    ) -> Result<pb::EvaluateEligibilityResponse, Status> {
+        let mut client = self.compress(EligibilityServiceClient::new(self.channel.clone()), |c| {
+            c.send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip)
+        });
+        Ok(client
+            .evaluate_eligibility(self.request(request))
+            .await?
+            .into_inner())
+    }
+
+    /// How each therapy would be funded.
+    pub async fn classify_funding(
+        &self,
+        request: pb::ClassifyFundingRequest,
+    ) -> Result<pb::ClassifyFundingResponse, Status> {
+        let mut client = self.compress(FundingServiceClient::new(self.channel.clone()), |c| {
+            c.send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip)
+        });
+        Ok(client
+            .classify_funding(self.request(request))
+            .await?
+            .into_inner())
+    }
+
+    /// The active policy: version, hash, therapies, criteria, routes and sources.
+    pub async fn get_active_policy(
+        &self,
+        request: pb::GetActivePolicyRequest,
+    ) -> Result<pb::GetActivePolicyResponse, Status> {
+        let mut client = self.compress(PolicyServiceClient::new(self.channel.clone()), |c| {
+            c.send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip)
+        });
+        Ok(client
+            .get_active_policy(self.request(request))
+            .await?
+            .into_inner())
+    }
+}

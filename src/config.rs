@@ -1,0 +1,58 @@
+//! Command line and `NETPATHWAY_*` environment configuration, in one typed struct.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// net-pathway: NET treatment eligibility and NHS funding decision support over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "net-pathway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and run its example cases. Exit 0: valid and every case passes;
+    /// 2: the file cannot be read or is invalid; 3: valid but an example case fails.
+    Check {
+        /// The policy file (TOML).
+        file: PathBuf,
+    },
+}
+
+/// Settings for serving (the default command).
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "NETPATHWAY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Policy file to serve; the bundled policy (policy/net-pathway.toml) when absent.
+    #[arg(long, env = "NETPATHWAY_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, env = "NETPATHWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Seconds to let calls in flight finish after SIGTERM/SIGINT before exiting anyway.
+    #[arg(long, env = "NETPATHWAY_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

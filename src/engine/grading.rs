@@ -1,0 +1,289 @@
+//! WHO grade and differentiation derived from the pathology (reference §0.1, §0.2;
+//! clinical README position 6): the higher of the Ki-67 and mitotic grades wins, lung typical
+//! carcinoid maps to G1 and atypical to G2, and a stated grade that conflicts with the measured
+//! values is flagged while the higher grade is used.
+
+use serde::Deserialize;
+
+use crate::domain::{Differentiation, LungClassification, Patient, WhoGrade};
+
+/// Grade cut-offs, read from the policy file so a future WHO edition is a policy change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GradingParameters {
+    /// Source id for the digestive (GEP) table.
+    pub source: String,
+    /// Source id for the lung/thymic table.
+    pub lung_source: String,
+    /// Ki-67 at or above this is at least G2 (WHO 2019: 3 %).
+    pub ki67_g2_from_percent: f64,
+    /// Ki-67 above this is G3 (WHO 2019: 20 %).
+    pub ki67_g3_above_percent: f64,
+    /// Mitoses at or above this are at least G2 (WHO 2019: 2 per 2 mm²).
+    pub mitoses_g2_from: f64,
+    /// Mitoses above this are G3 (WHO 2019: 20 per 2 mm²).
+    pub mitoses_g3_above: f64,
+    /// Lung: mitoses at or above this make an atypical carcinoid (2 per 2 mm²).
+    pub lung_mitoses_atypical_from: f64,
+    /// Lung: mitoses above this make a carcinoma (10 per 2 mm²).
+    pub lung_mitoses_carcinoma_above: f64,
+}
+
+/// What the service concluded about grade and differentiation, and from what.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GradeAssessment {
+    /// The grade the rules use; `None` when nothing was recorded to grade from.
+    pub grade: Option<WhoGrade>,
+    /// How the grade was reached, in words.
+    pub basis: String,
+    /// Patient values used: (field path, value).
+    pub values: Vec<(String, String)>,
+    /// Inputs that would settle the grade when it is unknown.
+    pub missing: Vec<String>,
+    /// Set when the stated grade disagrees with the measured values.
+    pub conflict: Option<String>,
+    /// Differentiation as stated, or implied by a WHO NET/NEC category.
+    pub differentiation: Option<Differentiation>,
+    pub differentiation_basis: String,
+}
+
+const KI67: &str = "patient.tumour.ki67_percent";
+const MITOSES: &str = "patient.tumour.mitoses_per_2mm2";
+const WHO_GRADE: &str = "patient.tumour.who_grade";
+const LUNG_CLASS: &str = "patient.tumour.lung_classification";
+const NECROSIS: &str = "patient.tumour.necrosis";
+const DIFFERENTIATION: &str = "patient.tumour.differentiation";
+
+impl GradingParameters {
+    fn grade_by(&self, value: f64, g2_from: f64, g3_above: f64) -> WhoGrade {
+        if value > g3_above {
+            WhoGrade::G3
+        } else if value >= g2_from {
+            WhoGrade::G2
+        } else {
+            WhoGrade::G1
+        }
+    }
+
+    /// Derives grade and differentiation for `patient`.
+    pub fn assess(&self, patient: &Patient) -> GradeAssessment {
+        let t = &patient.tumour;
+        let mut a = GradeAssessment::default();
+        let mut reasons: Vec<String> = Vec::new();
+        let lung = t.primary_site.is_some_and(|s| s.uses_lung_classification());
+
+        let measured = if lung {
+            self.lung_grade(patient, &mut a, &mut reasons)
+        } else {
+            let by_ki67 = t.ki67_percent.map(|k| {
+                let g = self.grade_by(k, self.ki67_g2_from_percent, self.ki67_g3_above_percent);
+                a.values.push((KI67.into(), format!("{k} %")));
+                reasons.push(format!("Ki-67 {k} % gives {g}"));
+                g
+            });
+            let by_mitoses = t.mitoses_per_2mm2.map(|m| {
+                let g = self.grade_by(m, self.mitoses_g2_from, self.mitoses_g3_above);
+                a.values.push((MITOSES.into(), format!("{m} per 2 mm²")));
+                reasons.push(format!("mitoses {m} per 2 mm² give {g}"));
+                g
+            });
+            by_ki67.max(by_mitoses)
+        };
+        // WHO 2019: a poorly differentiated neuroendocrine neoplasm is a carcinoma whatever its Ki-67.
+        let measured = if t.differentiation == Some(Differentiation::Poor) {
+            a.values
+                .push((DIFFERENTIATION.into(), Differentiation::Poor.label().into()));
+            reasons.push("poorly differentiated morphology makes it NEC".into());
+            Some(measured.map_or(WhoGrade::Nec, |g| g.max(WhoGrade::Nec)))
+        } else {
+            measured
+        };
+
+        let stated = t.who_grade;
+        if let Some(s) = stated {
+            a.values.push((WHO_GRADE.into(), s.label().into()));
+            reasons.push(format!("stated grade {s}"));
+        }
+        a.grade = stated.max(measured);
+        if let (Some(s), Some(m)) = (stated, measured)
+            && s != m
+        {
+            let used = s.max(m);
+            a.conflict = Some(format!(
+                "stated grade {s} conflicts with the measured values ({m}); the higher grade {used} is used"
+            ));
+        }
+        match a.grade {
+            Some(g) if reasons.len() > 1 => {
+                a.basis = format!("{}; the higher grade {g} is used", reasons.join("; "))
+            }
+            Some(_) => a.basis = reasons.join("; "),
+            None => {
+                a.basis = "no grade stated and nothing measured to grade from".into();
+                a.missing = if lung {
+                    vec![
+                        WHO_GRADE.into(),
+                        LUNG_CLASS.into(),
+                        MITOSES.into(),
+                        NECROSIS.into(),
+                    ]
+                } else {
+                    vec![WHO_GRADE.into(), KI67.into(), MITOSES.into()]
+                };
+            }
+        }
+
+        a.differentiation = t.differentiation;
+        a.differentiation_basis = match (t.differentiation, a.grade) {
+            (Some(d), _) => format!("stated: {d}"),
+            // WHO 2019: NET G1-G3 are well differentiated by definition, NEC poorly.
+            (None, Some(WhoGrade::G1 | WhoGrade::G2 | WhoGrade::G3))
+                if stated.is_some() || lung =>
+            {
+                a.differentiation = Some(Differentiation::Well);
+                format!(
+                    "implied by the WHO NET category {}",
+                    a.grade.map_or("", |g| g.label())
+                )
+            }
+            (None, Some(WhoGrade::Nec)) => {
+                a.differentiation = Some(Differentiation::Poor);
+                "implied by the WHO category NEC".into()
+            }
+            _ => "not recorded".into(),
+        };
+        a
+    }
+
+    /// Lung and thymic NETs: TC/AC from the stated class, or from mitoses and necrosis.
+    fn lung_grade(
+        &self,
+        patient: &Patient,
+        a: &mut GradeAssessment,
+        reasons: &mut Vec<String>,
+    ) -> Option<WhoGrade> {
+        let t = &patient.tumour;
+        if let Some(class) = t.lung_classification {
+            a.values.push((LUNG_CLASS.into(), class.label().into()));
+            let g = lung_class_grade(class);
+            reasons.push(format!("{class} maps to {g}"));
+            return Some(g);
+        }
+        let mitoses = t.mitoses_per_2mm2?;
+        a.values
+            .push((MITOSES.into(), format!("{mitoses} per 2 mm²")));
+        if let Some(n) = t.necrosis {
+            a.values
+                .push((NECROSIS.into(), if n { "present" } else { "absent" }.into()));
+        }
+        let class = if mitoses > self.lung_mitoses_carcinoma_above {
+            LungClassification::LargeCellNec
+        } else if mitoses >= self.lung_mitoses_atypical_from || t.necrosis == Some(true) {
+            LungClassification::AtypicalCarcinoid
+        } else if t.necrosis == Some(false) {
+            LungClassification::TypicalCarcinoid
+        } else {
+            // Fewer than 2 mitoses: typical or atypical turns on necrosis, which is not recorded.
+            return None;
+        };
+        let g = lung_class_grade(class);
+        reasons.push(format!(
+            "mitoses {mitoses} per 2 mm² and necrosis make it {class}, mapped to {g}"
+        ));
+        Some(g)
+    }
+}
+
+/// Reference §0.2: TC → G1, AC → G2 (PMC5359105), carcinomas are high grade.
+fn lung_class_grade(class: LungClassification) -> WhoGrade {
+    match class {
+        LungClassification::TypicalCarcinoid => WhoGrade::G1,
+        LungClassification::AtypicalCarcinoid => WhoGrade::G2,
+        LungClassification::LargeCellNec | LungClassification::SmallCellCarcinoma => WhoGrade::Nec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PrimarySite;
+
+    fn who2019() -> GradingParameters {
+        GradingParameters {
+            source: "who".into(),
+            lung_source: "who-lung".into(),
+            ki67_g2_from_percent: 3.0,
+            ki67_g3_above_percent: 20.0,
+            mitoses_g2_from: 2.0,
+            mitoses_g3_above: 20.0,
+            lung_mitoses_atypical_from: 2.0,
+            lung_mitoses_carcinoma_above: 10.0,
+        }
+    }
+
+    fn tumour(site: PrimarySite) -> Patient {
+        let mut p = Patient::default();
+        p.tumour.primary_site = Some(site);
+        p
+    }
+
+    #[test]
+    fn ki67_boundaries_follow_who_2019() {
+        // WHO 2019: G1 < 3 %, G2 3-20 %, G3 > 20 %.
+        for (ki67, grade) in [
+            (2.9, WhoGrade::G1),
+            (3.0, WhoGrade::G2),
+            (20.0, WhoGrade::G2),
+            (20.1, WhoGrade::G3),
+        ] {
+            let mut p = tumour(PrimarySite::JejunumIleum);
+            p.tumour.ki67_percent = Some(ki67);
+            assert_eq!(who2019().assess(&p).grade, Some(grade), "Ki-67 {ki67}");
+        }
+    }
+
+    #[test]
+    fn the_higher_of_ki67_and_mitoses_wins() {
+        let mut p = tumour(PrimarySite::Pancreas);
+        p.tumour.ki67_percent = Some(2.0);
+        p.tumour.mitoses_per_2mm2 = Some(25.0);
+        assert_eq!(who2019().assess(&p).grade, Some(WhoGrade::G3));
+    }
+
+    #[test]
+    fn stated_grade_lower_than_measured_is_flagged_and_the_higher_used() {
+        let mut p = tumour(PrimarySite::Pancreas);
+        p.tumour.who_grade = Some(WhoGrade::G1);
+        p.tumour.ki67_percent = Some(8.0);
+        let a = who2019().assess(&p);
+        assert_eq!(a.grade, Some(WhoGrade::G2));
+        assert!(a.conflict.is_some());
+    }
+
+    #[test]
+    fn lung_carcinoids_map_to_nice_grades() {
+        let mut p = tumour(PrimarySite::Lung);
+        p.tumour.lung_classification = Some(LungClassification::AtypicalCarcinoid);
+        let a = who2019().assess(&p);
+        assert_eq!(a.grade, Some(WhoGrade::G2));
+        assert_eq!(a.differentiation, Some(Differentiation::Well));
+
+        let mut p = tumour(PrimarySite::Lung);
+        p.tumour.mitoses_per_2mm2 = Some(1.0);
+        p.tumour.necrosis = Some(false);
+        assert_eq!(who2019().assess(&p).grade, Some(WhoGrade::G1));
+        p.tumour.necrosis = None;
+        assert_eq!(
+            who2019().assess(&p).grade,
+            None,
+            "typical vs atypical needs necrosis"
+        );
+    }
+
+    #[test]
+    fn nothing_to_grade_from_names_the_inputs() {
+        let a = who2019().assess(&tumour(PrimarySite::JejunumIleum));
+        assert_eq!(a.grade, None);
+        assert_eq!(a.missing, vec![WHO_GRADE, KI67, MITOSES]);
+    }
+}

@@ -1,0 +1,10 @@
+//! The decision engine: criteria in code, policy as data. Knows nothing of proto or tonic.
+
+pub mod criteria;
+pub mod evaluate;
+pub mod grading;
+pub mod policy;
+
+pub use criteria::{Facts, Finding, Outcome};
+pub use evaluate::{EligibilityAnswer, FundingAnswer};
+pub use policy::{Policy, PolicyError, PolicyIssue};

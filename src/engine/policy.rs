@@ -1,0 +1,1135 @@
+//! The policy: a versioned TOML file that composes catalogue checks into eligibility rules and
+//! funding routes, with dated facts (commissioners, delivery sites, registry states) and the
+//! source of every rule. Loading is validation: any problem is reported with file, line and
+//! reason, the example cases the file carries must all pass, and only then is a [`Policy`] made.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::NaiveDate;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::criteria::Check;
+use super::grading::GradingParameters;
+use crate::domain::{Nation, Patient, Therapy, dates};
+
+/// The policy that ships in the binary and serves when no path is configured.
+pub const BUNDLED_POLICY: &str = include_str!("../../policy/net-pathway.toml");
+/// The name the bundled policy reports in errors.
+pub const BUNDLED_POLICY_NAME: &str = "policy/net-pathway.toml (bundled)";
+
+/// One problem in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {reason}")]
+pub struct PolicyIssue {
+    pub file: String,
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Why a policy was refused. The last good policy stays active.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("policy is invalid:\n{}", list(.0))]
+    Invalid(Vec<PolicyIssue>),
+    #[error("policy example cases failed:\n{}", list(.0))]
+    CasesFailed(Vec<PolicyIssue>),
+}
+
+impl PolicyError {
+    /// Every issue, for callers that report them one by one.
+    pub fn issues(&self) -> &[PolicyIssue] {
+        match self {
+            PolicyError::Read { .. } => &[],
+            PolicyError::Invalid(i) | PolicyError::CasesFailed(i) => i,
+        }
+    }
+}
+
+fn list(issues: &[PolicyIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// How strongly a source supports a rule (reference.md evidence tags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    Source,
+    ServicePage,
+    ToVerify,
+    Secondary,
+    ServiceFact,
+}
+
+/// What a criterion does to an eligibility answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Required,
+    Contraindication,
+    Safety,
+}
+
+/// Severity of a safety flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Review,
+    Withhold,
+}
+
+/// A funding route as written in the policy. `AuditRegistry` resolves by the registry's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKind {
+    RoutinelyCommissionedNiceTa,
+    PriorApprovalRequired,
+    RoutinelyCommissioned,
+    AuditRegistry,
+    IndividualFundingRequest,
+    IndividualPatientFundingRequest,
+    NotRoutinelyCommissioned,
+    Undetermined,
+}
+
+/// A funding route as answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FundingRoute {
+    RoutinelyCommissionedNiceTa,
+    PriorApprovalRequired,
+    RoutinelyCommissioned,
+    WithinAuditRegistry,
+    AuditRegistryClosed,
+    IndividualFundingRequest,
+    IndividualPatientFundingRequest,
+    NotRoutinelyCommissioned,
+    Undetermined,
+}
+
+impl From<RouteKind> for FundingRoute {
+    /// The answer a route kind gives; an audit registry route is resolved by the registry's
+    /// state on the as-of date before this is used, and reads as closed when it is not.
+    fn from(kind: RouteKind) -> Self {
+        match kind {
+            RouteKind::RoutinelyCommissionedNiceTa => FundingRoute::RoutinelyCommissionedNiceTa,
+            RouteKind::PriorApprovalRequired => FundingRoute::PriorApprovalRequired,
+            RouteKind::RoutinelyCommissioned => FundingRoute::RoutinelyCommissioned,
+            RouteKind::AuditRegistry => FundingRoute::AuditRegistryClosed,
+            RouteKind::IndividualFundingRequest => FundingRoute::IndividualFundingRequest,
+            RouteKind::IndividualPatientFundingRequest => {
+                FundingRoute::IndividualPatientFundingRequest
+            }
+            RouteKind::NotRoutinelyCommissioned => FundingRoute::NotRoutinelyCommissioned,
+            RouteKind::Undetermined => FundingRoute::Undetermined,
+        }
+    }
+}
+
+impl Policy {
+    /// The route a rule gives on `day`, resolving an audit registry by its state that day.
+    pub fn route_on(&self, route: &Route, day: NaiveDate) -> FundingRoute {
+        let state = route.registry.and_then(|r| {
+            self.registries[r]
+                .periods
+                .iter()
+                .find(|(p, _, _)| p.contains(day))
+                .map(|(_, s, _)| *s)
+        });
+        match state {
+            Some(RegistryStatus::Open) => FundingRoute::WithinAuditRegistry,
+            Some(RegistryStatus::ClosedToNewPatients) => FundingRoute::AuditRegistryClosed,
+            None => FundingRoute::from(route.kind),
+        }
+    }
+}
+
+/// How prior approval is sought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorApproval {
+    None,
+    Blueteq,
+    IndividualRequest,
+    RegistryAgreement,
+}
+
+/// State of an audit registry on a date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryStatus {
+    Open,
+    ClosedToNewPatients,
+}
+
+/// Eligibility status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Eligible,
+    NotEligible,
+    Indeterminate,
+}
+
+/// An inclusive date range; `None` ends are open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Period {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+impl Period {
+    pub fn contains(&self, day: NaiveDate) -> bool {
+        self.from.is_none_or(|f| f <= day) && self.to.is_none_or(|t| day <= t)
+    }
+
+    fn overlaps(&self, other: &Period) -> bool {
+        let starts_before_other_ends = match (self.from, other.to) {
+            (Some(f), Some(t)) => f <= t,
+            _ => true,
+        };
+        let other_starts_before_self_ends = match (other.from, self.to) {
+            (Some(f), Some(t)) => f <= t,
+            _ => true,
+        };
+        starts_before_other_ends && other_starts_before_self_ends
+    }
+}
+
+pub struct Source {
+    pub id: String,
+    pub document: String,
+    pub section: String,
+    pub published: Option<NaiveDate>,
+    pub url: String,
+    pub evidence: Evidence,
+}
+
+pub struct Criterion {
+    pub id: String,
+    pub description: String,
+    pub role: Role,
+    pub check_name: String,
+    pub parameters: String,
+    pub check: Check,
+    pub source: usize,
+    pub severity: Option<Severity>,
+    /// The message a safety flag carries.
+    pub flag: String,
+}
+
+pub struct Named {
+    pub id: String,
+    pub name: String,
+    pub source: usize,
+}
+
+pub struct Commissioner {
+    pub id: String,
+    pub source: usize,
+    pub periods: Vec<(Period, String)>,
+}
+
+pub struct Registry {
+    pub id: String,
+    pub name: String,
+    pub source: usize,
+    pub periods: Vec<(Period, RegistryStatus, String)>,
+}
+
+/// "When these criteria are all MET, use this target."
+pub struct Selector {
+    pub when: Vec<usize>,
+    pub target: usize,
+}
+
+pub struct DeliveryPeriod {
+    pub period: Period,
+    pub sites: Vec<usize>,
+    pub source: usize,
+    pub note: String,
+}
+
+pub struct Delivery {
+    pub when: Vec<usize>,
+    pub periods: Vec<DeliveryPeriod>,
+}
+
+pub struct Route {
+    pub id: String,
+    pub nation: Nation,
+    pub kind: RouteKind,
+    pub when: Vec<usize>,
+    pub commissioner: usize,
+    pub prior_approval: PriorApproval,
+    pub next_if_refused: FundingRoute,
+    pub period: Period,
+    pub source: usize,
+    pub summary: String,
+    pub notes: Vec<String>,
+    pub mdt: Option<usize>,
+    pub sites: Option<Vec<usize>>,
+    pub registry: Option<usize>,
+}
+
+pub struct TherapyPolicy {
+    pub therapy: Therapy,
+    pub eligibility: Vec<usize>,
+    pub mdt: Vec<Selector>,
+    pub delivery: Vec<Delivery>,
+    pub routes: Vec<Route>,
+    pub notes: Vec<String>,
+}
+
+/// An example case the policy carries: a patient and what the policy must answer.
+pub struct Case {
+    pub name: String,
+    pub line: usize,
+    pub as_of: NaiveDate,
+    pub patient: Patient,
+    pub expectations: Vec<(usize, Expectation)>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    pub therapy: Therapy,
+    pub status: Option<Status>,
+    pub route: Option<FundingRoute>,
+    pub mdt: Option<String>,
+    pub sites: Option<Vec<String>>,
+    pub commissioner: Option<String>,
+    pub missing: Option<Vec<String>>,
+}
+
+/// A validated policy, ready to decide.
+pub struct Policy {
+    pub version: String,
+    pub title: String,
+    pub period: Period,
+    pub file: String,
+    pub content_hash: String,
+    pub sources: Vec<Source>,
+    pub grading: GradingParameters,
+    pub grading_sources: (usize, usize),
+    pub criteria: Vec<Criterion>,
+    pub commissioners: Vec<Commissioner>,
+    pub mdts: Vec<Named>,
+    pub sites: Vec<Named>,
+    pub registries: Vec<Registry>,
+    pub mdt_rules: Vec<Selector>,
+    pub fallback_mdt: usize,
+    pub therapies: BTreeMap<Therapy, TherapyPolicy>,
+    pub cases: Vec<Case>,
+}
+
+// ---- The file as written ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    policy: RawHeader,
+    grading: Spanned<GradingParameters>,
+    #[serde(default)]
+    sources: Vec<Spanned<RawSource>>,
+    #[serde(default)]
+    commissioners: Vec<Spanned<RawCommissioner>>,
+    #[serde(default)]
+    mdts: Vec<Spanned<RawNamed>>,
+    #[serde(default)]
+    sites: Vec<Spanned<RawNamed>>,
+    #[serde(default)]
+    registries: Vec<Spanned<RawRegistry>>,
+    #[serde(default)]
+    criteria: Vec<Spanned<RawCriterion>>,
+    #[serde(default)]
+    mdt_rules: Vec<Spanned<RawSelector>>,
+    #[serde(default)]
+    therapies: Vec<Spanned<RawTherapy>>,
+    #[serde(default)]
+    cases: Vec<Spanned<RawCase>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    version: Spanned<String>,
+    title: String,
+    #[serde(deserialize_with = "dates::required")]
+    effective_from: NaiveDate,
+    #[serde(default, deserialize_with = "dates::optional")]
+    effective_to: Option<NaiveDate>,
+    /// The MDT named when no rule picks one.
+    fallback_mdt: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    id: String,
+    document: String,
+    #[serde(default)]
+    section: String,
+    #[serde(default, deserialize_with = "dates::optional")]
+    published: Option<NaiveDate>,
+    #[serde(default)]
+    url: String,
+    evidence: Evidence,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamedPeriod {
+    name: String,
+    #[serde(default, deserialize_with = "dates::optional")]
+    effective_from: Option<NaiveDate>,
+    #[serde(default, deserialize_with = "dates::optional")]
+    effective_to: Option<NaiveDate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommissioner {
+    id: String,
+    source: String,
+    periods: Vec<Spanned<RawNamedPeriod>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNamed {
+    id: String,
+    name: String,
+    source: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistryPeriod {
+    status: RegistryStatus,
+    #[serde(default, deserialize_with = "dates::optional")]
+    effective_from: Option<NaiveDate>,
+    #[serde(default, deserialize_with = "dates::optional")]
+    effective_to: Option<NaiveDate>,
+    #[serde(default)]
+    note: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    id: String,
+    name: String,
+    source: String,
+    periods: Vec<Spanned<RawRegistryPeriod>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCriterion {
+    id: String,
+    description: String,
+    check: String,
+    #[serde(default)]
+    role: Role,
+    #[serde(default)]
+    params: toml::Table,
+    source: String,
+    severity: Option<Severity>,
+    flag: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelector {
+    #[serde(default)]
+    when: Vec<String>,
+    mdt: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeliveryPeriod {
+    sites: Vec<String>,
+    #[serde(default, deserialize_with = "dates::optional")]
+    effective_from: Option<NaiveDate>,
+    #[serde(default, deserialize_with = "dates::optional")]
+    effective_to: Option<NaiveDate>,
+    source: String,
+    #[serde(default)]
+    note: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    #[serde(default)]
+    when: Vec<String>,
+    periods: Vec<Spanned<RawDeliveryPeriod>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    id: String,
+    nation: Nation,
+    route: RouteKind,
+    #[serde(default)]
+    when: Vec<String>,
+    commissioner: String,
+    prior_approval: PriorApproval,
+    next_if_refused: FundingRoute,
+    #[serde(default, deserialize_with = "dates::optional")]
+    effective_from: Option<NaiveDate>,
+    #[serde(default, deserialize_with = "dates::optional")]
+    effective_to: Option<NaiveDate>,
+    source: String,
+    summary: String,
+    #[serde(default)]
+    notes: Vec<String>,
+    mdt: Option<String>,
+    sites: Option<Vec<String>>,
+    registry: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTherapy {
+    therapy: Therapy,
+    eligibility: Vec<String>,
+    #[serde(default)]
+    mdt: Vec<Spanned<RawSelector>>,
+    #[serde(default)]
+    delivery: Vec<Spanned<RawDelivery>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    notes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    name: String,
+    #[serde(deserialize_with = "dates::required")]
+    as_of: NaiveDate,
+    source: String,
+    patient: Patient,
+    expect: Vec<Spanned<Expectation>>,
+}
+
+// ---- Loading ----
+
+struct Loader<'a> {
+    file: &'a str,
+    text: &'a str,
+    issues: Vec<PolicyIssue>,
+}
+
+impl Loader<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text
+            .get(..offset)
+            .map_or(1, |t| t.bytes().filter(|b| *b == b'\n').count() + 1)
+    }
+
+    fn issue(&mut self, offset: usize, reason: impl Into<String>) {
+        let line = self.line(offset);
+        self.issues.push(PolicyIssue {
+            file: self.file.to_string(),
+            line,
+            reason: reason.into(),
+        });
+    }
+
+    fn lookup(
+        &mut self,
+        index: &HashMap<String, usize>,
+        id: &str,
+        what: &str,
+        offset: usize,
+    ) -> usize {
+        match index.get(id) {
+            Some(i) => *i,
+            None => {
+                self.issue(offset, format!("unknown {what} '{id}'"));
+                0
+            }
+        }
+    }
+
+    fn index<T>(
+        &mut self,
+        items: &[Spanned<T>],
+        id: impl Fn(&T) -> &str,
+        what: &str,
+    ) -> HashMap<String, usize> {
+        let mut map = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let key = id(item.get_ref()).to_string();
+            if key.is_empty() {
+                self.issue(item.span().start, format!("{what} id must not be empty"));
+            } else if map.insert(key.clone(), i).is_some() {
+                self.issue(item.span().start, format!("duplicate {what} id '{key}'"));
+            }
+        }
+        map
+    }
+
+    fn period(&mut self, from: Option<NaiveDate>, to: Option<NaiveDate>, offset: usize) -> Period {
+        if let (Some(f), Some(t)) = (from, to)
+            && f > t
+        {
+            self.issue(
+                offset,
+                format!("effective_from {f} is after effective_to {t}"),
+            );
+        }
+        Period { from, to }
+    }
+
+    fn no_overlaps(&mut self, periods: &[(Period, usize)], what: &str) {
+        for (i, (a, _)) in periods.iter().enumerate() {
+            for (b, offset) in &periods[i + 1..] {
+                if a.overlaps(b) {
+                    self.issue(
+                        *offset,
+                        format!("{what}: this date range overlaps an earlier one"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Policy {
+    /// Reads and validates the policy at `path`.
+    pub fn load_file(path: &std::path::Path) -> Result<Policy, PolicyError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Policy::parse(&file, &text)
+    }
+
+    /// The policy compiled into the binary.
+    pub fn bundled() -> Result<Policy, PolicyError> {
+        Policy::parse(BUNDLED_POLICY_NAME, BUNDLED_POLICY)
+    }
+
+    /// Validates `text` (named `file` in errors), then runs its example cases.
+    pub fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
+        let mut l = Loader {
+            file,
+            text,
+            issues: Vec::new(),
+        };
+        let raw: RawPolicy = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let offset = e.span().map_or(0, |s| s.start);
+                l.issue(offset, e.message().trim().to_string());
+                return Err(PolicyError::Invalid(l.issues));
+            }
+        };
+        let policy = compile(&mut l, raw, text);
+        if !l.issues.is_empty() {
+            return Err(PolicyError::Invalid(l.issues));
+        }
+        let failures = policy.run_cases();
+        if !failures.is_empty() {
+            return Err(PolicyError::CasesFailed(failures));
+        }
+        Ok(policy)
+    }
+
+    pub fn source(&self, index: usize) -> &Source {
+        &self.sources[index]
+    }
+
+    /// Runs every example case; returns one issue per unmet expectation.
+    pub fn run_cases(&self) -> Vec<PolicyIssue> {
+        let mut failures = Vec::new();
+        for case in &self.cases {
+            let today = chrono::Utc::now().date_naive();
+            let violations = case.patient.validate(today.max(case.as_of), case.as_of);
+            if !violations.is_empty() {
+                for v in violations {
+                    failures.push(PolicyIssue {
+                        file: self.file.clone(),
+                        line: case.line,
+                        reason: format!(
+                            "case '{}': patient.{}: {}",
+                            case.name, v.field, v.description
+                        ),
+                    });
+                }
+                continue;
+            }
+            let facts = self.facts(&case.patient, case.as_of);
+            for (line, expect) in &case.expectations {
+                for problem in self.check_expectation(&facts, expect) {
+                    failures.push(PolicyIssue {
+                        file: self.file.clone(),
+                        line: *line,
+                        reason: format!("case '{}', {}: {problem}", case.name, expect.therapy),
+                    });
+                }
+            }
+        }
+        failures
+    }
+
+    fn check_expectation(
+        &self,
+        facts: &super::criteria::Facts,
+        expect: &Expectation,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        let eligibility = self.eligibility(facts, expect.therapy);
+        let funding = self.funding(facts, expect.therapy);
+        if let Some(status) = expect.status
+            && status != eligibility.status
+        {
+            problems.push(format!(
+                "expected status {status:?}, got {:?} ({})",
+                eligibility.status, eligibility.summary
+            ));
+        }
+        if let Some(missing) = &expect.missing
+            && *missing != eligibility.missing
+        {
+            problems.push(format!(
+                "expected missing inputs {missing:?}, got {:?}",
+                eligibility.missing
+            ));
+        }
+        if let Some(route) = expect.route
+            && route != funding.route
+        {
+            problems.push(format!(
+                "expected route {route:?}, got {:?} ({})",
+                funding.route, funding.summary
+            ));
+        }
+        if let Some(mdt) = &expect.mdt
+            && *mdt != funding.mdt.id
+        {
+            problems.push(format!(
+                "expected deciding MDT '{mdt}', got '{}'",
+                funding.mdt.id
+            ));
+        }
+        if let Some(sites) = &expect.sites {
+            let got: Vec<&str> = funding
+                .sites
+                .iter()
+                .map(|s| self.sites[s.site].id.as_str())
+                .collect();
+            if got != sites.iter().map(String::as_str).collect::<Vec<_>>() {
+                problems.push(format!("expected delivery sites {sites:?}, got {got:?}"));
+            }
+        }
+        if let Some(name) = &expect.commissioner {
+            let got = funding
+                .commissioner
+                .as_ref()
+                .map(|c| c.name.as_str())
+                .unwrap_or("");
+            if got != name {
+                problems.push(format!("expected commissioner '{name}', got '{got}'"));
+            }
+        }
+        problems
+    }
+}
+
+fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
+    let header = raw.policy;
+    if header.version.get_ref().trim().is_empty() {
+        l.issue(
+            header.version.span().start,
+            "policy version must not be empty",
+        );
+    }
+    let period = l.period(
+        Some(header.effective_from),
+        header.effective_to,
+        header.version.span().start,
+    );
+
+    let source_index = l.index(&raw.sources, |s| &s.id, "source");
+    let sources: Vec<Source> = raw
+        .sources
+        .into_iter()
+        .map(|s| {
+            let s = s.into_inner();
+            Source {
+                id: s.id,
+                document: s.document,
+                section: s.section,
+                published: s.published,
+                url: s.url,
+                evidence: s.evidence,
+            }
+        })
+        .collect();
+
+    let grading_offset = raw.grading.span().start;
+    let grading = raw.grading.into_inner();
+    let grading_sources = (
+        l.lookup(&source_index, &grading.source, "source", grading_offset),
+        l.lookup(
+            &source_index,
+            &grading.lung_source,
+            "source",
+            grading_offset,
+        ),
+    );
+    for (name, value) in [
+        ("ki67_g2_from_percent", grading.ki67_g2_from_percent),
+        ("ki67_g3_above_percent", grading.ki67_g3_above_percent),
+    ] {
+        if !(0.0..=100.0).contains(&value) {
+            l.issue(
+                grading_offset,
+                format!("{name} must be a percentage, got {value}"),
+            );
+        }
+    }
+    if grading.ki67_g2_from_percent > grading.ki67_g3_above_percent
+        || grading.mitoses_g2_from > grading.mitoses_g3_above
+    {
+        l.issue(grading_offset, "G2 cut-offs must not be above G3 cut-offs");
+    }
+
+    let commissioner_index = l.index(&raw.commissioners, |c| &c.id, "commissioner");
+    let mut commissioners = Vec::new();
+    for c in raw.commissioners {
+        let offset = c.span().start;
+        let c = c.into_inner();
+        let source = l.lookup(&source_index, &c.source, "source", offset);
+        if c.periods.is_empty() {
+            l.issue(
+                offset,
+                format!("commissioner '{}' needs at least one period", c.id),
+            );
+        }
+        let mut periods = Vec::new();
+        let mut spans = Vec::new();
+        for p in c.periods {
+            let offset = p.span().start;
+            let p = p.into_inner();
+            let period = l.period(p.effective_from, p.effective_to, offset);
+            spans.push((period, offset));
+            periods.push((period, p.name));
+        }
+        l.no_overlaps(&spans, &format!("commissioner '{}'", c.id));
+        commissioners.push(Commissioner {
+            id: c.id,
+            source,
+            periods,
+        });
+    }
+
+    let named = |l: &mut Loader,
+                 items: Vec<Spanned<RawNamed>>,
+                 what: &str|
+     -> (Vec<Named>, HashMap<String, usize>) {
+        let index = l.index(&items, |n| &n.id, what);
+        let list = items
+            .into_iter()
+            .map(|n| {
+                let offset = n.span().start;
+                let n = n.into_inner();
+                let source = l.lookup(&source_index, &n.source, "source", offset);
+                Named {
+                    id: n.id,
+                    name: n.name,
+                    source,
+                }
+            })
+            .collect();
+        (list, index)
+    };
+    let (mdts, mdt_index) = named(l, raw.mdts, "MDT");
+    let (sites, site_index) = named(l, raw.sites, "delivery site");
+
+    let registry_index = l.index(&raw.registries, |r| &r.id, "registry");
+    let mut registries = Vec::new();
+    for r in raw.registries {
+        let offset = r.span().start;
+        let r = r.into_inner();
+        let source = l.lookup(&source_index, &r.source, "source", offset);
+        let mut periods = Vec::new();
+        let mut spans = Vec::new();
+        for p in r.periods {
+            let offset = p.span().start;
+            let p = p.into_inner();
+            let period = l.period(p.effective_from, p.effective_to, offset);
+            spans.push((period, offset));
+            periods.push((period, p.status, p.note));
+        }
+        l.no_overlaps(&spans, &format!("registry '{}'", r.id));
+        registries.push(Registry {
+            id: r.id,
+            name: r.name,
+            source,
+            periods,
+        });
+    }
+
+    let criterion_index = l.index(&raw.criteria, |c| &c.id, "criterion");
+    let mut criteria = Vec::new();
+    for c in raw.criteria {
+        let offset = c.span().start;
+        let c = c.into_inner();
+        let source = l.lookup(&source_index, &c.source, "source", offset);
+        let check = match Check::compile(&c.check, &c.params) {
+            Ok(check) => check,
+            Err(reason) => {
+                l.issue(offset, format!("criterion '{}': {reason}", c.id));
+                Check::ProgressiveDisease
+            }
+        };
+        if c.role == Role::Safety && (c.severity.is_none() || c.flag.is_none()) {
+            l.issue(
+                offset,
+                format!(
+                    "criterion '{}': a safety criterion needs a severity and a flag message",
+                    c.id
+                ),
+            );
+        }
+        let parameters = if c.params.is_empty() {
+            String::new()
+        } else {
+            toml::Value::Table(c.params).to_string()
+        };
+        criteria.push(Criterion {
+            id: c.id,
+            description: c.description,
+            role: c.role,
+            check_name: c.check,
+            parameters,
+            check,
+            source,
+            severity: c.severity,
+            flag: c.flag.unwrap_or_default(),
+        });
+    }
+
+    let refs = |l: &mut Loader, ids: &[String], offset: usize| -> Vec<usize> {
+        ids.iter()
+            .map(|id| l.lookup(&criterion_index, id, "criterion", offset))
+            .collect()
+    };
+    let selectors = |l: &mut Loader, raw: Vec<Spanned<RawSelector>>| -> Vec<Selector> {
+        raw.into_iter()
+            .map(|s| {
+                let offset = s.span().start;
+                let s = s.into_inner();
+                Selector {
+                    when: refs(l, &s.when, offset),
+                    target: l.lookup(&mdt_index, &s.mdt, "MDT", offset),
+                }
+            })
+            .collect()
+    };
+    let mdt_rules = selectors(l, raw.mdt_rules);
+    let fallback_mdt = l.lookup(
+        &mdt_index,
+        &header.fallback_mdt,
+        "MDT (policy.fallback_mdt)",
+        0,
+    );
+
+    let mut therapies = BTreeMap::new();
+    for t in raw.therapies {
+        let offset = t.span().start;
+        let t = t.into_inner();
+        let eligibility = refs(l, &t.eligibility, offset);
+        if !eligibility
+            .iter()
+            .any(|c| criteria.get(*c).is_some_and(|c| c.role == Role::Required))
+        {
+            l.issue(
+                offset,
+                format!(
+                    "therapy {}: eligibility needs at least one required criterion",
+                    t.therapy
+                ),
+            );
+        }
+        let mdt = selectors(l, t.mdt);
+        let mut delivery = Vec::new();
+        for d in t.delivery {
+            let offset = d.span().start;
+            let d = d.into_inner();
+            let when = refs(l, &d.when, offset);
+            let mut periods = Vec::new();
+            let mut spans = Vec::new();
+            for p in d.periods {
+                let offset = p.span().start;
+                let p = p.into_inner();
+                let period = l.period(p.effective_from, p.effective_to, offset);
+                spans.push((period, offset));
+                let sites = p
+                    .sites
+                    .iter()
+                    .map(|s| l.lookup(&site_index, s, "delivery site", offset))
+                    .collect();
+                let source = l.lookup(&source_index, &p.source, "source", offset);
+                periods.push(DeliveryPeriod {
+                    period,
+                    sites,
+                    source,
+                    note: p.note,
+                });
+            }
+            l.no_overlaps(&spans, &format!("therapy {} delivery", t.therapy));
+            delivery.push(Delivery { when, periods });
+        }
+        let mut routes: Vec<Route> = Vec::new();
+        let mut route_ids = HashSet::new();
+        let mut last_offset: HashMap<Nation, (usize, bool)> = HashMap::new();
+        for r in t.routes {
+            let offset = r.span().start;
+            let r = r.into_inner();
+            if !route_ids.insert(r.id.clone()) {
+                l.issue(offset, format!("duplicate route id '{}'", r.id));
+            }
+            let period = l.period(r.effective_from, r.effective_to, offset);
+            let catch_all = r.when.is_empty() && period == Period::default();
+            last_offset.insert(r.nation, (offset, catch_all));
+            let registry = r
+                .registry
+                .as_deref()
+                .map(|id| l.lookup(&registry_index, id, "registry", offset));
+            if (r.route == RouteKind::AuditRegistry) != registry.is_some() {
+                l.issue(
+                    offset,
+                    format!(
+                        "route '{}': a registry is named exactly when the route is audit_registry",
+                        r.id
+                    ),
+                );
+            }
+            routes.push(Route {
+                when: refs(l, &r.when, offset),
+                commissioner: l.lookup(
+                    &commissioner_index,
+                    &r.commissioner,
+                    "commissioner",
+                    offset,
+                ),
+                source: l.lookup(&source_index, &r.source, "source", offset),
+                mdt: r
+                    .mdt
+                    .as_deref()
+                    .map(|m| l.lookup(&mdt_index, m, "MDT", offset)),
+                sites: r.sites.map(|s| {
+                    s.iter()
+                        .map(|s| l.lookup(&site_index, s, "delivery site", offset))
+                        .collect()
+                }),
+                id: r.id,
+                nation: r.nation,
+                kind: r.route,
+                prior_approval: r.prior_approval,
+                next_if_refused: r.next_if_refused,
+                period,
+                summary: r.summary,
+                notes: r.notes,
+                registry,
+            });
+        }
+        for (nation, (offset, catch_all)) in last_offset {
+            if !catch_all {
+                l.issue(offset, format!("therapy {}: the last {nation} route must have no conditions and no dates, so every patient gets a route", t.therapy));
+            }
+        }
+        if therapies.contains_key(&t.therapy) {
+            l.issue(offset, format!("therapy {} is defined twice", t.therapy));
+        }
+        therapies.insert(
+            t.therapy,
+            TherapyPolicy {
+                therapy: t.therapy,
+                eligibility,
+                mdt,
+                delivery,
+                routes,
+                notes: t.notes,
+            },
+        );
+    }
+
+    let mut cases = Vec::new();
+    for c in raw.cases {
+        let offset = c.span().start;
+        let line = l.line(offset);
+        let c = c.into_inner();
+        l.lookup(&source_index, &c.source, "source", offset);
+        let expectations = c
+            .expect
+            .into_iter()
+            .map(|e| {
+                let line = l.line(e.span().start);
+                (line, e.into_inner())
+            })
+            .collect();
+        cases.push(Case {
+            name: c.name,
+            line,
+            as_of: c.as_of,
+            patient: c.patient,
+            expectations,
+        });
+    }
+
+    Policy {
+        version: header.version.into_inner(),
+        title: header.title,
+        period,
+        file: l.file.to_string(),
+        content_hash: format!("sha256:{:x}", Sha256::digest(text.as_bytes())),
+        sources,
+        grading,
+        grading_sources,
+        criteria,
+        commissioners,
+        mdts,
+        sites,
+        registries,
+        mdt_rules,
+        fallback_mdt,
+        therapies,
+        cases,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_policy_loads_and_its_cases_pass() {
+        let policy = Policy::bundled().unwrap_or_else(|e| panic!("{e}"));
+        assert!(policy.cases.len() >= 5);
+        assert!(policy.content_hash.starts_with("sha256:"));
+    }
+}

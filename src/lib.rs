@@ -1,0 +1,48 @@
+//! net-pathway: which treatments a patient with a neuroendocrine tumour (NET) can be
+//! considered for, and how each is funded in the NHS in England and Wales.
+//!
+//! Other services depend on this crate for the generated gRPC types ([`pb`]) and, with the
+//! `client` feature, the typed [`client::NetPathwayClient`]. The `server` feature (on by
+//! default) adds the engine, the policy loader and the server itself.
+#![forbid(unsafe_code)]
+
+/// Generated protobuf and gRPC types, nested as their proto packages are.
+pub mod netpathway {
+    /// `netpathway.v1`.
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("netpathway.v1");
+    }
+}
+
+/// Generated protobuf and gRPC types for `netpathway.v1`.
+pub use netpathway::v1 as pb;
+
+/// `google.type` messages used by the contract (`google.type.Date`).
+pub mod google {
+    /// `google.type`.
+    pub mod r#type {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("google.r#type");
+    }
+}
+
+/// Encoded file descriptor set of `proto/`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/netpathway_descriptor.bin"));
+
+#[cfg(feature = "client")]
+pub mod client;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod domain;
+#[cfg(feature = "server")]
+pub mod engine;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod telemetry;

@@ -1,0 +1,128 @@
+//! `net-pathway`: serve (default) or check a policy file.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use net_pathway::api::ActivePolicy;
+use net_pathway::config::{Cli, Command, PolicyCommand, ServeConfig};
+use net_pathway::engine::{Policy, PolicyError};
+use net_pathway::{server, telemetry};
+
+/// Exit code for a policy that cannot be read or is invalid.
+const EXIT_INVALID_POLICY: u8 = 2;
+/// Exit code for a valid policy whose example cases fail.
+const EXIT_CASES_FAILED: u8 = 3;
+
+fn policy_exit(error: &PolicyError) -> ExitCode {
+    match error {
+        PolicyError::CasesFailed(_) => ExitCode::from(EXIT_CASES_FAILED),
+        _ => ExitCode::from(EXIT_INVALID_POLICY),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Policy {
+            action: PolicyCommand::Check { file },
+        }) => match Policy::load_file(&file) {
+            Ok(policy) => {
+                println!(
+                    "{}: policy {} ({}) is valid; {} example cases pass",
+                    file.display(),
+                    policy.version,
+                    policy.content_hash,
+                    policy.cases.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                policy_exit(&e)
+            }
+        },
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(config: ServeConfig) -> ExitCode {
+    telemetry::init(config.log_format);
+    let loaded = match &config.policy {
+        Some(path) => Policy::load_file(path),
+        None => Policy::bundled(),
+    };
+    let policy = match loaded {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("refusing to start: {e}");
+            return policy_exit(&e);
+        }
+    };
+    tracing::info!(version = %policy.version, hash = %policy.content_hash, file = %policy.file, "policy active");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, ActivePolicy::new(policy))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "serving gRPC");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(server::serve_with_listener(listener, policy, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::select! {
+        finished = &mut server => return Ok(finished??),
+        () = shutdown_signal() => {}
+    }
+    let _ = stop_tx.send(());
+    // tonic's graceful shutdown waits for every open stream; bound it.
+    match tokio::time::timeout(Duration::from_secs(config.drain_seconds), &mut server).await {
+        Ok(finished) => finished??,
+        Err(_) => tracing::warn!(
+            seconds = config.drain_seconds,
+            "drain timeout reached; closing open calls"
+        ),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

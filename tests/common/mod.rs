@@ -1,0 +1,320 @@
+//! Test harness: the real server on 127.0.0.1:0, called through the client library, and a
+//! patient builder so each test reads as a clinical case.
+#![allow(dead_code)]
+
+use net_pathway::api::ActivePolicy;
+use net_pathway::client::NetPathwayClient;
+use net_pathway::engine::Policy;
+use net_pathway::google::r#type::Date;
+use net_pathway::pb;
+use tokio::sync::oneshot;
+
+#[allow(unused_imports)]
+pub use pb::{EligibilityStatus as Status, FundingRoute as Route, Therapy};
+
+/// A running server and a client connected to it; dropping it stops the server.
+pub struct TestServer {
+    pub client: NetPathwayClient,
+    pub address: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl TestServer {
+    /// Asks the server to shut down gracefully (health goes NOT_SERVING, calls drain).
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts the server with the bundled policy.
+pub async fn server() -> TestServer {
+    server_with(Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"))).await
+}
+
+pub async fn server_with(policy: Policy) -> TestServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let address = listener.local_addr().expect("local address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) =
+            net_pathway::server::serve_with_listener(listener, ActivePolicy::new(policy), shutdown)
+                .await
+        {
+            panic!("server failed: {e}");
+        }
+    });
+    let client = NetPathwayClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect to test server");
+    TestServer {
+        client,
+        address,
+        stop: Some(stop),
+        handle,
+    }
+}
+
+pub fn date(year: i32, month: i32, day: i32) -> Date {
+    Date { year, month, day }
+}
+
+/// Builds a `PatientProfile` in the clinic's words.
+#[derive(Clone, Default)]
+pub struct Patient(pub pb::PatientProfile);
+
+macro_rules! part {
+    ($self:ident . $part:ident) => {
+        $self.0.$part.get_or_insert_with(Default::default)
+    };
+}
+
+impl Patient {
+    pub fn new() -> Self {
+        Patient::default()
+    }
+    pub fn profile(&self) -> pb::PatientProfile {
+        self.0.clone()
+    }
+
+    // Demographics
+    pub fn england(mut self) -> Self {
+        part!(self.demographics).nation = pb::Nation::England as i32;
+        self
+    }
+    pub fn south_wales(mut self) -> Self {
+        let d = part!(self.demographics);
+        d.nation = pb::Nation::Wales as i32;
+        d.welsh_region = pb::WelshRegion::SouthMid as i32;
+        self
+    }
+    pub fn north_wales(mut self) -> Self {
+        let d = part!(self.demographics);
+        d.nation = pb::Nation::Wales as i32;
+        d.welsh_region = pb::WelshRegion::North as i32;
+        self
+    }
+    pub fn wales_region_unknown(mut self) -> Self {
+        part!(self.demographics).nation = pb::Nation::Wales as i32;
+        self
+    }
+    pub fn aged(mut self, years: i32) -> Self {
+        part!(self.demographics).age_years = Some(years);
+        self
+    }
+    pub fn born(mut self, dob: Date) -> Self {
+        part!(self.demographics).date_of_birth = Some(dob);
+        self
+    }
+    pub fn female(mut self) -> Self {
+        part!(self.demographics).sex = pb::Sex::Female as i32;
+        self
+    }
+    pub fn male(mut self) -> Self {
+        part!(self.demographics).sex = pb::Sex::Male as i32;
+        self
+    }
+    pub fn pregnant(mut self, yes: bool) -> Self {
+        part!(self.demographics).pregnant = Some(yes);
+        self
+    }
+    pub fn breastfeeding(mut self, yes: bool) -> Self {
+        part!(self.demographics).breastfeeding = Some(yes);
+        self
+    }
+
+    // Tumour
+    pub fn primary(mut self, site: pb::PrimarySite) -> Self {
+        part!(self.tumour).primary_site = site as i32;
+        self
+    }
+    pub fn well_differentiated(mut self) -> Self {
+        part!(self.tumour).differentiation = pb::Differentiation::Well as i32;
+        self
+    }
+    pub fn poorly_differentiated(mut self) -> Self {
+        part!(self.tumour).differentiation = pb::Differentiation::Poor as i32;
+        self
+    }
+    pub fn stated_grade(mut self, grade: pb::WhoGrade) -> Self {
+        part!(self.tumour).who_grade = grade as i32;
+        self
+    }
+    pub fn ki67(mut self, percent: f64) -> Self {
+        part!(self.tumour).ki67_percent = Some(percent);
+        self
+    }
+    pub fn mitoses(mut self, per_2mm2: f64) -> Self {
+        part!(self.tumour).mitoses_per_2mm2 = Some(per_2mm2);
+        self
+    }
+    pub fn lung_class(mut self, class: pb::LungClassification) -> Self {
+        part!(self.tumour).lung_classification = class as i32;
+        self
+    }
+
+    // Extent and progression
+    pub fn metastatic(mut self) -> Self {
+        part!(self.extent).extent = pb::Extent::Metastatic as i32;
+        self
+    }
+    pub fn localised_resectable(mut self) -> Self {
+        let e = part!(self.extent);
+        e.extent = pb::Extent::Localised as i32;
+        e.resectable_with_curative_intent = Some(true);
+        self
+    }
+    pub fn progressive(mut self, yes: bool) -> Self {
+        part!(self.progression).progressive = Some(yes);
+        self
+    }
+
+    // Imaging
+    pub fn krenning(mut self, score: i32) -> Self {
+        part!(self.imaging).krenning_score = Some(score);
+        self
+    }
+    pub fn sstr_scan_on(mut self, when: Date) -> Self {
+        let i = part!(self.imaging);
+        i.sstr_modality = pb::SstrImagingModality::Ga68DotaPet as i32;
+        i.sstr_scan_date = Some(when);
+        self
+    }
+    pub fn fdg_positive_sstr_negative(mut self) -> Self {
+        part!(self.imaging).fdg_positive_sstr_negative_lesion = Some(true);
+        self
+    }
+
+    // History and fitness
+    pub fn previously_treated_with(mut self, therapy: Therapy) -> Self {
+        self.0.prior_treatments.push(pb::PriorTreatment {
+            therapy: therapy as i32,
+            ..Default::default()
+        });
+        self
+    }
+    pub fn on_long_acting_ssa(mut self) -> Self {
+        part!(self.medication).on_long_acting_ssa = Some(true);
+        self
+    }
+    pub fn karnofsky(mut self, score: i32) -> Self {
+        part!(self.fitness).karnofsky_performance_status = Some(score);
+        self
+    }
+    pub fn ecog(mut self, score: i32) -> Self {
+        part!(self.fitness).ecog_performance_status = Some(score);
+        self
+    }
+    pub fn life_expectancy_months(mut self, months: i32) -> Self {
+        part!(self.fitness).life_expectancy_months = Some(months);
+        self
+    }
+    pub fn marrow_irradiated_percent(mut self, percent: f64) -> Self {
+        part!(self.fitness).prior_marrow_radiotherapy_percent = Some(percent);
+        self
+    }
+    pub fn cannot_follow_radiation_precautions(mut self) -> Self {
+        part!(self.fitness).can_follow_radiation_precautions = Some(false);
+        self
+    }
+    pub fn labs(mut self, set: impl FnOnce(&mut pb::LaboratoryResults)) -> Self {
+        set(part!(self.labs));
+        self
+    }
+}
+
+/// The TA539 patient: an adult with a metastatic, progressive, well-differentiated G2
+/// (Ki-67 8 %), SSTR-positive (Krenning 4) small-bowel NET. Nation is left to each test.
+pub fn ta539_small_bowel() -> Patient {
+    Patient::new()
+        .aged(64)
+        .primary(pb::PrimarySite::JejunumIleum)
+        .well_differentiated()
+        .ki67(8.0)
+        .metastatic()
+        .progressive(true)
+        .krenning(4)
+}
+
+impl TestServer {
+    pub async fn eligibility_on(
+        &self,
+        patient: &Patient,
+        therapy: Therapy,
+        as_of: Date,
+    ) -> pb::TherapyEligibility {
+        let response = self
+            .client
+            .evaluate_eligibility(pb::EvaluateEligibilityRequest {
+                patient: Some(patient.profile()),
+                therapies: vec![therapy as i32],
+                as_of_date: Some(as_of),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("EvaluateEligibility failed: {s:?}"));
+        assert_eq!(
+            response.therapies.len(),
+            1,
+            "one therapy asked, one answered"
+        );
+        response.therapies.into_iter().next().expect("one therapy")
+    }
+
+    pub async fn funding_on(
+        &self,
+        patient: &Patient,
+        therapy: Therapy,
+        as_of: Date,
+    ) -> pb::TherapyFunding {
+        let response = self
+            .client
+            .classify_funding(pb::ClassifyFundingRequest {
+                patient: Some(patient.profile()),
+                therapies: vec![therapy as i32],
+                as_of_date: Some(as_of),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("ClassifyFunding failed: {s:?}"));
+        assert_eq!(
+            response.therapies.len(),
+            1,
+            "one therapy asked, one answered"
+        );
+        response.therapies.into_iter().next().expect("one therapy")
+    }
+}
+
+/// Flag ids on an eligibility answer.
+pub fn flag_ids(answer: &pb::TherapyEligibility) -> Vec<&str> {
+    answer
+        .safety_flags
+        .iter()
+        .map(|f| f.flag_id.as_str())
+        .collect()
+}
+
+/// Site ids on a funding answer.
+pub fn site_ids(answer: &pb::TherapyFunding) -> Vec<&str> {
+    answer
+        .delivery_sites
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect()
+}
