@@ -11,7 +11,9 @@ use net_pathway::pb;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let endpoint = std::env::args().nth(1).unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let endpoint = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let client = NetPathwayClient::connect(endpoint).await?;
 
     // A 64-year-old in England with a metastatic, progressive, well-differentiated G2
@@ -28,9 +30,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ki67_percent: Some(8.0),
             ..Default::default()
         }),
-        extent: Some(pb::DiseaseExtent { extent: pb::Extent::Metastatic as i32, ..Default::default() }),
-        progression: Some(pb::Progression { progressive: Some(true), ..Default::default() }),
-        imaging: Some(pb::Imaging { krenning_score: Some(4), ..Default::default() }),
+        extent: Some(pb::DiseaseExtent {
+            extent: pb::Extent::Metastatic as i32,
+            ..Default::default()
+        }),
+        progression: Some(pb::Progression {
+            progressive: Some(true),
+            ..Default::default()
+        }),
+        imaging: Some(pb::Imaging {
+            krenning_score: Some(4),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let therapies = vec![pb::Therapy::PrrtLu177Dotatate as i32];
@@ -52,15 +63,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     for t in &eligibility.therapies {
-        println!("{}: {}", t.therapy().as_str_name(), t.status().as_str_name());
+        println!(
+            "{}: {}",
+            t.therapy().as_str_name(),
+            t.status().as_str_name()
+        );
         println!("  {}", t.summary);
         for flag in &t.safety_flags {
-            println!("  flag {} ({}): {}", flag.flag_id, flag.severity().as_str_name(), flag.message);
+            println!(
+                "  flag {} ({}): {}",
+                flag.flag_id,
+                flag.severity().as_str_name(),
+                flag.message
+            );
         }
     }
 
     let funding = client
-        .classify_funding(pb::ClassifyFundingRequest { patient: Some(patient), therapies, ..Default::default() })
+        .classify_funding(pb::ClassifyFundingRequest {
+            patient: Some(patient),
+            therapies,
+            ..Default::default()
+        })
         .await?;
     for t in &funding.therapies {
         println!("{}: {}", t.therapy().as_str_name(), t.route().as_str_name());
@@ -73,7 +97,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if let Some(policy) = funding.policy {
-        println!("decision {} under policy {} ({})", funding.decision_id, policy.version, policy.content_hash);
+        println!(
+            "decision {} under policy {} ({})",
+            funding.decision_id, policy.version, policy.content_hash
+        );
     }
     Ok(())
 }

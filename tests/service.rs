@@ -40,11 +40,17 @@ async fn health_turns_not_serving_as_soon_as_draining_starts_and_the_server_then
     let mut s = server().await;
     let mut client = HealthClient::new(s.client.channel());
     let mut watch = client
-        .watch(HealthCheckRequest { service: "netpathway.v1.EligibilityService".into() })
+        .watch(HealthCheckRequest {
+            service: "netpathway.v1.EligibilityService".into(),
+        })
         .await
         .expect("watch")
         .into_inner();
-    let first = watch.message().await.expect("first status").expect("a status");
+    let first = watch
+        .message()
+        .await
+        .expect("first status")
+        .expect("a status");
     assert_eq!(first.status(), ServingStatus::Serving);
 
     s.shut_down();
@@ -53,12 +59,19 @@ async fn health_turns_not_serving_as_soon_as_draining_starts_and_the_server_then
         .expect("status change within 5 s")
         .expect("stream open")
         .expect("a status");
-    assert_eq!(next.status(), ServingStatus::NotServing, "load balancers stop routing before calls drain");
+    assert_eq!(
+        next.status(),
+        ServingStatus::NotServing,
+        "load balancers stop routing before calls drain"
+    );
 
     drop(watch);
     drop(client);
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), &mut s.handle).await;
-    assert!(matches!(stopped, Ok(Ok(()))), "server task ended cleanly: {stopped:?}");
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "server task ended cleanly: {stopped:?}"
+    );
 }
 
 #[tokio::test]

@@ -4,8 +4,7 @@ use chrono::NaiveDate;
 
 use super::criteria::{Facts, Finding, Outcome};
 use super::policy::{
-    FundingRoute, Period, Policy, PriorApproval, RegistryStatus, Role, RouteKind, Selector,
-    Severity, Status,
+    FundingRoute, Period, Policy, PriorApproval, RegistryStatus, Role, Selector, Severity, Status,
 };
 use crate::domain::{Nation, Patient, Therapy};
 
@@ -378,13 +377,11 @@ impl Policy {
             .iter()
             .filter(|r| r.nation == nation && r.period.contains(as_of));
         for route in routes {
-            let registry_status = route.registry.map(|i| {
-                let registry = &self.registries[i];
-                let state = registry.periods.iter().find(|(p, _, _)| p.contains(as_of));
-                (registry, state)
-            });
+            let registry = route
+                .registry
+                .map(|i| (&self.registries[i], self.registries[i].state_on(as_of)));
             // A registry that did not exist on the as-of date offers no route.
-            if let Some((_, None)) = registry_status {
+            if let Some((_, None)) = registry {
                 continue;
             }
             match self.conjunction(&route.when, facts, &mut answer.criteria) {
@@ -403,23 +400,20 @@ impl Policy {
                 }
                 Conjunction::AllMet => {}
             }
-            answer.route = match (route.kind, registry_status) {
-                (RouteKind::AuditRegistry, Some((registry, Some((_, status, note))))) => {
-                    let verb = match status {
+            answer.route = match registry {
+                Some((registry, Some((status, note)))) => {
+                    let state = match status {
                         RegistryStatus::Open => "is open to new patients",
                         RegistryStatus::ClosedToNewPatients => "is closed to new patients",
                     };
-                    let mut line = format!("{} {verb} on {as_of}.", registry.name);
-                    if !note.is_empty() {
-                        line = format!("{line} {note}");
-                    }
-                    answer.notes.push(line);
-                    match status {
-                        RegistryStatus::Open => FundingRoute::WithinAuditRegistry,
-                        RegistryStatus::ClosedToNewPatients => FundingRoute::AuditRegistryClosed,
-                    }
+                    answer.notes.push(
+                        format!("{} {state} on {as_of}. {note}", registry.name)
+                            .trim_end()
+                            .to_string(),
+                    );
+                    FundingRoute::from(status)
                 }
-                (kind, _) => FundingRoute::from(kind),
+                _ => FundingRoute::from(route.kind),
             };
             answer.route_id = route.id.clone();
             answer.summary = route.summary.clone();

@@ -138,19 +138,33 @@ impl From<RouteKind> for FundingRoute {
     }
 }
 
+impl From<RegistryStatus> for FundingRoute {
+    fn from(status: RegistryStatus) -> Self {
+        match status {
+            RegistryStatus::Open => FundingRoute::WithinAuditRegistry,
+            RegistryStatus::ClosedToNewPatients => FundingRoute::AuditRegistryClosed,
+        }
+    }
+}
+
+impl Registry {
+    /// The registry's state and its note on `day`; `None` before it existed.
+    pub fn state_on(&self, day: NaiveDate) -> Option<(RegistryStatus, &str)> {
+        self.periods
+            .iter()
+            .find(|(p, _, _)| p.contains(day))
+            .map(|(_, status, note)| (*status, note.as_str()))
+    }
+}
+
 impl Policy {
     /// The route a rule gives on `day`, resolving an audit registry by its state that day.
     pub fn route_on(&self, route: &Route, day: NaiveDate) -> FundingRoute {
-        let state = route.registry.and_then(|r| {
-            self.registries[r]
-                .periods
-                .iter()
-                .find(|(p, _, _)| p.contains(day))
-                .map(|(_, s, _)| *s)
-        });
-        match state {
-            Some(RegistryStatus::Open) => FundingRoute::WithinAuditRegistry,
-            Some(RegistryStatus::ClosedToNewPatients) => FundingRoute::AuditRegistryClosed,
+        match route
+            .registry
+            .and_then(|r| self.registries[r].state_on(day))
+        {
+            Some((status, _)) => FundingRoute::from(status),
             None => FundingRoute::from(route.kind),
         }
     }
