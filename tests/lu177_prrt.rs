@@ -512,13 +512,13 @@ async fn renal_function_below_50_is_flagged_for_review_and_below_30_as_withhold(
     let flag = e
         .safety_flags
         .iter()
-        .find(|f| f.flag_id == "prrt-renal-review")
+        .find(|f| f.flag_id == "radionuclide-renal-review")
         .expect("renal flag");
     assert_eq!(flag.severity(), SafetyFlagSeverity::Review);
     assert_eq!(flag.value, "45 mL/min");
     assert_eq!(flag.threshold, "< 50 mL/min");
     assert_eq!(flag.field, "patient.labs.creatinine_clearance_ml_per_min");
-    assert!(!flag_ids(&e).contains(&"prrt-renal-severe"));
+    assert!(!flag_ids(&e).contains(&"radionuclide-renal-severe"));
 
     let severe = ta539_small_bowel()
         .england()
@@ -528,7 +528,7 @@ async fn renal_function_below_50_is_flagged_for_review_and_below_30_as_withhold(
     let flag = e
         .safety_flags
         .iter()
-        .find(|f| f.flag_id == "prrt-renal-severe")
+        .find(|f| f.flag_id == "radionuclide-renal-severe")
         .expect("severe renal flag from eGFR");
     assert_eq!(flag.severity(), SafetyFlagSeverity::Withhold);
     assert_eq!(flag.field, "patient.labs.egfr_ml_per_min_per_1_73m2");
@@ -549,7 +549,7 @@ async fn dialysis_is_a_review_flag_not_a_refusal() {
         )
         .await;
     assert_eq!(e.status(), Status::Eligible);
-    assert!(flag_ids(&e).contains(&"prrt-dialysis"));
+    assert!(flag_ids(&e).contains(&"radionuclide-dialysis"));
 }
 
 #[tokio::test]
@@ -564,10 +564,10 @@ async fn low_blood_counts_raise_withhold_flags() {
     let e = s.eligibility_on(&patient, LU177, today()).await;
     assert_eq!(e.status(), Status::Eligible);
     for id in [
-        "prrt-haemoglobin",
-        "prrt-platelets",
-        "prrt-white-cells",
-        "prrt-neutrophils",
+        "radionuclide-haemoglobin",
+        "radionuclide-platelets",
+        "radionuclide-white-cells",
+        "radionuclide-neutrophils",
     ] {
         let flag = e
             .safety_flags
@@ -649,7 +649,7 @@ async fn imaging_marrow_and_radiation_protection_flags() {
     for id in [
         "prrt-fdg-discordant",
         "prrt-marrow-radiotherapy",
-        "prrt-radiation-precautions",
+        "radionuclide-radiation-precautions",
         "prrt-long-acting-ssa",
         "prrt-sstr-scan-age",
     ] {
@@ -772,7 +772,12 @@ async fn every_criterion_cites_its_source_and_the_answer_names_the_policy() {
         .expect("evaluate");
     assert_eq!(response.request_id, "0b0e1c4e-5f5a-4d8e-9d3c-2f1e6a7b8c9d");
     let policy = response.policy.expect("policy reference");
-    assert_eq!(policy.version, "2026.11.0");
+    assert_eq!(
+        policy.version,
+        net_pathway::engine::Policy::bundled()
+            .expect("bundled")
+            .version
+    );
     assert!(policy.content_hash.starts_with("sha256:") && policy.content_hash.len() == 7 + 64);
     let adult = response.therapies[0]
         .criteria
@@ -792,16 +797,22 @@ async fn every_criterion_cites_its_source_and_the_answer_names_the_policy() {
 }
 
 #[tokio::test]
-async fn therapies_the_policy_does_not_yet_decide_are_indeterminate_with_the_reason() {
-    let s = server().await;
-    let e = s
-        .eligibility_on(&ta539_small_bowel().england(), Therapy::Sunitinib, today())
-        .await;
+async fn a_therapy_the_policy_does_not_decide_is_indeterminate_with_the_reason_never_a_guess() {
+    // A policy without its SIRT section: SIRT must answer INDETERMINATE / UNDETERMINED.
+    let bundled = include_str!("../policy/net-pathway.toml");
+    let start = bundled
+        .find("[[therapies]]\ntherapy = \"sirt\"")
+        .expect("SIRT section");
+    let end = start + bundled[start..].find("# -----").expect("section end");
+    let without_sirt = format!("{}{}", &bundled[..start], &bundled[end..]);
+    let policy = net_pathway::engine::Policy::parse("without-sirt.toml", &without_sirt)
+        .expect("valid policy");
+    let s = server_with(policy).await;
+    let patient = ta539_small_bowel().england();
+    let e = s.eligibility_on(&patient, Therapy::Sirt, today()).await;
     assert_eq!(e.status(), Status::Indeterminate);
     assert!(e.summary.contains("does not yet decide"), "{}", e.summary);
-    let f = s
-        .funding_on(&ta539_small_bowel().england(), Therapy::Sunitinib, today())
-        .await;
+    let f = s.funding_on(&patient, Therapy::Sirt, today()).await;
     assert_eq!(f.route(), Route::Undetermined);
     assert!(f.summary.contains("does not yet decide"), "{}", f.summary);
 }

@@ -83,7 +83,9 @@ async fn the_policy_service_describes_every_therapy_and_its_sources() {
         .await
         .expect("policy");
     let reference = p.policy.expect("reference");
-    assert_eq!(reference.version, "2026.11.0");
+    let bundled = net_pathway::engine::Policy::bundled().expect("bundled policy");
+    assert_eq!(reference.version, bundled.version);
+    assert_eq!(reference.content_hash, bundled.content_hash);
     assert_eq!(p.effective_from, Some(date(2026, 11, 28)));
     assert!(p.example_case_count >= 5);
     assert_eq!(p.therapies.len(), 14, "every therapy the service covers");
@@ -109,12 +111,26 @@ async fn the_policy_service_describes_every_therapy_and_its_sources() {
         .find(|r| r.route_id == "lu177.wales.non-gep-registry")
         .expect("registry route");
     assert_eq!(registry.route(), Route::AuditRegistryClosed);
-    let sunitinib = p
-        .therapies
-        .iter()
-        .find(|t| t.therapy() == Therapy::Sunitinib)
-        .expect("sunitinib");
-    assert!(!sunitinib.decided && sunitinib.criteria.is_empty());
+    for therapy in &p.therapies {
+        assert!(therapy.decided, "{:?} is decided", therapy.therapy());
+        assert!(
+            !therapy.criteria.is_empty()
+                && therapy
+                    .routes
+                    .iter()
+                    .any(|r| r.nation() == pb::Nation::England)
+        );
+        assert!(
+            therapy
+                .routes
+                .iter()
+                .any(|r| r.nation() == pb::Nation::Wales),
+            "{:?} has Welsh routes",
+            therapy.therapy()
+        );
+        assert!(therapy.criteria.iter().all(|c| c.source.is_some()));
+        assert!(therapy.routes.iter().all(|r| r.source.is_some()));
+    }
     assert!(
         p.sources
             .iter()

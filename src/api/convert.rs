@@ -193,6 +193,7 @@ impl Reader {
                 liver_metastases: extent.liver_metastases,
                 liver_burden_percent: extent.liver_burden_percent,
                 liver_dominant: extent.liver_dominant,
+                estimated_debulkable_percent: extent.estimated_debulkable_percent,
                 bilobar_liver_disease: extent.bilobar_liver_disease,
                 extrahepatic_sites: self
                     .enumerations(&at("extent.extrahepatic_sites"), &extent.extrahepatic_sites),

@@ -69,6 +69,7 @@ pub struct DiseaseExtent {
     pub liver_dominant: Option<bool>,
     pub bilobar_liver_disease: Option<bool>,
     pub extrahepatic_sites: Vec<ExtrahepaticSite>,
+    pub estimated_debulkable_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

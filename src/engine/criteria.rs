@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 
 use super::grading::GradeAssessment;
 use crate::domain::{
-    Differentiation, Extent, Nation, Patient, PrimarySite, Sex, Therapy, WelshRegion, WhoGrade,
+    ChildPugh, Differentiation, Extent, ExtrahepaticSite, FunctionalSyndrome, MibgInterferingDrug,
+    Nation, Patient, PrimarySite, Sex, Therapy, WelshRegion, WhoGrade,
 };
 
 /// Three-valued outcome (clinical README, position 2).
@@ -102,6 +103,9 @@ pub static NUMERIC_INPUTS: &[NumericInput] = &[
     numeric!("extent.liver_burden_percent", "%", |p| p
         .extent
         .liver_burden_percent),
+    numeric!("extent.estimated_debulkable_percent", "%", |p| p
+        .extent
+        .estimated_debulkable_percent),
     numeric!("imaging.krenning_score", "", |p| p
         .imaging
         .krenning_score
@@ -174,6 +178,18 @@ pub static BOOLEAN_INPUTS: &[BooleanInput] = &[
     boolean!("imaging.mibg_positive", |p| p.imaging.mibg_positive),
     boolean!("extent.liver_metastases", |p| p.extent.liver_metastases),
     boolean!("extent.liver_dominant", |p| p.extent.liver_dominant),
+    boolean!("extent.bilobar_liver_disease", |p| p
+        .extent
+        .bilobar_liver_disease),
+    boolean!("tumour.symptoms_controlled_on_ssa", |p| p
+        .tumour
+        .symptoms_controlled_on_ssa),
+    boolean!("extent.bilobar_liver_disease", |p| p
+        .extent
+        .bilobar_liver_disease),
+    boolean!("tumour.symptoms_controlled_on_ssa", |p| p
+        .tumour
+        .symptoms_controlled_on_ssa),
     boolean!("extent.resectable_with_curative_intent", |p| p
         .extent
         .resectable_with_curative_intent),
@@ -238,6 +254,10 @@ const KRENNING: &str = "patient.imaging.krenning_score";
 const PREGNANT: &str = "patient.demographics.pregnant";
 const BREASTFEEDING: &str = "patient.demographics.breastfeeding";
 const PRIOR_TREATMENTS: &str = "patient.prior_treatments";
+const SYNDROME: &str = "patient.tumour.functional_syndrome";
+const EXTRAHEPATIC: &str = "patient.extent.extrahepatic_sites";
+const MIBG_DRUGS: &str = "patient.medication.mibg_interfering_drugs";
+const CHILD_PUGH: &str = "patient.fitness.child_pugh";
 
 /// A compiled check with its parameters.
 pub enum Check {
@@ -293,6 +313,43 @@ pub enum Check {
         days: i64,
     },
     StatedGradeConflicts,
+    ValueAtMost {
+        input: &'static NumericInput,
+        limit: f64,
+    },
+    ValueAtLeast {
+        input: &'static NumericInput,
+        limit: f64,
+    },
+    ExtentIn {
+        extents: Vec<Extent>,
+    },
+    FunctionalSyndromeIn {
+        syndromes: Vec<FunctionalSyndrome>,
+    },
+    ExtrahepaticSitesWithin {
+        allowed: Vec<ExtrahepaticSite>,
+    },
+    ExtrahepaticSiteAnyOf {
+        sites: Vec<ExtrahepaticSite>,
+    },
+    MibgInterferingDrugTaken,
+    ChildPughIn {
+        classes: Vec<ChildPugh>,
+    },
+    /// MET when any member is MET (members are criteria defined earlier in the policy).
+    AnyOf {
+        members: Vec<usize>,
+    },
+    /// MET when every member is MET.
+    AllOf {
+        members: Vec<usize>,
+    },
+    /// A composite as written, before its member ids are resolved by the loader.
+    Composite {
+        any: bool,
+        names: Vec<String>,
+    },
 }
 
 /// The catalogue as the policy file names it: check name and its parameters.
@@ -324,6 +381,31 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     ("is_false", "input: yes/no input"),
     ("older_than_days", "input: date input, days: integer"),
     ("stated_grade_conflicts", "(none)"),
+    (
+        "value_at_most",
+        "input: numeric input, limit: number (MET when value ≤ limit)",
+    ),
+    (
+        "value_at_least",
+        "input: numeric input, limit: number (MET when value ≥ limit)",
+    ),
+    ("extent_in", "extents: list of extents"),
+    (
+        "functional_syndrome_in",
+        "syndromes: list of functional syndromes (none = non-functional)",
+    ),
+    (
+        "extrahepatic_sites_within",
+        "allowed: list of extrahepatic sites",
+    ),
+    (
+        "extrahepatic_site_any_of",
+        "sites: list of extrahepatic sites",
+    ),
+    ("mibg_interfering_drug_taken", "(none)"),
+    ("child_pugh_in", "classes: list of Child-Pugh classes"),
+    ("any_of", "criteria: list of criterion ids defined above"),
+    ("all_of", "criteria: list of criterion ids defined above"),
 ];
 
 #[derive(Deserialize)]
@@ -466,6 +548,43 @@ impl Check {
             days: i64,
         }
 
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Limit {
+            input: String,
+            limit: f64,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Extents {
+            extents: Vec<Extent>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Syndromes {
+            syndromes: Vec<FunctionalSyndrome>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Allowed {
+            allowed: Vec<ExtrahepaticSite>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct SiteList {
+            sites: Vec<ExtrahepaticSite>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Classes {
+            classes: Vec<ChildPugh>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Members {
+            criteria: Vec<String>,
+        }
+
         let none = |check: Check| params::<NoParams>(table).map(|_| check);
         Ok(match name {
             "age_at_least" => Check::AgeAtLeast {
@@ -536,6 +655,46 @@ impl Check {
                 }
             }
             "stated_grade_conflicts" => none(Check::StatedGradeConflicts)?,
+            "value_at_most" => {
+                let p = params::<Limit>(table)?;
+                Check::ValueAtMost {
+                    input: numeric(&p.input)?,
+                    limit: p.limit,
+                }
+            }
+            "value_at_least" => {
+                let p = params::<Limit>(table)?;
+                Check::ValueAtLeast {
+                    input: numeric(&p.input)?,
+                    limit: p.limit,
+                }
+            }
+            "extent_in" => Check::ExtentIn {
+                extents: non_empty(params::<Extents>(table)?.extents, "extents")?,
+            },
+            "functional_syndrome_in" => Check::FunctionalSyndromeIn {
+                syndromes: non_empty(params::<Syndromes>(table)?.syndromes, "syndromes")?,
+            },
+            "extrahepatic_sites_within" => Check::ExtrahepaticSitesWithin {
+                allowed: params::<Allowed>(table)?.allowed,
+            },
+            "extrahepatic_site_any_of" => Check::ExtrahepaticSiteAnyOf {
+                sites: non_empty(params::<SiteList>(table)?.sites, "sites")?,
+            },
+            "mibg_interfering_drug_taken" => none(Check::MibgInterferingDrugTaken)?,
+            "child_pugh_in" => Check::ChildPughIn {
+                classes: non_empty(params::<Classes>(table)?.classes, "classes")?,
+            },
+            "any_of" | "all_of" => {
+                let names = params::<Members>(table)?.criteria;
+                if names.len() < 2 {
+                    return Err("criteria must name at least two criteria".into());
+                }
+                Check::Composite {
+                    any: name == "any_of",
+                    names,
+                }
+            }
             other => {
                 let names: Vec<&str> = CATALOGUE.iter().map(|(n, _)| *n).collect();
                 return Err(format!(
@@ -563,14 +722,119 @@ impl Check {
             Check::OlderThanDays { days, .. } => format!("older than {days} days"),
             Check::KrenningAtLeast { score } => format!("Krenning ≥ {score}"),
             Check::AgeAtLeast { years } => format!("age ≥ {years}"),
+            Check::ValueAtMost { input, limit } => {
+                format!("≤ {limit} {}", input.unit).trim_end().to_string()
+            }
+            Check::ValueAtLeast { input, limit } => {
+                format!("≥ {limit} {}", input.unit).trim_end().to_string()
+            }
             _ => String::new(),
         }
     }
 
-    /// Evaluates the check on the facts.
-    pub fn evaluate(&self, f: &Facts) -> Finding {
+    /// Evaluates the check on the facts; `member` evaluates another criterion of the policy
+    /// (for composites).
+    pub fn evaluate(&self, f: &Facts, member: &dyn Fn(usize) -> Finding) -> Finding {
         let p = f.patient;
         match self {
+            Check::AnyOf { members } => combine(members.iter().map(|m| member(*m)), true),
+            Check::AllOf { members } => combine(members.iter().map(|m| member(*m)), false),
+            Check::Composite { .. } => {
+                Finding::unknown(&[], "composite not resolved by the policy loader")
+            }
+            Check::ValueAtMost { input, limit } => match (input.read)(p) {
+                Some(v) => {
+                    Finding::decided(v <= *limit, format!("{v} {} against ≤ {limit}", input.unit))
+                        .value(input.path, format!("{v} {}", input.unit).trim_end())
+                }
+                None => Finding::unknown(&[input.path], "not recorded"),
+            },
+            Check::ValueAtLeast { input, limit } => match (input.read)(p) {
+                Some(v) => {
+                    Finding::decided(v >= *limit, format!("{v} {} against ≥ {limit}", input.unit))
+                        .value(input.path, format!("{v} {}", input.unit).trim_end())
+                }
+                None => Finding::unknown(&[input.path], "not recorded"),
+            },
+            Check::ExtentIn { extents } => match p.extent.extent {
+                Some(e) => Finding::decided(extents.contains(&e), format!("disease is {e}"))
+                    .value(EXTENT, e.label()),
+                None => Finding::unknown(&[EXTENT], "extent of disease not recorded"),
+            },
+            Check::FunctionalSyndromeIn { syndromes } => match p.tumour.functional_syndrome {
+                Some(s) => {
+                    Finding::decided(syndromes.contains(&s), format!("hormonal status: {s}"))
+                        .value(SYNDROME, s.label())
+                }
+                None => Finding::unknown(&[SYNDROME], "hormonal (functional) status not recorded"),
+            },
+            Check::ExtrahepaticSitesWithin { allowed } => {
+                let sites = &p.extent.extrahepatic_sites;
+                if sites.is_empty() {
+                    Finding::unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
+                } else {
+                    let outside: Vec<&str> = sites
+                        .iter()
+                        .filter(|s| **s != ExtrahepaticSite::None && !allowed.contains(s))
+                        .map(|s| s.label())
+                        .collect();
+                    let listed: Vec<&str> = sites.iter().map(|s| s.label()).collect();
+                    Finding::decided(
+                        outside.is_empty(),
+                        if outside.is_empty() {
+                            "extrahepatic disease within the limit".to_string()
+                        } else {
+                            format!("extrahepatic disease in {}", outside.join(", "))
+                        },
+                    )
+                    .value(EXTRAHEPATIC, listed.join(", "))
+                }
+            }
+            Check::ExtrahepaticSiteAnyOf { sites } => {
+                let recorded = &p.extent.extrahepatic_sites;
+                if recorded.is_empty() {
+                    Finding::unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
+                } else {
+                    let listed: Vec<&str> = recorded.iter().map(|s| s.label()).collect();
+                    let found = recorded.iter().any(|s| sites.contains(s));
+                    Finding::decided(
+                        found,
+                        format!("extrahepatic disease: {}", listed.join(", ")),
+                    )
+                    .value(EXTRAHEPATIC, listed.join(", "))
+                }
+            }
+            Check::MibgInterferingDrugTaken => {
+                let drugs = &p.medication.mibg_interfering_drugs;
+                if drugs.is_empty() {
+                    Finding::unknown(
+                        &[MIBG_DRUGS],
+                        "medicines that block mIBG uptake not reviewed",
+                    )
+                } else {
+                    let taken: Vec<&str> = drugs
+                        .iter()
+                        .filter(|d| **d != MibgInterferingDrug::None)
+                        .map(|d| d.label())
+                        .collect();
+                    let listed: Vec<&str> = drugs.iter().map(|d| d.label()).collect();
+                    Finding::decided(
+                        !taken.is_empty(),
+                        if taken.is_empty() {
+                            "none taken".to_string()
+                        } else {
+                            format!("takes {}", taken.join(", "))
+                        },
+                    )
+                    .value(MIBG_DRUGS, listed.join(", "))
+                }
+            }
+            Check::ChildPughIn { classes } => match p.fitness.child_pugh {
+                Some(c) => {
+                    Finding::decided(classes.contains(&c), c.label()).value(CHILD_PUGH, c.label())
+                }
+                None => Finding::unknown(&[CHILD_PUGH], "Child-Pugh class not recorded"),
+            },
             Check::AgeAtLeast { years } => match f.age {
                 Some(age) => Finding::decided(
                     age >= *years,
@@ -774,6 +1038,58 @@ impl Check {
             },
         }
     }
+}
+
+/// Three-valued OR (`any`) or AND over member findings.
+fn combine(findings: impl Iterator<Item = Finding>, any: bool) -> Finding {
+    let mut decisive = Vec::new();
+    let mut missing = Vec::new();
+    let mut unknown = false;
+    let mut values = Vec::new();
+    let mut explanations = Vec::new();
+    // OR is settled by a MET member, AND by an UNMET one.
+    let settles = if any { Outcome::Met } else { Outcome::Unmet };
+    for f in findings {
+        if f.outcome == settles {
+            decisive.push(f);
+            continue;
+        }
+        if f.outcome == Outcome::Unknown {
+            unknown = true;
+            for m in &f.missing {
+                if !missing.contains(m) {
+                    missing.push(m.clone());
+                }
+            }
+        }
+        values.extend(f.values);
+        explanations.push(f.explanation);
+    }
+    if !decisive.is_empty() {
+        let mut out = Finding::new(
+            settles,
+            decisive
+                .iter()
+                .map(|f| f.explanation.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+        out.values = decisive.into_iter().flat_map(|f| f.values).collect();
+        return out;
+    }
+    let mut out = Finding::new(
+        if unknown {
+            Outcome::Unknown
+        } else if any {
+            Outcome::Unmet
+        } else {
+            Outcome::Met
+        },
+        explanations.join("; "),
+    );
+    out.values = values;
+    out.missing = if unknown { missing } else { Vec::new() };
+    out
 }
 
 fn unresectable_or_metastatic(p: &Patient) -> Finding {

@@ -104,10 +104,17 @@ impl Policy {
         }
     }
 
+    /// Evaluates one criterion (composites evaluate their members).
+    pub fn finding(&self, criterion: usize, facts: &Facts) -> Finding {
+        self.criteria[criterion]
+            .check
+            .evaluate(facts, &|member| self.finding(member, facts))
+    }
+
     fn report(&self, criterion: usize, facts: &Facts) -> CriterionReport {
         CriterionReport {
             criterion,
-            finding: self.criteria[criterion].check.evaluate(facts),
+            finding: self.finding(criterion, facts),
         }
     }
 

@@ -908,8 +908,10 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
 
     let criterion_index = l.index(&raw.criteria, |c| &c.id, "criterion");
     let mut criteria = Vec::new();
+    let mut criterion_offsets = Vec::new();
     for c in raw.criteria {
         let offset = c.span().start;
+        criterion_offsets.push(offset);
         let c = c.into_inner();
         let source = l.lookup(&source_index, &c.source, "source", offset);
         let check = match Check::compile(&c.check, &c.params) {
@@ -944,6 +946,29 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             severity: c.severity,
             flag: c.flag.unwrap_or_default(),
         });
+    }
+
+    // Composites may name only criteria defined above them, so they can never loop.
+    for (i, (criterion, offset)) in criteria
+        .iter_mut()
+        .zip(criterion_offsets.iter())
+        .enumerate()
+    {
+        if let Check::Composite { any, names } = &criterion.check {
+            let mut members = Vec::new();
+            for name in names {
+                match criterion_index.get(name) {
+                    Some(&m) if m < i => members.push(m),
+                    Some(_) => l.issue(*offset, format!("criterion '{}': '{name}' must be defined above the composite that names it", criterion.id)),
+                    None => l.issue(*offset, format!("criterion '{}': unknown criterion '{name}'", criterion.id)),
+                }
+            }
+            criterion.check = if *any {
+                Check::AnyOf { members }
+            } else {
+                Check::AllOf { members }
+            };
+        }
     }
 
     let refs = |l: &mut Loader, ids: &[String], offset: usize| -> Vec<usize> {
