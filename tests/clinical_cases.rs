@@ -1,0 +1,261 @@
+//! The clinical case suite: `tests/cases/clinical-cases.toml`, run through the client library
+//! against the real server. Each case is a patient written in the proto JSON mapping (the same
+//! spelling grpcurl uses), the expected answer per therapy, and the source that makes it right.
+//! The cases were written from the clinical reference, not from the engine's output.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use net_pathway::google::r#type::Date;
+use net_pathway::pb;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+use serde::Deserialize;
+use serde::de::DeserializeSeed;
+
+const CASES: &str = include_str!("cases/clinical-cases.toml");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    case: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    source: String,
+    #[serde(default)]
+    as_of: Option<[i32; 3]>,
+    patient: toml::Value,
+    expect: Vec<Expect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    therapy: String,
+    status: Option<String>,
+    route: Option<String>,
+    #[serde(default)]
+    missing: Option<Vec<String>>,
+    #[serde(default)]
+    funding_missing: Option<Vec<String>>,
+    mdt: Option<String>,
+    sites: Option<Vec<String>>,
+    commissioner: Option<String>,
+    route_id: Option<String>,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    absent_flags: Vec<String>,
+}
+
+fn patient_from(value: &toml::Value, pool: &DescriptorPool) -> Result<pb::PatientProfile, String> {
+    let descriptor = pool
+        .get_message_by_name("netpathway.v1.PatientProfile")
+        .ok_or("PatientProfile descriptor")?;
+    let dynamic: DynamicMessage = descriptor
+        .deserialize(value.clone())
+        .map_err(|e| e.to_string())?;
+    dynamic
+        .transcode_to::<pb::PatientProfile>()
+        .map_err(|e| e.to_string())
+}
+
+fn enum_name(prefix: &str, short: &str) -> String {
+    format!("{prefix}_{}", short.to_ascii_uppercase())
+}
+
+#[tokio::test]
+async fn the_clinical_case_suite() {
+    let file: CaseFile =
+        toml::from_str(CASES).unwrap_or_else(|e| panic!("clinical-cases.toml: {e}"));
+    let pool = DescriptorPool::decode(net_pathway::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let s = server().await;
+    let mut failures = Vec::new();
+    let mut coverage: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut expectations = 0;
+
+    for case in &file.case {
+        assert!(
+            !case.source.trim().is_empty(),
+            "case '{}' names its source",
+            case.name
+        );
+        let patient = patient_from(&case.patient, &pool)
+            .unwrap_or_else(|e| panic!("case '{}': patient: {e}", case.name));
+        let as_of = case
+            .as_of
+            .map(|[year, month, day]| Date { year, month, day });
+        let nation = patient
+            .demographics
+            .as_ref()
+            .map(|d| d.nation())
+            .unwrap_or_default();
+        for expect in &case.expect {
+            expectations += 1;
+            let therapy = pb::Therapy::from_str_name(&enum_name("THERAPY", &expect.therapy))
+                .unwrap_or_else(|| {
+                    panic!("case '{}': unknown therapy {}", case.name, expect.therapy)
+                });
+            let eligibility = s
+                .client
+                .evaluate_eligibility(pb::EvaluateEligibilityRequest {
+                    patient: Some(patient.clone()),
+                    therapies: vec![therapy as i32],
+                    as_of_date: as_of,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|status| panic!("case '{}': {status:?}", case.name))
+                .therapies
+                .remove(0);
+            let funding = s
+                .client
+                .classify_funding(pb::ClassifyFundingRequest {
+                    patient: Some(patient.clone()),
+                    therapies: vec![therapy as i32],
+                    as_of_date: as_of,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|status| panic!("case '{}': {status:?}", case.name))
+                .therapies
+                .remove(0);
+            let mut fail =
+                |what: String| failures.push(format!("{} / {}: {what}", case.name, expect.therapy));
+
+            if let Some(status) = &expect.status {
+                let want = enum_name("ELIGIBILITY_STATUS", status);
+                let got = eligibility.status().as_str_name();
+                if want != got {
+                    fail(format!(
+                        "status {got}, expected {want} ({})",
+                        eligibility.summary
+                    ));
+                }
+                coverage
+                    .entry(expect.therapy.clone())
+                    .or_default()
+                    .insert(format!("status:{status}"));
+            }
+            if let Some(route) = &expect.route {
+                let want = enum_name("FUNDING_ROUTE", route);
+                let got = funding.route().as_str_name();
+                if want != got {
+                    fail(format!(
+                        "route {got}, expected {want} ({})",
+                        funding.summary
+                    ));
+                }
+                coverage
+                    .entry(expect.therapy.clone())
+                    .or_default()
+                    .insert(format!("nation:{}", nation.as_str_name()));
+            }
+            if let Some(missing) = &expect.missing
+                && *missing != eligibility.missing_inputs
+            {
+                fail(format!(
+                    "missing inputs {:?}, expected {missing:?}",
+                    eligibility.missing_inputs
+                ));
+            }
+            if let Some(missing) = &expect.funding_missing
+                && *missing != funding.missing_inputs
+            {
+                fail(format!(
+                    "funding missing inputs {:?}, expected {missing:?}",
+                    funding.missing_inputs
+                ));
+            }
+            if let Some(mdt) = &expect.mdt {
+                let got = funding
+                    .deciding_mdt
+                    .as_ref()
+                    .map(|m| m.id.as_str())
+                    .unwrap_or("");
+                if got != mdt {
+                    fail(format!("deciding MDT {got}, expected {mdt}"));
+                }
+            }
+            if let Some(sites) = &expect.sites
+                && site_ids(&funding) != sites.iter().map(String::as_str).collect::<Vec<_>>()
+            {
+                fail(format!(
+                    "sites {:?}, expected {sites:?}",
+                    site_ids(&funding)
+                ));
+            }
+            if let Some(name) = &expect.commissioner {
+                let got = funding
+                    .commissioner
+                    .as_ref()
+                    .map(|c| c.name.as_str())
+                    .unwrap_or("");
+                if got != name {
+                    fail(format!("commissioner '{got}', expected '{name}'"));
+                }
+            }
+            if let Some(id) = &expect.route_id
+                && funding.route_id != *id
+            {
+                fail(format!("route id {}, expected {id}", funding.route_id));
+            }
+            for flag in &expect.absent_flags {
+                if flag_ids(&eligibility).contains(&flag.as_str()) {
+                    fail(format!("flag {flag} must not be raised"));
+                }
+            }
+            for flag in &expect.flags {
+                if !flag_ids(&eligibility).contains(&flag.as_str()) {
+                    fail(format!(
+                        "flag {flag} missing from {:?}",
+                        flag_ids(&eligibility)
+                    ));
+                }
+            }
+        }
+    }
+
+    assert!(
+        failures.is_empty(),
+        "{} of {expectations} expectations failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        file.case.len() >= 80,
+        "the suite has at least 80 cases, found {}",
+        file.case.len()
+    );
+
+    // Coverage: every therapy has an eligible, a not-eligible and an indeterminate case, and a
+    // funding case in both nations.
+    for therapy in (1..).map_while(|n| pb::Therapy::try_from(n).ok()) {
+        let key = therapy
+            .as_str_name()
+            .trim_start_matches("THERAPY_")
+            .to_ascii_lowercase();
+        let seen = coverage.get(&key).cloned().unwrap_or_default();
+        for needed in [
+            "status:eligible",
+            "status:not_eligible",
+            "status:indeterminate",
+            "nation:NATION_ENGLAND",
+            "nation:NATION_WALES",
+        ] {
+            assert!(
+                seen.contains(needed),
+                "{key} needs a case with {needed}; has {seen:?}"
+            );
+        }
+    }
+    println!(
+        "clinical cases: {} cases, {expectations} expectations, all passed",
+        file.case.len()
+    );
+}
