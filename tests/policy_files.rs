@@ -180,3 +180,19 @@ fn the_server_refuses_to_start_on_a_broken_policy() {
         "{logs}"
     );
 }
+
+#[test]
+fn an_unknown_patient_input_is_refused_listing_the_known_ones() {
+    let text = edited(
+        "params = { input = \"labs.haemoglobin_g_per_l\", threshold = 80.0 }",
+        "params = { input = \"labs.hemoglobin\", threshold = 80.0 }",
+    );
+    let (_dir, path) = policy_file(&text);
+    let (code, output) = check(&path);
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("unknown numeric input 'labs.hemoglobin'; known inputs:"),
+        "{output}"
+    );
+    assert!(output.contains("labs.haemoglobin_g_per_l"), "{output}");
+}

@@ -417,52 +417,50 @@ fn params<T: DeserializeOwned>(table: &toml::Table) -> Result<T, String> {
         .map_err(|e| format!("invalid parameters: {}", e.message().trim()))
 }
 
+/// A patient input a policy may name, found by its path without the `patient.` prefix.
+trait NamedInput: 'static {
+    fn path(&self) -> &'static str;
+}
+
+impl NamedInput for NumericInput {
+    fn path(&self) -> &'static str {
+        self.path
+    }
+}
+
+impl NamedInput for BooleanInput {
+    fn path(&self) -> &'static str {
+        self.path
+    }
+}
+
+impl NamedInput for DateInput {
+    fn path(&self) -> &'static str {
+        self.path
+    }
+}
+
+fn input<T: NamedInput>(table: &'static [T], name: &str, kind: &str) -> Result<&'static T, String> {
+    let short = |i: &T| i.path().strip_prefix("patient.").unwrap_or(i.path());
+    table.iter().find(|i| short(i) == name).ok_or_else(|| {
+        let known: Vec<&str> = table.iter().map(short).collect();
+        format!(
+            "unknown {kind} input '{name}'; known inputs: {}",
+            known.join(", ")
+        )
+    })
+}
+
 fn numeric(name: &str) -> Result<&'static NumericInput, String> {
-    NUMERIC_INPUTS
-        .iter()
-        .find(|i| i.path.strip_prefix("patient.") == Some(name))
-        .ok_or_else(|| {
-            let known: Vec<&str> = NUMERIC_INPUTS
-                .iter()
-                .map(|i| &i.path["patient.".len()..])
-                .collect();
-            format!(
-                "unknown numeric input '{name}'; known inputs: {}",
-                known.join(", ")
-            )
-        })
+    input(NUMERIC_INPUTS, name, "numeric")
 }
 
 fn boolean(name: &str) -> Result<&'static BooleanInput, String> {
-    BOOLEAN_INPUTS
-        .iter()
-        .find(|i| i.path.strip_prefix("patient.") == Some(name))
-        .ok_or_else(|| {
-            let known: Vec<&str> = BOOLEAN_INPUTS
-                .iter()
-                .map(|i| &i.path["patient.".len()..])
-                .collect();
-            format!(
-                "unknown yes/no input '{name}'; known inputs: {}",
-                known.join(", ")
-            )
-        })
+    input(BOOLEAN_INPUTS, name, "yes/no")
 }
 
 fn date_input(name: &str) -> Result<&'static DateInput, String> {
-    DATE_INPUTS
-        .iter()
-        .find(|i| i.path.strip_prefix("patient.") == Some(name))
-        .ok_or_else(|| {
-            let known: Vec<&str> = DATE_INPUTS
-                .iter()
-                .map(|i| &i.path["patient.".len()..])
-                .collect();
-            format!(
-                "unknown date input '{name}'; known inputs: {}",
-                known.join(", ")
-            )
-        })
+    input(DATE_INPUTS, name, "date")
 }
 
 fn non_empty<T>(list: Vec<T>, what: &str) -> Result<Vec<T>, String> {
