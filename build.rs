@@ -3,12 +3,14 @@
 use protox::prost::Message;
 use std::{env, path::PathBuf};
 
-const PROTOS: [&str; 5] = [
+const PROTOS: [&str; 7] = [
     "netpathway/v1/common.proto",
     "netpathway/v1/patient.proto",
     "netpathway/v1/eligibility_service.proto",
     "netpathway/v1/funding_service.proto",
     "netpathway/v1/policy_service.proto",
+    "netpathway/v1/decision_log_service.proto",
+    "netpathway/v1/registry_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

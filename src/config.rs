@@ -46,6 +46,17 @@ pub struct ServeConfig {
     /// Log line format.
     #[arg(long, env = "NETPATHWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Database for the decision log and the audit registry: sqlite://PATH or postgres://...
+    /// Default: an SQLite file `net-pathway.db` in the data directory.
+    #[arg(long, env = "NETPATHWAY_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory for the embedded database and the generated pseudonym key.
+    #[arg(long, env = "NETPATHWAY_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Key for patient pseudonyms (at least 32 bytes). Default: `pseudonym.key` in the data
+    /// directory, generated on first start with owner-only permissions.
+    #[arg(long, env = "NETPATHWAY_PSEUDONYM_KEY_FILE")]
+    pub pseudonym_key_file: Option<PathBuf>,
     /// Seconds to let calls in flight finish after SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "NETPATHWAY_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,

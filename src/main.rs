@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use net_pathway::api::ActivePolicy;
+use net_pathway::api::{ActivePolicy, AppState};
 use net_pathway::config::{Cli, Command, PolicyCommand, ServeConfig};
 use net_pathway::engine::{Policy, PolicyError};
+use net_pathway::store::pseudonym::Pseudonymiser;
+use net_pathway::store::{DecisionLog, Store};
 use net_pathway::{server, telemetry};
 
 /// Exit code for a policy that cannot be read or is invalid.
@@ -78,12 +80,34 @@ fn serve(config: ServeConfig) -> ExitCode {
 }
 
 async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn std::error::Error>> {
+    let url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| Store::default_url(&config.data_dir));
+    let store = Store::open(&url)
+        .await
+        .map_err(|e| format!("refusing to start: {e}"))?;
+    tracing::info!(
+        backend = store.backend(),
+        "decision log and registry store ready"
+    );
+    let key_file = config
+        .pseudonym_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("pseudonym.key"));
+    let pseudonymiser =
+        Pseudonymiser::load_or_create(&key_file).map_err(|e| format!("refusing to start: {e}"))?;
+    let state = AppState {
+        policy,
+        log: DecisionLog::start(store),
+        pseudonymiser,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, "serving gRPC");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(server::serve_with_listener(listener, policy, async {
+    let mut server = tokio::spawn(server::serve_with_listener(listener, state, async {
         let _ = stop_rx.await;
     }));
     tokio::select! {

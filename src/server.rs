@@ -8,10 +8,12 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::{ActivePolicy, EligibilityApi, FundingApi, PolicyApi};
+use crate::api::{AppState, DecisionLogApi, EligibilityApi, FundingApi, PolicyApi, RegistryApi};
+use crate::pb::decision_log_service_server::DecisionLogServiceServer;
 use crate::pb::eligibility_service_server::EligibilityServiceServer;
 use crate::pb::funding_service_server::FundingServiceServer;
 use crate::pb::policy_service_server::PolicyServiceServer;
+use crate::pb::registry_service_server::RegistryServiceServer;
 
 /// Descriptor sets served by reflection: ours, health's, and google.rpc's (so grpcurl can
 /// print BadRequest details).
@@ -45,19 +47,24 @@ macro_rules! compressed {
 /// loaded it) and NOT_SERVING as soon as shutdown begins.
 pub async fn serve_with_listener(
     listener: TcpListener,
-    policy: ActivePolicy,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus;
+    let services = [
+        EligibilityServiceServer::<EligibilityApi>::NAME,
+        FundingServiceServer::<FundingApi>::NAME,
+        PolicyServiceServer::<PolicyApi>::NAME,
+        DecisionLogServiceServer::<DecisionLogApi>::NAME,
+        RegistryServiceServer::<RegistryApi>::NAME,
+    ];
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<EligibilityServiceServer<EligibilityApi>>()
-        .await;
-    reporter
-        .set_serving::<FundingServiceServer<FundingApi>>()
-        .await;
-    reporter
-        .set_serving::<PolicyServiceServer<PolicyApi>>()
-        .await;
+    for service in services {
+        reporter
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
 
     let reflection = || {
         DESCRIPTOR_SETS
@@ -71,18 +78,11 @@ pub async fn serve_with_listener(
 
     let draining = async move {
         shutdown.await;
-        reporter
-            .set_not_serving::<EligibilityServiceServer<EligibilityApi>>()
-            .await;
-        reporter
-            .set_not_serving::<FundingServiceServer<FundingApi>>()
-            .await;
-        reporter
-            .set_not_serving::<PolicyServiceServer<PolicyApi>>()
-            .await;
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        for service in services.into_iter().chain([""]) {
+            reporter
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
         tracing::info!("shutting down: health is NOT_SERVING, draining calls in flight");
     };
 
@@ -92,13 +92,19 @@ pub async fn serve_with_listener(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(compressed!(EligibilityServiceServer::new(
-            EligibilityApi::new(policy.clone())
+            EligibilityApi::new(state.clone())
         )))
         .add_service(compressed!(FundingServiceServer::new(FundingApi::new(
-            policy.clone()
+            state.clone()
         ))))
         .add_service(compressed!(PolicyServiceServer::new(PolicyApi::new(
-            policy
+            state.policy.clone()
+        ))))
+        .add_service(compressed!(DecisionLogServiceServer::new(
+            DecisionLogApi::new(state.clone())
+        )))
+        .add_service(compressed!(RegistryServiceServer::new(RegistryApi::new(
+            state
         ))))
         .serve_with_incoming_shutdown(incoming, draining)
         .await?;

@@ -1,20 +1,26 @@
 //! EligibilityService.
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{ActivePolicy, convert, decision_id, read_evaluation};
+use super::record::{self, ANONYMOUS};
+use super::{AppState, convert, decision_id, read_evaluation};
+use crate::api::convert::Bridge;
+use crate::engine::policy::Status as EligibilityStatus;
 use crate::pb;
 use crate::pb::eligibility_service_server::EligibilityService;
 
 pub struct EligibilityApi {
-    policy: ActivePolicy,
+    state: AppState,
 }
 
 impl EligibilityApi {
-    pub fn new(policy: ActivePolicy) -> Self {
-        EligibilityApi { policy }
+    pub fn new(state: AppState) -> Self {
+        EligibilityApi { state }
     }
 }
+
+const KIND: pb::DecisionKind = pb::DecisionKind::Eligibility;
 
 #[tonic::async_trait]
 impl EligibilityService for EligibilityApi {
@@ -22,35 +28,99 @@ impl EligibilityService for EligibilityApi {
         &self,
         request: Request<pb::EvaluateEligibilityRequest>,
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
+        let received_ms = record::now_ms();
         let req = request.into_inner();
         let e = read_evaluation(
+            &self.state.pseudonymiser,
             &req.request_id,
             req.patient.as_ref(),
             &req.therapies,
             req.as_of_date.as_ref(),
             req.view,
         )?;
-        let policy = self.policy.current();
+        // What is stored: the request without its identifiers (the pseudonym stands in).
+        let mut stored_request = req;
+        if let Some(p) = stored_request.patient.as_mut() {
+            p.identifiers = None;
+        }
+        let fingerprint = record::fingerprint(
+            &self.state,
+            KIND,
+            &stored_request.encode_to_vec(),
+            e.pseudonym.as_deref(),
+        );
+        if let Some(prior) = record::prior(&self.state, &e.request_id, KIND, &fingerprint).await? {
+            return stored_response(prior);
+        }
+
+        let policy = self.state.policy.current();
         let facts = policy.facts(&e.patient, e.as_of);
-        let therapies = e
+        let answers: Vec<_> = e
             .therapies
             .iter()
-            .map(|t| convert::eligibility(&policy, &policy.eligibility(&facts, *t), e.full))
+            .map(|t| policy.eligibility(&facts, *t))
             .collect();
         let response = pb::EvaluateEligibilityResponse {
             decision_id: decision_id(),
-            request_id: e.request_id,
+            request_id: e.request_id.clone(),
             policy: Some(convert::policy_reference(&policy)),
             as_of_date: Some(convert::date(e.as_of)),
-            therapies,
+            therapies: answers
+                .iter()
+                .map(|a| convert::eligibility(&policy, a, e.full))
+                .collect(),
             derived: e.full.then(|| convert::derived(&facts)),
         };
+        let outcomes = answers
+            .iter()
+            .map(|a| (a.therapy.to_proto(), status_number(a.status), 0))
+            .collect();
+        let record = pb::DecisionRecord {
+            decision_id: response.decision_id.clone(),
+            request_id: e.request_id,
+            received_time: Some(record::timestamp(received_ms)),
+            caller: ANONYMOUS.into(),
+            policy: response.policy.clone(),
+            as_of_date: response.as_of_date,
+            kind: KIND as i32,
+            patient_pseudonym: e.pseudonym.unwrap_or_default(),
+            request: Some(pb::decision_record::Request::EligibilityRequest(
+                stored_request,
+            )),
+            response: Some(pb::decision_record::Response::EligibilityResponse(
+                response.clone(),
+            )),
+            registry_observations: Vec::new(),
+        };
+        if let Some(winner) = record::persist(&self.state, &record, fingerprint, outcomes).await? {
+            return stored_response(winner);
+        }
         tracing::info!(
             decision_id = %response.decision_id,
             policy_version = %policy.version,
             therapies = response.therapies.len(),
-            "eligibility evaluated"
+            "eligibility evaluated and recorded"
         );
         Ok(Response::new(response))
+    }
+}
+
+fn status_number(status: EligibilityStatus) -> i32 {
+    match status {
+        EligibilityStatus::Eligible => pb::EligibilityStatus::Eligible as i32,
+        EligibilityStatus::NotEligible => pb::EligibilityStatus::NotEligible as i32,
+        EligibilityStatus::Indeterminate => pb::EligibilityStatus::Indeterminate as i32,
+    }
+}
+
+fn stored_response(
+    record: pb::DecisionRecord,
+) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
+    match record.response {
+        Some(pb::decision_record::Response::EligibilityResponse(r)) => Ok(Response::new(r)),
+        _ => Err(Status::internal(format!(
+            "stored decision {} has no eligibility response",
+            record.decision_id
+        ))),
     }
 }

@@ -1,20 +1,25 @@
 //! FundingService.
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{ActivePolicy, convert, decision_id, read_evaluation};
+use super::record::{self, ANONYMOUS, unavailable};
+use super::{AppState, convert, decision_id, read_evaluation};
+use crate::api::convert::Bridge;
 use crate::pb;
 use crate::pb::funding_service_server::FundingService;
 
 pub struct FundingApi {
-    policy: ActivePolicy,
+    state: AppState,
 }
 
 impl FundingApi {
-    pub fn new(policy: ActivePolicy) -> Self {
-        FundingApi { policy }
+    pub fn new(state: AppState) -> Self {
+        FundingApi { state }
     }
 }
+
+const KIND: pb::DecisionKind = pb::DecisionKind::Funding;
 
 #[tonic::async_trait]
 impl FundingService for FundingApi {
@@ -22,34 +27,107 @@ impl FundingService for FundingApi {
         &self,
         request: Request<pb::ClassifyFundingRequest>,
     ) -> Result<Response<pb::ClassifyFundingResponse>, Status> {
+        let received_ms = record::now_ms();
         let req = request.into_inner();
         let e = read_evaluation(
+            &self.state.pseudonymiser,
             &req.request_id,
             req.patient.as_ref(),
             &req.therapies,
             req.as_of_date.as_ref(),
             req.view,
         )?;
-        let policy = self.policy.current();
-        let facts = policy.facts(&e.patient, e.as_of);
-        let therapies = e
+        let mut stored_request = req;
+        if let Some(p) = stored_request.patient.as_mut() {
+            p.identifiers = None;
+        }
+        let fingerprint = record::fingerprint(
+            &self.state,
+            KIND,
+            &stored_request.encode_to_vec(),
+            e.pseudonym.as_deref(),
+        );
+        if let Some(prior) = record::prior(&self.state, &e.request_id, KIND, &fingerprint).await? {
+            return stored_response(prior);
+        }
+
+        let policy = self.state.policy.current();
+        let mut facts = policy.facts(&e.patient, e.as_of);
+        // The audit registry is state the funding answer depends on: consult it for this patient.
+        let mut observations = Vec::new();
+        if let Some(pseudonym) = &e.pseudonym {
+            let enrolments = self
+                .state
+                .log
+                .store()
+                .active_enrolments(pseudonym)
+                .await
+                .map_err(unavailable)?;
+            for registry in &policy.registries {
+                let active = enrolments.iter().find(|en| en.registry_id == registry.id);
+                observations.push(pb::RegistryObservation {
+                    registry_id: registry.id.clone(),
+                    actively_enrolled: active.is_some(),
+                    enrolment_id: active.map(|en| en.enrolment_id.clone()).unwrap_or_default(),
+                });
+            }
+            facts.registry_enrolments = enrolments.into_iter().map(|en| en.registry_id).collect();
+        }
+        let answers: Vec<_> = e
             .therapies
             .iter()
-            .map(|t| convert::funding(&policy, &policy.funding(&facts, *t), e.full))
+            .map(|t| policy.funding(&facts, *t))
             .collect();
         let response = pb::ClassifyFundingResponse {
             decision_id: decision_id(),
-            request_id: e.request_id,
+            request_id: e.request_id.clone(),
             policy: Some(convert::policy_reference(&policy)),
             as_of_date: Some(convert::date(e.as_of)),
-            therapies,
+            therapies: answers
+                .iter()
+                .map(|a| convert::funding(&policy, a, e.full))
+                .collect(),
         };
+        let outcomes = answers
+            .iter()
+            .map(|a| (a.therapy.to_proto(), 0, convert::route(a.route) as i32))
+            .collect();
+        let record = pb::DecisionRecord {
+            decision_id: response.decision_id.clone(),
+            request_id: e.request_id,
+            received_time: Some(record::timestamp(received_ms)),
+            caller: ANONYMOUS.into(),
+            policy: response.policy.clone(),
+            as_of_date: response.as_of_date,
+            kind: KIND as i32,
+            patient_pseudonym: e.pseudonym.unwrap_or_default(),
+            request: Some(pb::decision_record::Request::FundingRequest(stored_request)),
+            response: Some(pb::decision_record::Response::FundingResponse(
+                response.clone(),
+            )),
+            registry_observations: observations,
+        };
+        if let Some(winner) = record::persist(&self.state, &record, fingerprint, outcomes).await? {
+            return stored_response(winner);
+        }
         tracing::info!(
             decision_id = %response.decision_id,
             policy_version = %policy.version,
             therapies = response.therapies.len(),
-            "funding classified"
+            "funding classified and recorded"
         );
         Ok(Response::new(response))
+    }
+}
+
+fn stored_response(
+    record: pb::DecisionRecord,
+) -> Result<Response<pb::ClassifyFundingResponse>, Status> {
+    match record.response {
+        Some(pb::decision_record::Response::FundingResponse(r)) => Ok(Response::new(r)),
+        _ => Err(Status::internal(format!(
+            "stored decision {} has no funding response",
+            record.decision_id
+        ))),
     }
 }

@@ -2,10 +2,13 @@
 //! `tonic::Status` is built only here; no clinical logic lives here.
 
 pub mod convert;
+mod decisions;
 mod eligibility;
 mod errors;
 mod funding;
 mod policy;
+mod record;
+mod registry;
 
 use std::sync::{Arc, RwLock};
 
@@ -18,15 +21,73 @@ use crate::google::r#type::Date as ProtoDate;
 use crate::pb;
 use convert::{Bridge, Reader};
 
+pub use decisions::DecisionLogApi;
 pub use eligibility::EligibilityApi;
 pub use errors::invalid_argument;
 pub use funding::FundingApi;
 pub use policy::PolicyApi;
+pub use registry::RegistryApi;
+
+use crate::store::DecisionLog;
+use crate::store::pseudonym::{Pseudonymiser, valid_nhs_number};
+
+/// What every service shares: the active policy, the decision log and its store, and the
+/// pseudonymiser.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub policy: ActivePolicy,
+    pub log: DecisionLog,
+    pub pseudonymiser: Pseudonymiser,
+}
+
+/// Longest local patient reference accepted.
+const MAX_LOCAL_REFERENCE: usize = 64;
+
+/// Validates patient identifiers and returns the pseudonym the service indexes the patient
+/// by: the NHS number's, or failing that the local reference's. The raw values go no further.
+pub fn patient_pseudonym(
+    r: &mut Reader,
+    pseudonymiser: &Pseudonymiser,
+    (nhs_field, nhs_number): (&str, &str),
+    (local_field, local_reference): (&str, &str),
+) -> Option<String> {
+    let nhs = if nhs_number.is_empty() {
+        None
+    } else {
+        match valid_nhs_number(nhs_number) {
+            Ok(digits) => Some(pseudonymiser.nhs_number(&digits)),
+            Err(why) => {
+                r.violation(nhs_field, why);
+                None
+            }
+        }
+    };
+    let local = if local_reference.is_empty() {
+        None
+    } else if local_reference.chars().count() > MAX_LOCAL_REFERENCE
+        || local_reference.chars().any(char::is_control)
+    {
+        r.violation(
+            local_field,
+            format!("must be at most {MAX_LOCAL_REFERENCE} printable characters"),
+        );
+        None
+    } else {
+        Some(pseudonymiser.local_reference(local_reference.trim()))
+    };
+    nhs.or(local)
+}
 
 /// The active policy, shared by every service. Readers take a cheap `Arc` snapshot, so a call
 /// finishes on the policy it started with.
 #[derive(Clone)]
 pub struct ActivePolicy(Arc<RwLock<Arc<Policy>>>);
+
+impl std::fmt::Debug for ActivePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActivePolicy({})", self.current().version)
+    }
+}
 
 impl ActivePolicy {
     pub fn new(policy: Policy) -> Self {
@@ -66,10 +127,13 @@ pub struct Evaluation {
     pub therapies: Vec<Therapy>,
     pub as_of: NaiveDate,
     pub full: bool,
+    /// The patient's pseudonym, when identifiers were given.
+    pub pseudonym: Option<String>,
 }
 
 /// Reads the fields both evaluation RPCs share, collecting every violation.
 pub fn read_evaluation(
+    pseudonymiser: &Pseudonymiser,
     request_id: &str,
     patient: Option<&pb::PatientProfile>,
     therapies: &[i32],
@@ -104,6 +168,19 @@ pub fn read_evaluation(
         Some(ViewChoice::Basic) => false,
         Some(ViewChoice::Full) | None => true,
     };
+    let pseudonym = patient
+        .and_then(|p| p.identifiers.as_ref())
+        .and_then(|ids| {
+            patient_pseudonym(
+                &mut r,
+                pseudonymiser,
+                ("patient.identifiers.nhs_number", &ids.nhs_number),
+                (
+                    "patient.identifiers.local_patient_reference",
+                    &ids.local_patient_reference,
+                ),
+            )
+        });
     let patient = match patient {
         Some(p) => {
             let patient = r.patient(p);
@@ -126,6 +203,7 @@ pub fn read_evaluation(
         therapies,
         as_of,
         full,
+        pseudonym,
     })
 }
 
@@ -177,4 +255,81 @@ impl Bridge for ViewChoice {
 /// A new decision id: UUIDv7, so ids sort by time.
 pub fn decision_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// Page size when a list request leaves it at 0 (AIP-158).
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+/// Largest page a list request may ask for.
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+/// Reads `page_size`: 0 means the default; 1 to the maximum are accepted.
+pub fn page_size(r: &mut Reader, raw: i32) -> i64 {
+    match i64::from(raw) {
+        0 => DEFAULT_PAGE_SIZE,
+        n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+        n => {
+            r.violation(
+                "page_size",
+                format!("must be between 0 and {MAX_PAGE_SIZE}, got {n}"),
+            );
+            DEFAULT_PAGE_SIZE
+        }
+    }
+}
+
+/// An opaque page token: the last item's position and a fingerprint of the filters it belongs to.
+pub fn page_token(cursor: &crate::store::Cursor, filters: &str) -> String {
+    let plain = format!(
+        "v1\n{}\n{}\n{}",
+        cursor.at_ms,
+        cursor.id,
+        filter_key(filters)
+    );
+    plain.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn filter_key(filters: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(filters.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a page token made by [`page_token`] for the same filters.
+pub fn read_page_token(r: &mut Reader, raw: &str, filters: &str) -> Option<crate::store::Cursor> {
+    if raw.is_empty() {
+        return None;
+    }
+    let parsed = raw
+        .len()
+        .is_multiple_of(2)
+        .then(|| {
+            (0..raw.len())
+                .step_by(2)
+                .map(|i| {
+                    raw.get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect::<Option<Vec<u8>>>()
+        })
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|plain| {
+            let parts: Vec<&str> = plain.split('\n').collect();
+            match parts.as_slice() {
+                ["v1", at, id, key] if *key == filter_key(filters) => {
+                    at.parse().ok().map(|at_ms| crate::store::Cursor {
+                        at_ms,
+                        id: id.to_string(),
+                    })
+                }
+                _ => None,
+            }
+        });
+    if parsed.is_none() {
+        r.violation(
+            "page_token",
+            "is not a page token from this list with these filters",
+        );
+    }
+    parsed
 }

@@ -63,6 +63,8 @@ pub struct Facts<'a> {
     pub as_of: NaiveDate,
     pub age: Option<i32>,
     pub grade: GradeAssessment,
+    /// Registries (policy ids) in which the patient is actively enrolled, as the store says.
+    pub registry_enrolments: Vec<String>,
 }
 
 /// A numeric patient input a threshold check may name in the policy file.

@@ -101,6 +101,7 @@ impl Policy {
             as_of,
             age: patient.age_on(as_of),
             grade: self.grading.assess(patient),
+            registry_enrolments: Vec::new(),
         }
     }
 
@@ -408,17 +409,28 @@ impl Policy {
                 Conjunction::AllMet => {}
             }
             answer.route = match registry {
-                Some((registry, Some((status, note)))) => {
-                    let state = match status {
-                        RegistryStatus::Open => "is open to new patients",
-                        RegistryStatus::ClosedToNewPatients => "is closed to new patients",
-                    };
-                    answer.notes.push(
-                        format!("{} {state} on {as_of}. {note}", registry.name)
+                Some((registry, Some(state))) => {
+                    let enrolled = facts.registry_enrolments.contains(&registry.id);
+                    let line = if enrolled {
+                        format!(
+                            "The patient is actively enrolled in {}: funded within the audit.",
+                            registry.name
+                        )
+                    } else {
+                        let verb = match state.status {
+                            RegistryStatus::Open => "is open to new patients",
+                            RegistryStatus::ClosedToNewPatients => "is closed to new patients",
+                        };
+                        format!("{} {verb} on {as_of}. {}", registry.name, state.note)
                             .trim_end()
-                            .to_string(),
-                    );
-                    FundingRoute::from(status)
+                            .to_string()
+                    };
+                    answer.notes.push(line);
+                    if enrolled {
+                        FundingRoute::WithinAuditRegistry
+                    } else {
+                        FundingRoute::from(state.status)
+                    }
                 }
                 _ => FundingRoute::from(route.kind),
             };

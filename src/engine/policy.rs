@@ -148,12 +148,9 @@ impl From<RegistryStatus> for FundingRoute {
 }
 
 impl Registry {
-    /// The registry's state and its note on `day`; `None` before it existed.
-    pub fn state_on(&self, day: NaiveDate) -> Option<(RegistryStatus, &str)> {
-        self.periods
-            .iter()
-            .find(|(p, _, _)| p.contains(day))
-            .map(|(_, status, note)| (*status, note.as_str()))
+    /// The registry's state on `day`; `None` before it existed.
+    pub fn state_on(&self, day: NaiveDate) -> Option<&RegistryPeriod> {
+        self.periods.iter().find(|p| p.period.contains(day))
     }
 }
 
@@ -164,7 +161,7 @@ impl Policy {
             .registry
             .and_then(|r| self.registries[r].state_on(day))
         {
-            Some((status, _)) => FundingRoute::from(status),
+            Some(state) => FundingRoute::from(state.status),
             None => FundingRoute::from(route.kind),
         }
     }
@@ -256,11 +253,20 @@ pub struct Commissioner {
     pub periods: Vec<(Period, String)>,
 }
 
+/// A registry's state over a date range.
+pub struct RegistryPeriod {
+    pub period: Period,
+    pub status: RegistryStatus,
+    pub note: String,
+    /// While open: how many new patients may be actively enrolled at once (none: no limit).
+    pub capacity: Option<i64>,
+}
+
 pub struct Registry {
     pub id: String,
     pub name: String,
     pub source: usize,
-    pub periods: Vec<(Period, RegistryStatus, String)>,
+    pub periods: Vec<RegistryPeriod>,
 }
 
 /// "When these criteria are all MET, use this target."
@@ -439,6 +445,7 @@ struct RawRegistryPeriod {
     effective_to: Option<NaiveDate>,
     #[serde(default)]
     note: String,
+    capacity: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -895,7 +902,20 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             let p = p.into_inner();
             let period = l.period(p.effective_from, p.effective_to, offset);
             spans.push((period, offset));
-            periods.push((period, p.status, p.note));
+            if p.capacity.is_some_and(|c| c < 0)
+                || (p.capacity.is_some() && p.status != RegistryStatus::Open)
+            {
+                l.issue(
+                    offset,
+                    "capacity must be zero or more, and only an open registry has one",
+                );
+            }
+            periods.push(RegistryPeriod {
+                period,
+                status: p.status,
+                note: p.note,
+                capacity: p.capacity,
+            });
         }
         l.no_overlaps(&spans, &format!("registry '{}'", r.id));
         registries.push(Registry {

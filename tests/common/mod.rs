@@ -2,11 +2,13 @@
 //! patient builder so each test reads as a clinical case.
 #![allow(dead_code)]
 
-use net_pathway::api::ActivePolicy;
+use net_pathway::api::{ActivePolicy, AppState};
 use net_pathway::client::NetPathwayClient;
 use net_pathway::engine::Policy;
 use net_pathway::google::r#type::Date;
 use net_pathway::pb;
+use net_pathway::store::pseudonym::Pseudonymiser;
+use net_pathway::store::{DecisionLog, Store};
 use tokio::sync::oneshot;
 
 #[allow(unused_imports)]
@@ -18,6 +20,10 @@ pub struct TestServer {
     pub address: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     pub handle: tokio::task::JoinHandle<()>,
+    /// The server's store, for checking what was written.
+    pub store: Store,
+    /// Holds the embedded database's directory for the server's lifetime.
+    pub data_dir: tempfile::TempDir,
 }
 
 impl Drop for TestServer {
@@ -42,7 +48,25 @@ pub async fn server() -> TestServer {
     server_with(Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"))).await
 }
 
+/// A fixed pseudonym key for tests, so a test can compute the pseudonym it expects.
+pub const TEST_KEY: [u8; 32] = [7; 32];
+
 pub async fn server_with(policy: Policy) -> TestServer {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let url = Store::default_url(data_dir.path());
+    server_on(policy, &url, data_dir).await
+}
+
+/// Starts the server with `policy` on the database at `url`.
+pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -> TestServer {
+    let store = Store::open(url)
+        .await
+        .unwrap_or_else(|e| panic!("store {url}: {e}"));
+    let state = AppState {
+        policy: ActivePolicy::new(policy),
+        log: DecisionLog::start(store.clone()),
+        pseudonymiser: Pseudonymiser::new(&TEST_KEY).expect("test key"),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
@@ -52,10 +76,7 @@ pub async fn server_with(policy: Policy) -> TestServer {
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(e) =
-            net_pathway::server::serve_with_listener(listener, ActivePolicy::new(policy), shutdown)
-                .await
-        {
+        if let Err(e) = net_pathway::server::serve_with_listener(listener, state, shutdown).await {
             panic!("server failed: {e}");
         }
     });
@@ -67,6 +88,8 @@ pub async fn server_with(policy: Policy) -> TestServer {
         address,
         stop: Some(stop),
         handle,
+        store,
+        data_dir,
     }
 }
 
@@ -317,4 +340,51 @@ pub fn site_ids(answer: &pb::TherapyFunding) -> Vec<&str> {
         .iter()
         .map(|s| s.id.as_str())
         .collect()
+}
+
+/// A fresh, empty database URL per backend: an SQLite file in `dir`, and (when the PostgreSQL
+/// server is reachable) a new database on it. Under CI=true an unreachable PostgreSQL fails the
+/// test rather than skipping it.
+pub async fn database_urls(dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    let mut urls = vec![(
+        "sqlite",
+        format!("sqlite://{}", dir.join("test.db").display()),
+    )];
+    if let Some(url) = fresh_postgres_database().await {
+        urls.push(("postgres", url));
+    }
+    urls
+}
+
+/// Creates a new PostgreSQL database for one test and returns its URL.
+pub async fn fresh_postgres_database() -> Option<String> {
+    let admin = std::env::var("NETPATHWAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&admin)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("PostgreSQL at {admin} is unreachable under CI: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "PostgreSQL at {admin} is unreachable; the PostgreSQL leg is not run here: {e}"
+            );
+            return None;
+        }
+    };
+    let name = format!("netpathway_test_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .expect("create test database");
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base)
+        .to_string();
+    Some(format!("{base}/{name}"))
 }

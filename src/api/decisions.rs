@@ -1,0 +1,293 @@
+//! DecisionLogService: read back what the service told whom and why, and replay it.
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::convert::{Bridge, Reader};
+use super::record::unavailable;
+use super::{
+    AppState, convert, invalid_argument, page_size, page_token, patient_pseudonym, read_evaluation,
+    read_page_token,
+};
+use crate::domain::Therapy;
+use crate::pb;
+use crate::pb::decision_log_service_server::DecisionLogService;
+use crate::store::{Cursor, DecisionFilter, StoredDecision};
+
+pub struct DecisionLogApi {
+    state: AppState,
+}
+
+impl DecisionLogApi {
+    pub fn new(state: AppState) -> Self {
+        DecisionLogApi { state }
+    }
+}
+
+fn decode(stored: &StoredDecision) -> Result<pb::DecisionRecord, Status> {
+    pb::DecisionRecord::decode(stored.record.as_slice()).map_err(|e| {
+        Status::internal(format!(
+            "stored decision {} cannot be read: {e}",
+            stored.decision_id
+        ))
+    })
+}
+
+fn decision_id(r: &mut Reader, raw: &str) -> String {
+    if uuid::Uuid::try_parse(raw).is_err() {
+        r.violation("decision_id", "must be a decision id (UUID)");
+    }
+    raw.to_string()
+}
+
+fn millis(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
+
+async fn load(state: &AppState, id: &str) -> Result<pb::DecisionRecord, Status> {
+    match state.log.store().decision(id).await.map_err(unavailable)? {
+        Some(stored) => decode(&stored),
+        None => Err(Status::not_found(format!("no decision {id}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl DecisionLogService for DecisionLogApi {
+    async fn get_decision(
+        &self,
+        request: Request<pb::GetDecisionRequest>,
+    ) -> Result<Response<pb::GetDecisionResponse>, Status> {
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        let id = decision_id(&mut r, &req.decision_id);
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        Ok(Response::new(pb::GetDecisionResponse {
+            decision: Some(load(&self.state, &id).await?),
+        }))
+    }
+
+    async fn list_decisions(
+        &self,
+        request: Request<pb::ListDecisionsRequest>,
+    ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        let pseudonym = patient_pseudonym(
+            &mut r,
+            &self.state.pseudonymiser,
+            ("patient_nhs_number", &req.patient_nhs_number),
+            ("patient_local_reference", &req.patient_local_reference),
+        );
+        let therapy: Option<Therapy> = r.enumeration("therapy", req.therapy);
+        let status: Option<i32> = match pb::EligibilityStatus::try_from(req.eligibility_status) {
+            Ok(pb::EligibilityStatus::Unspecified) => None,
+            Ok(s) => Some(s as i32),
+            Err(_) => {
+                r.violation(
+                    "eligibility_status",
+                    format!("unknown enum value {}", req.eligibility_status),
+                );
+                None
+            }
+        };
+        let route: Option<i32> = match pb::FundingRoute::try_from(req.funding_route) {
+            Ok(pb::FundingRoute::Unspecified) => None,
+            Ok(route) => Some(route as i32),
+            Err(_) => {
+                r.violation(
+                    "funding_route",
+                    format!("unknown enum value {}", req.funding_route),
+                );
+                None
+            }
+        };
+        if therapy.is_none() {
+            if status.is_some() {
+                r.violation("eligibility_status", "needs a therapy to filter on");
+            }
+            if route.is_some() {
+                r.violation("funding_route", "needs a therapy to filter on");
+            }
+        }
+        let (start_ms, end_ms) = (
+            req.start_time.as_ref().map(millis),
+            req.end_time.as_ref().map(millis),
+        );
+        if let (Some(s), Some(e)) = (start_ms, end_ms)
+            && s >= e
+        {
+            r.violation("end_time", "must be after start_time");
+        }
+        let limit = page_size(&mut r, req.page_size);
+        let filter = DecisionFilter {
+            patient_pseudonym: pseudonym,
+            start_ms,
+            end_ms,
+            therapy: therapy.map(|t| t.to_proto()),
+            status,
+            route,
+        };
+        let filters = format!("{filter:?}");
+        let cursor = read_page_token(&mut r, &req.page_token, &filters);
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        let mut rows = self
+            .state
+            .log
+            .store()
+            .list_decisions(&filter, cursor.as_ref(), limit + 1)
+            .await
+            .map_err(unavailable)?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some(last) if more => page_token(
+                &Cursor {
+                    at_ms: last.received_at_ms,
+                    id: last.decision_id.clone(),
+                },
+                &filters,
+            ),
+            _ => String::new(),
+        };
+        let decisions = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::ListDecisionsResponse {
+            decisions,
+            next_page_token,
+        }))
+    }
+
+    async fn replay_decision(
+        &self,
+        request: Request<pb::ReplayDecisionRequest>,
+    ) -> Result<Response<pb::ReplayDecisionResponse>, Status> {
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        let id = decision_id(&mut r, &req.decision_id);
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        let record = load(&self.state, &id).await?;
+        let policy = self.state.policy.current();
+        let therapies = match (&record.request, &record.response) {
+            (
+                Some(pb::decision_record::Request::EligibilityRequest(q)),
+                Some(pb::decision_record::Response::EligibilityResponse(then)),
+            ) => {
+                let e = read_evaluation(
+                    &self.state.pseudonymiser,
+                    "",
+                    q.patient.as_ref(),
+                    &q.therapies,
+                    record.as_of_date.as_ref(),
+                    pb::EvaluationView::Full as i32,
+                )?;
+                let facts = policy.facts(&e.patient, e.as_of);
+                then.therapies
+                    .iter()
+                    .filter_map(|before| {
+                        let therapy =
+                            Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
+                        let now = convert::eligibility(
+                            &policy,
+                            &policy.eligibility(&facts, therapy),
+                            true,
+                        );
+                        let changed_criteria = changed(&before.criteria, &now.criteria);
+                        Some(pb::TherapyReplay {
+                            therapy: before.therapy,
+                            changed: before.status != now.status || !changed_criteria.is_empty(),
+                            original_status: before.status,
+                            current_status: now.status,
+                            explanation: now.summary,
+                            changed_criteria,
+                            ..Default::default()
+                        })
+                    })
+                    .collect()
+            }
+            (
+                Some(pb::decision_record::Request::FundingRequest(q)),
+                Some(pb::decision_record::Response::FundingResponse(then)),
+            ) => {
+                let e = read_evaluation(
+                    &self.state.pseudonymiser,
+                    "",
+                    q.patient.as_ref(),
+                    &q.therapies,
+                    record.as_of_date.as_ref(),
+                    pb::EvaluationView::Full as i32,
+                )?;
+                let mut facts = policy.facts(&e.patient, e.as_of);
+                if !record.patient_pseudonym.is_empty() {
+                    let enrolments = self
+                        .state
+                        .log
+                        .store()
+                        .active_enrolments(&record.patient_pseudonym)
+                        .await
+                        .map_err(unavailable)?;
+                    facts.registry_enrolments =
+                        enrolments.into_iter().map(|en| en.registry_id).collect();
+                }
+                then.therapies
+                    .iter()
+                    .filter_map(|before| {
+                        let therapy =
+                            Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
+                        let now = convert::funding(&policy, &policy.funding(&facts, therapy), true);
+                        let changed_criteria = changed(&before.criteria, &now.criteria);
+                        Some(pb::TherapyReplay {
+                            therapy: before.therapy,
+                            changed: before.route != now.route
+                                || before.route_id != now.route_id
+                                || !changed_criteria.is_empty(),
+                            original_route: before.route,
+                            current_route: now.route,
+                            explanation: now.summary,
+                            changed_criteria,
+                            ..Default::default()
+                        })
+                    })
+                    .collect()
+            }
+            _ => {
+                return Err(Status::internal(format!(
+                    "stored decision {id} has no request and response to replay"
+                )));
+            }
+        };
+        Ok(Response::new(pb::ReplayDecisionResponse {
+            decision_id: record.decision_id,
+            original_policy: record.policy,
+            current_policy: Some(convert::policy_reference(&policy)),
+            therapies,
+        }))
+    }
+}
+
+/// Criteria whose outcome differs, or that one answer has and the other does not. An original
+/// answer in the BASIC view carries no criteria, so only its status or route can be compared.
+fn changed(before: &[pb::CriterionResult], now: &[pb::CriterionResult]) -> Vec<String> {
+    if before.is_empty() {
+        return Vec::new();
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for c in now {
+        match before.iter().find(|b| b.criterion_id == c.criterion_id) {
+            Some(b) if b.outcome == c.outcome => {}
+            _ => ids.push(c.criterion_id.clone()),
+        }
+    }
+    for b in before {
+        if !now.iter().any(|c| c.criterion_id == b.criterion_id) {
+            ids.push(b.criterion_id.clone());
+        }
+    }
+    ids
+}

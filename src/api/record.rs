@@ -1,0 +1,130 @@
+//! Recording decisions: every answer is written to the decision log before it is returned,
+//! and a retried request_id returns the stored answer (AIP-155).
+
+use tonic::Status;
+
+use super::AppState;
+use crate::pb;
+use crate::store::{NewDecision, StoreError, StoredDecision, WriteOutcome};
+use prost::Message;
+
+/// The caller recorded until authentication exists.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn unavailable(e: StoreError) -> Status {
+    tracing::error!(error = %e, "decision log unavailable");
+    Status::unavailable(format!(
+        "the decision log is unavailable, so no decision was returned: {e}"
+    ))
+}
+
+/// Keyed fingerprint of a request (identifiers already removed; the pseudonym stands in).
+pub fn fingerprint(
+    state: &AppState,
+    kind: pb::DecisionKind,
+    stored_request: &[u8],
+    pseudonym: Option<&str>,
+) -> String {
+    let mut bytes = Vec::with_capacity(stored_request.len() + 80);
+    bytes.extend_from_slice(&(kind as i32).to_be_bytes());
+    bytes.extend_from_slice(pseudonym.unwrap_or("").as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(stored_request);
+    state.pseudonymiser.fingerprint(&bytes)
+}
+
+/// A stored decision under the same request_id: the same request gets the stored record; a
+/// different one is ALREADY_EXISTS.
+pub fn same_request(
+    existing: &StoredDecision,
+    request_id: &str,
+    kind: pb::DecisionKind,
+    fingerprint: &str,
+) -> Result<pb::DecisionRecord, Status> {
+    if existing.kind != kind as i32 || existing.request_hash != fingerprint {
+        return Err(Status::already_exists(format!(
+            "request_id {request_id} was already used for a different request (decision {}); use a new request_id for a new request",
+            existing.decision_id
+        )));
+    }
+    pb::DecisionRecord::decode(existing.record.as_slice()).map_err(|e| {
+        Status::internal(format!(
+            "stored decision {} cannot be read: {e}",
+            existing.decision_id
+        ))
+    })
+}
+
+/// The stored answer for a retried request_id, if there is one.
+pub async fn prior(
+    state: &AppState,
+    request_id: &str,
+    kind: pb::DecisionKind,
+    fingerprint: &str,
+) -> Result<Option<pb::DecisionRecord>, Status> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    match state
+        .log
+        .store()
+        .decision_by_request_id(request_id)
+        .await
+        .map_err(unavailable)?
+    {
+        Some(existing) => same_request(&existing, request_id, kind, fingerprint).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Writes the record durably; returns the stored record instead when a concurrent call with the
+/// same request_id won the race.
+pub async fn persist(
+    state: &AppState,
+    record: &pb::DecisionRecord,
+    fingerprint: String,
+    outcomes: Vec<(i32, i32, i32)>,
+) -> Result<Option<pb::DecisionRecord>, Status> {
+    let policy = record.policy.clone().unwrap_or_default();
+    let as_of = record
+        .as_of_date
+        .map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
+        .unwrap_or_default();
+    let new = NewDecision {
+        decision_id: record.decision_id.clone(),
+        request_id: (!record.request_id.is_empty()).then(|| record.request_id.clone()),
+        request_hash: fingerprint.clone(),
+        kind: record.kind,
+        received_at_ms: record
+            .received_time
+            .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000)),
+        caller: record.caller.clone(),
+        policy_version: policy.version,
+        policy_hash: policy.content_hash,
+        as_of,
+        patient_pseudonym: (!record.patient_pseudonym.is_empty())
+            .then(|| record.patient_pseudonym.clone()),
+        record: record.encode_to_vec(),
+        outcomes,
+    };
+    match state.log.record(new).await.map_err(unavailable)? {
+        WriteOutcome::Written => Ok(None),
+        WriteOutcome::RequestIdTaken(existing) => {
+            let kind =
+                pb::DecisionKind::try_from(record.kind).unwrap_or(pb::DecisionKind::Unspecified);
+            same_request(&existing, &record.request_id, kind, &fingerprint).map(Some)
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! RegistryService: the prospective audit and registry for non-GEP NET and retreatment PRRT.
+//! Whether new patients may enter is policy (the registry's dated state and capacity); who is
+//! in it is data in the store.
+
+use chrono::NaiveDate;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::convert::Reader;
+use super::record::{now_ms, timestamp, unavailable};
+use super::{
+    AppState, invalid_argument, page_size, page_token, patient_pseudonym, read_page_token, today,
+};
+use crate::engine::policy::RegistryStatus;
+use crate::pb;
+use crate::pb::registry_service_server::RegistryService;
+use crate::store::{Cursor, EnrolOutcome, EnrolmentRow};
+
+pub struct RegistryApi {
+    state: AppState,
+}
+
+impl RegistryApi {
+    pub fn new(state: AppState) -> Self {
+        RegistryApi { state }
+    }
+}
+
+const MAX_MDT_REFERENCE: usize = 100;
+const MAX_WITHDRAWAL_REASON: usize = 500;
+
+fn enrolment(row: &EnrolmentRow) -> pb::Enrolment {
+    pb::Enrolment {
+        enrolment_id: row.enrolment_id.clone(),
+        registry_id: row.registry_id.clone(),
+        patient_pseudonym: row.patient_pseudonym.clone(),
+        reason: row.reason,
+        mdt_reference: row.mdt_reference.clone(),
+        decision_date: NaiveDate::parse_from_str(&row.decision_date, "%Y-%m-%d")
+            .ok()
+            .map(super::convert::date),
+        state: if row.active {
+            pb::EnrolmentState::Active
+        } else {
+            pb::EnrolmentState::Withdrawn
+        } as i32,
+        agreed_before_hold: row.agreed_before_hold,
+        create_time: Some(timestamp(row.created_at_ms)),
+        withdraw_time: row.withdrawn_at_ms.map(timestamp),
+        withdrawal_reason: row.withdrawal_reason.clone().unwrap_or_default(),
+    }
+}
+
+/// The fields enrolment and prior agreement share, validated.
+struct EnrolmentFields {
+    registry: usize,
+    row: EnrolmentRow,
+}
+
+impl RegistryApi {
+    fn read(
+        &self,
+        registry_id: &str,
+        patient: Option<&pb::RegistryPatient>,
+        reason: i32,
+        mdt_reference: &str,
+        decision_date: Option<&crate::google::r#type::Date>,
+        agreed_before_hold: bool,
+    ) -> Result<EnrolmentFields, Status> {
+        let policy = self.state.policy.current();
+        let mut r = Reader::default();
+        let registry = policy.registries.iter().position(|g| g.id == registry_id);
+        if registry.is_none() {
+            let known: Vec<&str> = policy.registries.iter().map(|g| g.id.as_str()).collect();
+            r.violation(
+                "registry_id",
+                format!(
+                    "unknown registry '{registry_id}'; the active policy has: {}",
+                    known.join(", ")
+                ),
+            );
+        }
+        let pseudonym = match patient {
+            Some(p) => {
+                let pseudonym = patient_pseudonym(
+                    &mut r,
+                    &self.state.pseudonymiser,
+                    ("patient.nhs_number", &p.nhs_number),
+                    (
+                        "patient.local_patient_reference",
+                        &p.local_patient_reference,
+                    ),
+                );
+                if p.nhs_number.is_empty() && p.local_patient_reference.is_empty() {
+                    r.violation(
+                        "patient",
+                        "needs an NHS number or a local patient reference",
+                    );
+                }
+                pseudonym
+            }
+            None => {
+                r.violation("patient", "is required");
+                None
+            }
+        };
+        match pb::EnrolmentReason::try_from(reason) {
+            Ok(pb::EnrolmentReason::Unspecified) => r.violation("reason", "is required"),
+            Ok(_) => {}
+            Err(_) => r.violation("reason", format!("unknown enum value {reason}")),
+        }
+        if mdt_reference.trim().is_empty() || mdt_reference.chars().count() > MAX_MDT_REFERENCE {
+            r.violation(
+                "mdt_reference",
+                format!("is required, at most {MAX_MDT_REFERENCE} characters"),
+            );
+        }
+        let decided = r.date("decision_date", decision_date);
+        match decided {
+            None if decision_date.is_none() => r.violation("decision_date", "is required"),
+            Some(d) if d > today() => r.violation("decision_date", format!("{d} is in the future")),
+            _ => {}
+        }
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        Ok(EnrolmentFields {
+            registry: registry.unwrap_or(0),
+            row: EnrolmentRow {
+                enrolment_id: uuid::Uuid::now_v7().to_string(),
+                registry_id: registry_id.to_string(),
+                patient_pseudonym: pseudonym.unwrap_or_default(),
+                reason,
+                mdt_reference: mdt_reference.trim().to_string(),
+                decision_date: decided.map(|d| d.to_string()).unwrap_or_default(),
+                active: true,
+                agreed_before_hold,
+                created_at_ms: now_ms(),
+                withdrawn_at_ms: None,
+                withdrawal_reason: None,
+            },
+        })
+    }
+}
+
+fn precondition(kind: &str, subject: &str, description: String) -> Status {
+    let mut details = ErrorDetails::new();
+    details.add_precondition_failure_violation(kind, subject, description.clone());
+    Status::with_error_details(Code::FailedPrecondition, description, details)
+}
+
+fn outcome(result: EnrolOutcome) -> Result<Response<pb::Enrolment>, Status> {
+    match result {
+        EnrolOutcome::Enrolled(row) => Ok(Response::new(enrolment(&row))),
+        EnrolOutcome::AlreadyEnrolled(row) => Err(Status::already_exists(format!(
+            "the patient is already actively enrolled in {} (enrolment {})",
+            row.registry_id, row.enrolment_id
+        ))),
+        EnrolOutcome::CapacityReached { capacity, active } => Err(precondition(
+            "REGISTRY_CAPACITY",
+            "registries/capacity",
+            format!(
+                "the registry's capacity of {capacity} new patients is reached ({active} actively enrolled)"
+            ),
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryService for RegistryApi {
+    async fn enrol_patient(
+        &self,
+        request: Request<pb::EnrolPatientRequest>,
+    ) -> Result<Response<pb::EnrolPatientResponse>, Status> {
+        let req = request.into_inner();
+        let fields = self.read(
+            &req.registry_id,
+            req.patient.as_ref(),
+            req.reason,
+            &req.mdt_reference,
+            req.decision_date.as_ref(),
+            false,
+        )?;
+        let policy = self.state.policy.current();
+        let registry = &policy.registries[fields.registry];
+        let subject = format!("registries/{}", registry.id);
+        let capacity = match registry.state_on(today()) {
+            None => {
+                return Err(precondition(
+                    "REGISTRY_NOT_IN_EFFECT",
+                    &subject,
+                    format!(
+                        "policy {} has no state for {} today",
+                        policy.version, registry.name
+                    ),
+                ));
+            }
+            Some(state) if state.status == RegistryStatus::ClosedToNewPatients => {
+                return Err(precondition(
+                    "REGISTRY_CLOSED",
+                    &subject,
+                    format!(
+                        "policy {} ({}) has {} closed to new patients: {}",
+                        policy.version, policy.content_hash, registry.name, state.note
+                    ),
+                ));
+            }
+            Some(state) => state.capacity,
+        };
+        let result = self
+            .state
+            .log
+            .store()
+            .enrol(&fields.row, capacity)
+            .await
+            .map_err(unavailable)?;
+        let enrolment = outcome(result).map_err(|s| match s.code() {
+            Code::FailedPrecondition => {
+                precondition("REGISTRY_CAPACITY", &subject, s.message().to_string())
+            }
+            _ => s,
+        })?;
+        tracing::info!(enrolment_id = %enrolment.get_ref().enrolment_id, registry = %registry.id, "patient enrolled");
+        Ok(Response::new(pb::EnrolPatientResponse {
+            enrolment: Some(enrolment.into_inner()),
+        }))
+    }
+
+    async fn record_prior_agreement(
+        &self,
+        request: Request<pb::RecordPriorAgreementRequest>,
+    ) -> Result<Response<pb::RecordPriorAgreementResponse>, Status> {
+        let req = request.into_inner();
+        let fields = self.read(
+            &req.registry_id,
+            req.patient.as_ref(),
+            req.reason,
+            &req.mdt_reference,
+            req.decision_date.as_ref(),
+            true,
+        )?;
+        // Patients agreed before the hold stay in the audit whatever its state: no capacity applies.
+        let result = self
+            .state
+            .log
+            .store()
+            .enrol(&fields.row, None)
+            .await
+            .map_err(unavailable)?;
+        let enrolment = outcome(result)?.into_inner();
+        tracing::info!(enrolment_id = %enrolment.enrolment_id, registry = %enrolment.registry_id, "prior agreement recorded");
+        Ok(Response::new(pb::RecordPriorAgreementResponse {
+            enrolment: Some(enrolment),
+        }))
+    }
+
+    async fn get_enrolment(
+        &self,
+        request: Request<pb::GetEnrolmentRequest>,
+    ) -> Result<Response<pb::GetEnrolmentResponse>, Status> {
+        let id = request.into_inner().enrolment_id;
+        if uuid::Uuid::try_parse(&id).is_err() {
+            let mut r = Reader::default();
+            r.violation("enrolment_id", "must be an enrolment id (UUID)");
+            return Err(invalid_argument(&r.violations));
+        }
+        match self
+            .state
+            .log
+            .store()
+            .enrolment(&id)
+            .await
+            .map_err(unavailable)?
+        {
+            Some(row) => Ok(Response::new(pb::GetEnrolmentResponse {
+                enrolment: Some(enrolment(&row)),
+            })),
+            None => Err(Status::not_found(format!("no enrolment {id}"))),
+        }
+    }
+
+    async fn list_enrolments(
+        &self,
+        request: Request<pb::ListEnrolmentsRequest>,
+    ) -> Result<Response<pb::ListEnrolmentsResponse>, Status> {
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        let limit = page_size(&mut r, req.page_size);
+        let filters = format!("registry={}", req.registry_id);
+        let cursor = read_page_token(&mut r, &req.page_token, &filters);
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        let registry = (!req.registry_id.is_empty()).then_some(req.registry_id.as_str());
+        let mut rows = self
+            .state
+            .log
+            .store()
+            .list_enrolments(registry, cursor.as_ref(), limit + 1)
+            .await
+            .map_err(unavailable)?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some(last) if more => page_token(
+                &Cursor {
+                    at_ms: last.created_at_ms,
+                    id: last.enrolment_id.clone(),
+                },
+                &filters,
+            ),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListEnrolmentsResponse {
+            enrolments: rows.iter().map(enrolment).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn withdraw_enrolment(
+        &self,
+        request: Request<pb::WithdrawEnrolmentRequest>,
+    ) -> Result<Response<pb::WithdrawEnrolmentResponse>, Status> {
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        if uuid::Uuid::try_parse(&req.enrolment_id).is_err() {
+            r.violation("enrolment_id", "must be an enrolment id (UUID)");
+        }
+        if req.reason.trim().is_empty() || req.reason.chars().count() > MAX_WITHDRAWAL_REASON {
+            r.violation(
+                "reason",
+                format!("is required, at most {MAX_WITHDRAWAL_REASON} characters"),
+            );
+        }
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        let store = self.state.log.store();
+        match store
+            .enrolment(&req.enrolment_id)
+            .await
+            .map_err(unavailable)?
+        {
+            None => {
+                return Err(Status::not_found(format!(
+                    "no enrolment {}",
+                    req.enrolment_id
+                )));
+            }
+            Some(row) if !row.active => {
+                return Err(Status::failed_precondition(format!(
+                    "enrolment {} is already withdrawn",
+                    row.enrolment_id
+                )));
+            }
+            Some(_) => {}
+        }
+        match store
+            .withdraw(&req.enrolment_id, req.reason.trim(), now_ms())
+            .await
+            .map_err(unavailable)?
+        {
+            Some(row) => Ok(Response::new(pb::WithdrawEnrolmentResponse {
+                enrolment: Some(enrolment(&row)),
+            })),
+            None => Err(Status::not_found(format!(
+                "no enrolment {}",
+                req.enrolment_id
+            ))),
+        }
+    }
+}

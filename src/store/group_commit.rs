@@ -1,0 +1,76 @@
+//! Group commit for the decision log: concurrent calls hand their records to one writer task,
+//! which writes everything waiting in a single transaction and one flush, then answers each
+//! caller. A call returns its decision only after its record is committed.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{NewDecision, Store, StoreError, WriteOutcome};
+
+/// Records waiting beyond this are written in the next transaction.
+const MAX_BATCH: usize = 512;
+/// Records queued before callers wait for room (back-pressure).
+const QUEUE_DEPTH: usize = 4096;
+
+type Reply = oneshot::Sender<Result<WriteOutcome, String>>;
+
+/// The decision log writer. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DecisionLog {
+    queue: mpsc::Sender<(NewDecision, Reply)>,
+    store: Store,
+}
+
+impl DecisionLog {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Store) -> Self {
+        let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(write_batches(store.clone(), jobs));
+        DecisionLog { queue, store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Writes one decision durably, sharing the transaction with whatever else is waiting.
+    pub async fn record(&self, decision: NewDecision) -> Result<WriteOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((decision, reply))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        match answer.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(message)) => Err(StoreError::Write(message)),
+            Err(_) => Err(StoreError::WriterStopped),
+        }
+    }
+}
+
+async fn write_batches(store: Store, mut jobs: mpsc::Receiver<(NewDecision, Reply)>) {
+    let mut batch: Vec<(NewDecision, Reply)> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (decisions, replies): (Vec<NewDecision>, Vec<Reply>) = batch.drain(..).unzip();
+        match store.write_decisions(&decisions).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = decisions.len(), "decision log write failed; the calls fail with UNAVAILABLE");
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! Durable storage: the decision log and the PRRT audit registry, on embedded SQLite (the
+//! default) or PostgreSQL (for several replicas), behind one interface. Migrations are embedded
+//! and applied at start; a database whose schema is newer than this binary is refused.
+//! Only keyed pseudonyms of patient identifiers are ever written.
+
+mod group_commit;
+pub mod pseudonym;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use group_commit::DecisionLog;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(
+        "the database schema is newer than this binary (migration {0} is unknown to it): run a newer net-pathway or restore a matching database"
+    )]
+    SchemaTooNew(i64),
+    #[error("database migration failed: {0}")]
+    Migration(MigrateError),
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("the decision log writer has stopped")]
+    WriterStopped,
+    #[error("the decision log write failed: {0}")]
+    Write(String),
+}
+
+impl From<MigrateError> for StoreError {
+    fn from(e: MigrateError) -> Self {
+        match e {
+            MigrateError::VersionMissing(v) => StoreError::SchemaTooNew(v),
+            other => StoreError::Migration(other),
+        }
+    }
+}
+
+/// A decision to write.
+#[derive(Debug, Clone)]
+pub struct NewDecision {
+    pub decision_id: String,
+    pub request_id: Option<String>,
+    /// Keyed hash of the request (identifiers replaced by their pseudonym), for idempotent retries.
+    pub request_hash: String,
+    pub kind: i32,
+    pub received_at_ms: i64,
+    pub caller: String,
+    pub policy_version: String,
+    pub policy_hash: String,
+    pub as_of: String,
+    pub patient_pseudonym: Option<String>,
+    /// The encoded `netpathway.v1.DecisionRecord`.
+    pub record: Vec<u8>,
+    /// (therapy, eligibility status, funding route) per therapy answered; 0 where not applicable.
+    pub outcomes: Vec<(i32, i32, i32)>,
+}
+
+/// A stored decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDecision {
+    pub decision_id: String,
+    pub request_hash: String,
+    pub kind: i32,
+    pub received_at_ms: i64,
+    pub record: Vec<u8>,
+}
+
+/// What writing one decision did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    Written,
+    /// The request_id already belongs to this stored decision; nothing was written.
+    RequestIdTaken(StoredDecision),
+}
+
+/// Filters for listing decisions; `None` means any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecisionFilter {
+    pub patient_pseudonym: Option<String>,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub therapy: Option<i32>,
+    pub status: Option<i32>,
+    pub route: Option<i32>,
+}
+
+/// Position after the last item of a page: newest first by time, then id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub at_ms: i64,
+    pub id: String,
+}
+
+/// A registry enrolment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolmentRow {
+    pub enrolment_id: String,
+    pub registry_id: String,
+    pub patient_pseudonym: String,
+    pub reason: i32,
+    pub mdt_reference: String,
+    pub decision_date: String,
+    pub active: bool,
+    pub agreed_before_hold: bool,
+    pub created_at_ms: i64,
+    pub withdrawn_at_ms: Option<i64>,
+    pub withdrawal_reason: Option<String>,
+}
+
+/// What an enrolment attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrolOutcome {
+    Enrolled(EnrolmentRow),
+    /// The patient already has an active enrolment in this registry.
+    AlreadyEnrolled(EnrolmentRow),
+    /// The registry's capacity of new enrolments is reached.
+    CapacityReached {
+        capacity: i64,
+        active: i64,
+    },
+}
+
+/// Storage on either backend. Clones share the pool.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same code on whichever pool the store has; SQL uses `$N` placeholders, which both
+/// backends accept.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+type DecisionRow = (String, String, i32, i64, Vec<u8>);
+
+fn decision(row: DecisionRow) -> StoredDecision {
+    let (decision_id, request_hash, kind, received_at_ms, record) = row;
+    StoredDecision {
+        decision_id,
+        request_hash,
+        kind,
+        received_at_ms,
+        record,
+    }
+}
+
+type EnrolmentTuple = (
+    String,
+    String,
+    String,
+    i32,
+    String,
+    String,
+    i32,
+    i32,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
+
+fn enrolment(row: EnrolmentTuple) -> EnrolmentRow {
+    let (
+        enrolment_id,
+        registry_id,
+        patient_pseudonym,
+        reason,
+        mdt_reference,
+        decision_date,
+        active,
+        prior,
+        created,
+        withdrawn,
+        why,
+    ) = row;
+    EnrolmentRow {
+        enrolment_id,
+        registry_id,
+        patient_pseudonym,
+        reason,
+        mdt_reference,
+        decision_date,
+        active: active == 1,
+        agreed_before_hold: prior == 1,
+        created_at_ms: created,
+        withdrawn_at_ms: withdrawn,
+        withdrawal_reason: why,
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH`, `postgres://...`), creating an SQLite file and its
+    /// directory if missing, and applies the embedded migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let store = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                // WAL with synchronous=FULL: a committed decision survives a crash or power loss.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?;
+            SQLITE_MIGRATIONS.run(&pool).await?;
+            Store::Sqlite(pool)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            Store::Postgres(pool)
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        Ok(store)
+    }
+
+    /// The default embedded database in `data_dir`.
+    pub fn default_url(data_dir: &Path) -> String {
+        format!("sqlite://{}", data_dir.join("net-pathway.db").display())
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Writes a batch of decisions in one transaction (group commit). A decision whose
+    /// request_id is already stored is not written; its outcome names the stored decision.
+    pub async fn write_decisions(
+        &self,
+        batch: &[NewDecision],
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for d in batch {
+                let inserted = sqlx::query(
+                    "INSERT INTO decisions (decision_id, request_id, request_hash, kind, received_at_ms, caller, policy_version, policy_hash, as_of, patient_pseudonym, record) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (request_id) DO NOTHING",
+                )
+                .bind(&d.decision_id)
+                .bind(&d.request_id)
+                .bind(&d.request_hash)
+                .bind(d.kind)
+                .bind(d.received_at_ms)
+                .bind(&d.caller)
+                .bind(&d.policy_version)
+                .bind(&d.policy_hash)
+                .bind(&d.as_of)
+                .bind(&d.patient_pseudonym)
+                .bind(&d.record)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    let existing: DecisionRow = sqlx::query_as(
+                        "SELECT decision_id, request_hash, kind, received_at_ms, record FROM decisions WHERE request_id = $1",
+                    )
+                    .bind(&d.request_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    outcomes.push(WriteOutcome::RequestIdTaken(decision(existing)));
+                    continue;
+                }
+                for (therapy, status, route) in &d.outcomes {
+                    sqlx::query("INSERT INTO decision_outcomes (decision_id, therapy, status, route) VALUES ($1, $2, $3, $4)")
+                        .bind(&d.decision_id)
+                        .bind(therapy)
+                        .bind(status)
+                        .bind(route)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                outcomes.push(WriteOutcome::Written);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(outcomes)
+        })
+        .map_err(StoreError::from)
+    }
+
+    pub async fn decision(&self, decision_id: &str) -> Result<Option<StoredDecision>, StoreError> {
+        let row: Option<DecisionRow> = on_pool!(self, |pool| {
+            sqlx::query_as("SELECT decision_id, request_hash, kind, received_at_ms, record FROM decisions WHERE decision_id = $1")
+                .bind(decision_id)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(row.map(decision))
+    }
+
+    pub async fn decision_by_request_id(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<StoredDecision>, StoreError> {
+        let row: Option<DecisionRow> = on_pool!(self, |pool| {
+            sqlx::query_as("SELECT decision_id, request_hash, kind, received_at_ms, record FROM decisions WHERE request_id = $1")
+                .bind(request_id)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(row.map(decision))
+    }
+
+    /// Decisions matching `filter`, newest first, after `cursor`, at most `limit`.
+    pub async fn list_decisions(
+        &self,
+        filter: &DecisionFilter,
+        cursor: Option<&Cursor>,
+        limit: i64,
+    ) -> Result<Vec<StoredDecision>, StoreError> {
+        let (after_ms, after_id) =
+            cursor.map_or((None, None), |c| (Some(c.at_ms), Some(c.id.clone())));
+        let rows: Vec<DecisionRow> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT d.decision_id, d.request_hash, d.kind, d.received_at_ms, d.record FROM decisions d \
+                 WHERE ($1 IS NULL OR d.patient_pseudonym = $1) \
+                   AND ($2 IS NULL OR d.received_at_ms >= $2) \
+                   AND ($3 IS NULL OR d.received_at_ms < $3) \
+                   AND ($4 IS NULL OR EXISTS (SELECT 1 FROM decision_outcomes o WHERE o.decision_id = d.decision_id \
+                        AND o.therapy = $4 AND ($5 IS NULL OR o.status = $5) AND ($6 IS NULL OR o.route = $6))) \
+                   AND ($7 IS NULL OR d.received_at_ms < $7 OR (d.received_at_ms = $7 AND d.decision_id < $8)) \
+                 ORDER BY d.received_at_ms DESC, d.decision_id DESC LIMIT $9",
+            )
+            .bind(&filter.patient_pseudonym)
+            .bind(filter.start_ms)
+            .bind(filter.end_ms)
+            .bind(filter.therapy)
+            .bind(filter.status)
+            .bind(filter.route)
+            .bind(after_ms)
+            .bind(&after_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(decision).collect())
+    }
+
+    /// Enrols a patient. With a capacity, the count of active new enrolments and the insert
+    /// happen in one transaction that excludes concurrent enrolments to the same registry
+    /// (SQLite: BEGIN IMMEDIATE; PostgreSQL: a row lock per registry), so the capacity holds
+    /// across any number of concurrent calls and replicas.
+    pub async fn enrol(
+        &self,
+        new: &EnrolmentRow,
+        capacity: Option<i64>,
+    ) -> Result<EnrolOutcome, StoreError> {
+        macro_rules! enrol_in {
+            ($tx:ident) => {{
+                let existing: Option<EnrolmentTuple> = sqlx::query_as(
+                    "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason \
+                     FROM enrolments WHERE registry_id = $1 AND patient_pseudonym = $2 AND active = 1",
+                )
+                .bind(&new.registry_id)
+                .bind(&new.patient_pseudonym)
+                .fetch_optional(&mut *$tx)
+                .await?;
+                if let Some(row) = existing {
+                    return Ok(EnrolOutcome::AlreadyEnrolled(enrolment(row)));
+                }
+                if let Some(capacity) = capacity {
+                    let (active,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM enrolments WHERE registry_id = $1 AND active = 1 AND agreed_before_hold = 0",
+                    )
+                    .bind(&new.registry_id)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                    if active >= capacity {
+                        return Ok(EnrolOutcome::CapacityReached { capacity, active });
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO enrolments (enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8)",
+                )
+                .bind(&new.enrolment_id)
+                .bind(&new.registry_id)
+                .bind(&new.patient_pseudonym)
+                .bind(new.reason)
+                .bind(&new.mdt_reference)
+                .bind(&new.decision_date)
+                .bind(i32::from(new.agreed_before_hold))
+                .bind(new.created_at_ms)
+                .execute(&mut *$tx)
+                .await?;
+                $tx.commit().await?;
+                Ok(EnrolOutcome::Enrolled(EnrolmentRow { active: true, ..new.clone() }))
+            }};
+        }
+        match self {
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                enrol_in!(tx)
+            }
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO registry_locks (registry_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(&new.registry_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "SELECT registry_id FROM registry_locks WHERE registry_id = $1 FOR UPDATE",
+                )
+                .bind(&new.registry_id)
+                .execute(&mut *tx)
+                .await?;
+                enrol_in!(tx)
+            }
+        }
+    }
+
+    pub async fn enrolment(&self, enrolment_id: &str) -> Result<Option<EnrolmentRow>, StoreError> {
+        let row: Option<EnrolmentTuple> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason \
+                 FROM enrolments WHERE enrolment_id = $1",
+            )
+            .bind(enrolment_id)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(row.map(enrolment))
+    }
+
+    /// Enrolments, newest first, optionally in one registry.
+    pub async fn list_enrolments(
+        &self,
+        registry_id: Option<&str>,
+        cursor: Option<&Cursor>,
+        limit: i64,
+    ) -> Result<Vec<EnrolmentRow>, StoreError> {
+        let (after_ms, after_id) =
+            cursor.map_or((None, None), |c| (Some(c.at_ms), Some(c.id.clone())));
+        let rows: Vec<EnrolmentTuple> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason \
+                 FROM enrolments WHERE ($1 IS NULL OR registry_id = $1) \
+                   AND ($2 IS NULL OR created_at_ms < $2 OR (created_at_ms = $2 AND enrolment_id < $3)) \
+                 ORDER BY created_at_ms DESC, enrolment_id DESC LIMIT $4",
+            )
+            .bind(registry_id)
+            .bind(after_ms)
+            .bind(&after_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(enrolment).collect())
+    }
+
+    /// Withdraws an active enrolment; returns the enrolment as it now stands (unchanged if it
+    /// was already withdrawn), or `None` if there is none.
+    pub async fn withdraw(
+        &self,
+        enrolment_id: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<Option<EnrolmentRow>, StoreError> {
+        on_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE enrolments SET active = 0, withdrawn_at_ms = $2, withdrawal_reason = $3 WHERE enrolment_id = $1 AND active = 1",
+            )
+            .bind(enrolment_id)
+            .bind(at_ms)
+            .bind(reason)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
+        self.enrolment(enrolment_id).await
+    }
+
+    /// The patient's active enrolments in every registry.
+    pub async fn active_enrolments(
+        &self,
+        patient_pseudonym: &str,
+    ) -> Result<Vec<EnrolmentRow>, StoreError> {
+        let rows: Vec<EnrolmentTuple> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason \
+                 FROM enrolments WHERE patient_pseudonym = $1 AND active = 1 ORDER BY created_at_ms",
+            )
+            .bind(patient_pseudonym)
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(enrolment).collect())
+    }
+}

@@ -1,0 +1,316 @@
+//! The store test suite, run against both backends: embedded SQLite and PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::database_urls;
+use net_pathway::store::{
+    Cursor, DecisionFilter, EnrolOutcome, EnrolmentRow, NewDecision, Store, StoreError,
+    WriteOutcome,
+};
+
+fn decision(
+    id: &str,
+    request_id: Option<&str>,
+    at_ms: i64,
+    patient: Option<&str>,
+    outcomes: Vec<(i32, i32, i32)>,
+) -> NewDecision {
+    NewDecision {
+        decision_id: id.into(),
+        request_id: request_id.map(String::from),
+        request_hash: format!("hash-of-{}", request_id.unwrap_or(id)),
+        kind: 1,
+        received_at_ms: at_ms,
+        caller: "anonymous".into(),
+        policy_version: "test".into(),
+        policy_hash: "sha256:test".into(),
+        as_of: "2026-11-28".into(),
+        patient_pseudonym: patient.map(String::from),
+        record: id.as_bytes().to_vec(),
+        outcomes,
+    }
+}
+
+fn enrolment(id: &str, patient: &str, at_ms: i64) -> EnrolmentRow {
+    EnrolmentRow {
+        enrolment_id: id.into(),
+        registry_id: "non-gep-prrt-registry".into(),
+        patient_pseudonym: patient.into(),
+        reason: 1,
+        mdt_reference: "RF-MDT-1".into(),
+        decision_date: "2026-11-01".into(),
+        active: true,
+        agreed_before_hold: false,
+        created_at_ms: at_ms,
+        withdrawn_at_ms: None,
+        withdrawal_reason: None,
+    }
+}
+
+#[tokio::test]
+async fn decisions_are_written_read_back_and_request_ids_stay_unique() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let store = Store::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let first = decision("d1", Some("r1"), 1_000, Some("nhs:p1"), vec![(3, 1, 1)]);
+        let clash = decision("d2", Some("r1"), 2_000, Some("nhs:p1"), vec![]);
+        let outcomes = store
+            .write_decisions(&[first.clone(), clash])
+            .await
+            .expect("write");
+        assert_eq!(outcomes[0], WriteOutcome::Written, "{backend}");
+        let WriteOutcome::RequestIdTaken(existing) = &outcomes[1] else {
+            panic!("{backend}: the clash names the stored decision")
+        };
+        assert_eq!(existing.decision_id, "d1", "{backend}");
+        assert_eq!(
+            store.decision("d2").await.expect("read"),
+            None,
+            "{backend}: nothing written for the clash"
+        );
+        let stored = store.decision("d1").await.expect("read").expect("stored");
+        assert_eq!(stored.record, b"d1", "{backend}");
+        assert_eq!(
+            store
+                .decision_by_request_id("r1")
+                .await
+                .expect("read")
+                .map(|d| d.decision_id),
+            Some("d1".into())
+        );
+    }
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages_newest_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let store = Store::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let batch: Vec<NewDecision> = (0..7)
+            .map(|i| {
+                let patient = if i % 2 == 0 { "nhs:even" } else { "nhs:odd" };
+                let route = if i < 3 { 5 } else { 1 };
+                decision(
+                    &format!("d{i}"),
+                    None,
+                    1_000 + i,
+                    Some(patient),
+                    vec![(3, 1, route)],
+                )
+            })
+            .collect();
+        store.write_decisions(&batch).await.expect("write");
+
+        let evens = DecisionFilter {
+            patient_pseudonym: Some("nhs:even".into()),
+            ..Default::default()
+        };
+        let page1 = store.list_decisions(&evens, None, 2).await.expect("page 1");
+        assert_eq!(
+            page1
+                .iter()
+                .map(|d| d.decision_id.as_str())
+                .collect::<Vec<_>>(),
+            ["d6", "d4"],
+            "{backend}"
+        );
+        let last = page1.last().expect("a row");
+        let cursor = Cursor {
+            at_ms: last.received_at_ms,
+            id: last.decision_id.clone(),
+        };
+        let page2 = store
+            .list_decisions(&evens, Some(&cursor), 2)
+            .await
+            .expect("page 2");
+        assert_eq!(
+            page2
+                .iter()
+                .map(|d| d.decision_id.as_str())
+                .collect::<Vec<_>>(),
+            ["d2", "d0"],
+            "{backend}"
+        );
+
+        let closed_registry = DecisionFilter {
+            therapy: Some(3),
+            route: Some(5),
+            ..Default::default()
+        };
+        let found = store
+            .list_decisions(&closed_registry, None, 50)
+            .await
+            .expect("by route");
+        assert_eq!(
+            found
+                .iter()
+                .map(|d| d.decision_id.as_str())
+                .collect::<Vec<_>>(),
+            ["d2", "d1", "d0"],
+            "{backend}"
+        );
+
+        let window = DecisionFilter {
+            start_ms: Some(1_002),
+            end_ms: Some(1_004),
+            ..Default::default()
+        };
+        let found = store
+            .list_decisions(&window, None, 50)
+            .await
+            .expect("by time");
+        assert_eq!(
+            found
+                .iter()
+                .map(|d| d.decision_id.as_str())
+                .collect::<Vec<_>>(),
+            ["d3", "d2"],
+            "{backend}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn capacity_holds_under_200_concurrent_enrolments() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let store = Arc::new(
+            Store::open(&url)
+                .await
+                .unwrap_or_else(|e| panic!("{backend}: {e}")),
+        );
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    store
+                        .enrol(
+                            &enrolment(&format!("e{i:03}"), &format!("nhs:p{i}"), i),
+                            Some(10),
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut enrolled = 0;
+        let mut refused = 0;
+        for task in tasks {
+            match task
+                .await
+                .expect("task")
+                .unwrap_or_else(|e| panic!("{backend}: {e}"))
+            {
+                EnrolOutcome::Enrolled(_) => enrolled += 1,
+                EnrolOutcome::CapacityReached { capacity, .. } => {
+                    assert_eq!(capacity, 10);
+                    refused += 1
+                }
+                other => panic!("{backend}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!((enrolled, refused), (10, 190), "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn enrolment_lifecycle() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let store = Store::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let first = enrolment("e1", "nhs:p1", 10);
+        assert!(
+            matches!(
+                store.enrol(&first, None).await.expect("enrol"),
+                EnrolOutcome::Enrolled(_)
+            ),
+            "{backend}"
+        );
+        let again = store
+            .enrol(&enrolment("e2", "nhs:p1", 11), None)
+            .await
+            .expect("enrol again");
+        assert!(
+            matches!(again, EnrolOutcome::AlreadyEnrolled(ref e) if e.enrolment_id == "e1"),
+            "{backend}: {again:?}"
+        );
+        assert_eq!(
+            store
+                .active_enrolments("nhs:p1")
+                .await
+                .expect("active")
+                .len(),
+            1
+        );
+        let withdrawn = store
+            .withdraw("e1", "moved abroad", 20)
+            .await
+            .expect("withdraw")
+            .expect("found");
+        assert!(
+            !withdrawn.active && withdrawn.withdrawal_reason.as_deref() == Some("moved abroad"),
+            "{backend}"
+        );
+        assert!(
+            store
+                .active_enrolments("nhs:p1")
+                .await
+                .expect("active")
+                .is_empty()
+        );
+        assert!(matches!(
+            store
+                .enrol(&enrolment("e3", "nhs:p1", 30), None)
+                .await
+                .expect("re-enrol"),
+            EnrolOutcome::Enrolled(_)
+        ));
+        assert_eq!(
+            store.withdraw("nope", "x", 1).await.expect("withdraw"),
+            None
+        );
+        let listed = store
+            .list_enrolments(Some("non-gep-prrt-registry"), None, 10)
+            .await
+            .expect("list");
+        assert_eq!(
+            listed
+                .iter()
+                .map(|e| e.enrolment_id.as_str())
+                .collect::<Vec<_>>(),
+            ["e3", "e1"],
+            "{backend}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_binary_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let store = Store::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let newer = "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) \
+                     VALUES (9999, 'from the future', CURRENT_TIMESTAMP, TRUE, X'00', 0)";
+        let pg_newer = "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) \
+                     VALUES (9999, 'from the future', now(), TRUE, '\\x00', 0)";
+        match &store {
+            Store::Sqlite(pool) => sqlx::query(newer).execute(pool).await.map(|_| ()),
+            Store::Postgres(pool) => sqlx::query(pg_newer).execute(pool).await.map(|_| ()),
+        }
+        .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        drop(store);
+        match Store::open(&url).await {
+            Err(StoreError::SchemaTooNew(9999)) => {}
+            other => panic!("{backend}: expected SchemaTooNew(9999), got {other:?}"),
+        }
+    }
+}
