@@ -37,9 +37,11 @@ use tonic::{IntoRequest, Request, Status};
 use tonic_types::StatusExt;
 
 use crate::pb;
+use crate::pb::decision_log_service_client::DecisionLogServiceClient;
 use crate::pb::eligibility_service_client::EligibilityServiceClient;
 use crate::pb::funding_service_client::FundingServiceClient;
 use crate::pb::policy_service_client::PolicyServiceClient;
+use crate::pb::registry_service_client::RegistryServiceClient;
 
 /// Connect timeout used by [`NetPathwayClient::connect`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,49 +165,64 @@ impl NetPathwayClient {
             client
         }
     }
-
-    /// Which therapies the patient can be considered for.
-    pub async fn evaluate_eligibility(
-        &self,
-        request: pb::EvaluateEligibilityRequest,
-    ) -> Result<pb::EvaluateEligibilityResponse, Status> {
-        let mut client = self.compress(EligibilityServiceClient::new(self.channel.clone()), |c| {
-            c.send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip)
-        });
-        Ok(client
-            .evaluate_eligibility(self.request(request))
-            .await?
-            .into_inner())
-    }
-
-    /// How each therapy would be funded.
-    pub async fn classify_funding(
-        &self,
-        request: pb::ClassifyFundingRequest,
-    ) -> Result<pb::ClassifyFundingResponse, Status> {
-        let mut client = self.compress(FundingServiceClient::new(self.channel.clone()), |c| {
-            c.send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip)
-        });
-        Ok(client
-            .classify_funding(self.request(request))
-            .await?
-            .into_inner())
-    }
-
-    /// The active policy: version, hash, therapies, criteria, routes and sources.
-    pub async fn get_active_policy(
-        &self,
-        request: pb::GetActivePolicyRequest,
-    ) -> Result<pb::GetActivePolicyResponse, Status> {
-        let mut client = self.compress(PolicyServiceClient::new(self.channel.clone()), |c| {
-            c.send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip)
-        });
-        Ok(client
-            .get_active_policy(self.request(request))
-            .await?
-            .into_inner())
-    }
 }
+
+/// Typed methods: each sends the call with the client's deadline (and gzip if configured).
+macro_rules! rpc {
+    ($(#[$doc:meta])* $method:ident, $client:ident, $request:ident => $response:ident) => {
+        impl NetPathwayClient {
+            $(#[$doc])*
+            pub async fn $method(&self, request: pb::$request) -> Result<pb::$response, Status> {
+                let mut client = self.compress($client::new(self.channel.clone()), |c| {
+                    c.send_compressed(CompressionEncoding::Gzip).accept_compressed(CompressionEncoding::Gzip)
+                });
+                Ok(client.$method(self.request(request)).await?.into_inner())
+            }
+        }
+    };
+}
+
+rpc!(
+    /// Which therapies the patient can be considered for.
+    evaluate_eligibility, EligibilityServiceClient, EvaluateEligibilityRequest => EvaluateEligibilityResponse
+);
+rpc!(
+    /// How each therapy would be funded.
+    classify_funding, FundingServiceClient, ClassifyFundingRequest => ClassifyFundingResponse
+);
+rpc!(
+    /// The active policy: version, hash, therapies, criteria, routes and sources.
+    get_active_policy, PolicyServiceClient, GetActivePolicyRequest => GetActivePolicyResponse
+);
+rpc!(
+    /// One stored decision.
+    get_decision, DecisionLogServiceClient, GetDecisionRequest => GetDecisionResponse
+);
+rpc!(
+    /// Stored decisions, filtered and paginated.
+    list_decisions, DecisionLogServiceClient, ListDecisionsRequest => ListDecisionsResponse
+);
+rpc!(
+    /// A stored decision re-evaluated under the active policy.
+    replay_decision, DecisionLogServiceClient, ReplayDecisionRequest => ReplayDecisionResponse
+);
+rpc!(
+    /// Enrols a patient in an audit registry.
+    enrol_patient, RegistryServiceClient, EnrolPatientRequest => EnrolPatientResponse
+);
+rpc!(
+    /// Records a patient agreed into a registry before its hold.
+    record_prior_agreement, RegistryServiceClient, RecordPriorAgreementRequest => RecordPriorAgreementResponse
+);
+rpc!(
+    /// One enrolment.
+    get_enrolment, RegistryServiceClient, GetEnrolmentRequest => GetEnrolmentResponse
+);
+rpc!(
+    /// Enrolments, newest first.
+    list_enrolments, RegistryServiceClient, ListEnrolmentsRequest => ListEnrolmentsResponse
+);
+rpc!(
+    /// Withdraws an enrolment.
+    withdraw_enrolment, RegistryServiceClient, WithdrawEnrolmentRequest => WithdrawEnrolmentResponse
+);
