@@ -158,6 +158,35 @@ mod tests {
     }
 
     #[test]
+    fn the_generated_key_is_owner_only_and_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("net-pathway-key-{}", std::process::id()));
+        let path = dir.join("pseudonym.key");
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = Pseudonymiser::load_or_create(&path).expect("create");
+        let second = Pseudonymiser::load_or_create(&path).expect("reload");
+        assert_eq!(
+            first.nhs_number("9434765919"),
+            second.nhs_number("9434765919")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .expect("key file")
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        std::fs::write(&path, b"short").expect("overwrite");
+        assert!(matches!(
+            Pseudonymiser::load_or_create(&path),
+            Err(KeyError::TooShort { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn pseudonyms_are_keyed_and_stable() {
         let a = Pseudonymiser::new(&[1; 32]).expect("key");
         let b = Pseudonymiser::new(&[2; 32]).expect("key");
