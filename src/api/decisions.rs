@@ -4,10 +4,9 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::convert::{Bridge, Reader};
-use super::record::unavailable;
+use super::record::{EvaluationRequest, unavailable};
 use super::{
-    AppState, convert, invalid_argument, page_size, page_token, patient_pseudonym, read_evaluation,
-    read_page_token,
+    AppState, convert, invalid_argument, page, page_size, patient_pseudonym, read_page_token,
 };
 use crate::domain::Therapy;
 use crate::pb;
@@ -136,25 +135,17 @@ impl DecisionLogService for DecisionLogApi {
         if !r.violations.is_empty() {
             return Err(invalid_argument(&r.violations));
         }
-        let mut rows = self
+        let rows = self
             .state
             .log
             .store()
             .list_decisions(&filter, cursor.as_ref(), limit + 1)
             .await
             .map_err(unavailable)?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let next_page_token = match rows.last() {
-            Some(last) if more => page_token(
-                &Cursor {
-                    at_ms: last.received_at_ms,
-                    id: last.decision_id.clone(),
-                },
-                &filters,
-            ),
-            _ => String::new(),
-        };
+        let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
+            at_ms: last.received_at_ms,
+            id: last.decision_id.clone(),
+        });
         let decisions = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(pb::ListDecisionsResponse {
             decisions,
@@ -179,14 +170,7 @@ impl DecisionLogService for DecisionLogApi {
                 Some(pb::decision_record::Request::EligibilityRequest(q)),
                 Some(pb::decision_record::Response::EligibilityResponse(then)),
             ) => {
-                let e = read_evaluation(
-                    &self.state.pseudonymiser,
-                    "",
-                    q.patient.as_ref(),
-                    &q.therapies,
-                    record.as_of_date.as_ref(),
-                    pb::EvaluationView::Full as i32,
-                )?;
+                let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
                 let facts = policy.facts(&e.patient, e.as_of);
                 then.therapies
                     .iter()
@@ -215,14 +199,7 @@ impl DecisionLogService for DecisionLogApi {
                 Some(pb::decision_record::Request::FundingRequest(q)),
                 Some(pb::decision_record::Response::FundingResponse(then)),
             ) => {
-                let e = read_evaluation(
-                    &self.state.pseudonymiser,
-                    "",
-                    q.patient.as_ref(),
-                    &q.therapies,
-                    record.as_of_date.as_ref(),
-                    pb::EvaluationView::Full as i32,
-                )?;
+                let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
                 let mut facts = policy.facts(&e.patient, e.as_of);
                 if !record.patient_pseudonym.is_empty() {
                     let enrolments = self

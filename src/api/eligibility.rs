@@ -1,10 +1,9 @@
 //! EligibilityService.
 
-use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::record::{self, ANONYMOUS};
-use super::{AppState, convert, decision_id, read_evaluation};
+use super::{AppState, convert, decision_id};
 use crate::api::convert::Bridge;
 use crate::engine::policy::Status as EligibilityStatus;
 use crate::pb;
@@ -28,30 +27,16 @@ impl EligibilityService for EligibilityApi {
         &self,
         request: Request<pb::EvaluateEligibilityRequest>,
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
-        let received_ms = record::now_ms();
-        let req = request.into_inner();
-        let e = read_evaluation(
-            &self.state.pseudonymiser,
-            &req.request_id,
-            req.patient.as_ref(),
-            &req.therapies,
-            req.as_of_date.as_ref(),
-            req.view,
-        )?;
-        // What is stored: the request without its identifiers (the pseudonym stands in).
-        let mut stored_request = req;
-        if let Some(p) = stored_request.patient.as_mut() {
-            p.identifiers = None;
-        }
-        let fingerprint = record::fingerprint(
-            &self.state,
-            KIND,
-            &stored_request.encode_to_vec(),
-            e.pseudonym.as_deref(),
-        );
-        if let Some(prior) = record::prior(&self.state, &e.request_id, KIND, &fingerprint).await? {
+        let prepared = record::prepare(&self.state, request.into_inner()).await?;
+        if let Some(prior) = prepared.prior {
             return stored_response(prior);
         }
+        let (e, stored_request, fingerprint) = (
+            prepared.evaluation,
+            prepared.stored_request,
+            prepared.fingerprint,
+        );
+        let received_ms = prepared.received_ms;
 
         let policy = self.state.policy.current();
         let facts = policy.facts(&e.patient, e.as_of);

@@ -294,6 +294,23 @@ fn filter_key(filters: &str) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Cuts rows fetched with `limit + 1` to one page and makes the token for the next one
+/// (empty on the last page).
+pub fn page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    filters: &str,
+    position: impl Fn(&T) -> crate::store::Cursor,
+) -> (Vec<T>, String) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let token = match rows.last() {
+        Some(last) if more => page_token(&position(last), filters),
+        _ => String::new(),
+    };
+    (rows, token)
+}
+
 /// Reads a page token made by [`page_token`] for the same filters.
 pub fn read_page_token(r: &mut Reader, raw: &str, filters: &str) -> Option<crate::store::Cursor> {
     if raw.is_empty() {

@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use super::AppState;
+use super::{AppState, Evaluation, read_evaluation};
 use crate::pb;
 use crate::store::{NewDecision, StoreError, StoredDecision, WriteOutcome};
 use prost::Message;
@@ -127,4 +127,105 @@ pub async fn persist(
             same_request(&existing, &record.request_id, kind, &fingerprint).map(Some)
         }
     }
+}
+
+/// The two evaluation requests share their fields; this lets one path validate, store and
+/// replay both.
+pub trait EvaluationRequest: Message + Clone + Sized {
+    const KIND: pb::DecisionKind;
+    fn parts(
+        &self,
+    ) -> (
+        &str,
+        Option<&pb::PatientProfile>,
+        &[i32],
+        Option<&crate::google::r#type::Date>,
+        i32,
+    );
+    fn patient_mut(&mut self) -> Option<&mut pb::PatientProfile>;
+
+    /// Validates the request against its own as-of date, or `as_of` when given (replay).
+    fn evaluation(
+        &self,
+        state: &AppState,
+        as_of: Option<&crate::google::r#type::Date>,
+    ) -> Result<Evaluation, Status> {
+        let (request_id, patient, therapies, own_as_of, view) = self.parts();
+        read_evaluation(
+            &state.pseudonymiser,
+            request_id,
+            patient,
+            therapies,
+            as_of.or(own_as_of),
+            view,
+        )
+    }
+}
+
+macro_rules! evaluation_request {
+    ($request:ident, $kind:ident) => {
+        impl EvaluationRequest for pb::$request {
+            const KIND: pb::DecisionKind = pb::DecisionKind::$kind;
+            fn parts(
+                &self,
+            ) -> (
+                &str,
+                Option<&pb::PatientProfile>,
+                &[i32],
+                Option<&crate::google::r#type::Date>,
+                i32,
+            ) {
+                (
+                    &self.request_id,
+                    self.patient.as_ref(),
+                    &self.therapies,
+                    self.as_of_date.as_ref(),
+                    self.view,
+                )
+            }
+            fn patient_mut(&mut self) -> Option<&mut pb::PatientProfile> {
+                self.patient.as_mut()
+            }
+        }
+    };
+}
+
+evaluation_request!(EvaluateEligibilityRequest, Eligibility);
+evaluation_request!(ClassifyFundingRequest, Funding);
+
+/// A validated request ready to decide: what will be stored, its fingerprint, and the stored
+/// answer if this is a retry.
+pub struct Prepared<R> {
+    pub received_ms: i64,
+    pub evaluation: Evaluation,
+    /// The request without its identifiers (the pseudonym stands in).
+    pub stored_request: R,
+    pub fingerprint: String,
+    pub prior: Option<pb::DecisionRecord>,
+}
+
+pub async fn prepare<R: EvaluationRequest>(
+    state: &AppState,
+    request: R,
+) -> Result<Prepared<R>, Status> {
+    let received_ms = now_ms();
+    let evaluation = request.evaluation(state, None)?;
+    let mut stored_request = request;
+    if let Some(p) = stored_request.patient_mut() {
+        p.identifiers = None;
+    }
+    let fingerprint = fingerprint(
+        state,
+        R::KIND,
+        &stored_request.encode_to_vec(),
+        evaluation.pseudonym.as_deref(),
+    );
+    let prior = prior(state, &evaluation.request_id, R::KIND, &fingerprint).await?;
+    Ok(Prepared {
+        received_ms,
+        evaluation,
+        stored_request,
+        fingerprint,
+        prior,
+    })
 }

@@ -9,7 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::convert::Reader;
 use super::record::{now_ms, timestamp, unavailable};
 use super::{
-    AppState, invalid_argument, page_size, page_token, patient_pseudonym, read_page_token, today,
+    AppState, invalid_argument, page, page_size, patient_pseudonym, read_page_token, today,
 };
 use crate::engine::policy::RegistryStatus;
 use crate::pb;
@@ -292,25 +292,17 @@ impl RegistryService for RegistryApi {
             return Err(invalid_argument(&r.violations));
         }
         let registry = (!req.registry_id.is_empty()).then_some(req.registry_id.as_str());
-        let mut rows = self
+        let rows = self
             .state
             .log
             .store()
             .list_enrolments(registry, cursor.as_ref(), limit + 1)
             .await
             .map_err(unavailable)?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let next_page_token = match rows.last() {
-            Some(last) if more => page_token(
-                &Cursor {
-                    at_ms: last.created_at_ms,
-                    id: last.enrolment_id.clone(),
-                },
-                &filters,
-            ),
-            _ => String::new(),
-        };
+        let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
+            at_ms: last.created_at_ms,
+            id: last.enrolment_id.clone(),
+        });
         Ok(Response::new(pb::ListEnrolmentsResponse {
             enrolments: rows.iter().map(enrolment).collect(),
             next_page_token,
