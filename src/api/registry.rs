@@ -53,6 +53,8 @@ fn enrolment(row: &EnrolmentRow) -> pb::Enrolment {
 
 /// The fields enrolment and prior agreement share, validated.
 struct EnrolmentFields {
+    /// The policy snapshot the request was checked against; `registry` indexes it.
+    policy: std::sync::Arc<crate::engine::Policy>,
     registry: usize,
     row: EnrolmentRow,
 }
@@ -125,6 +127,7 @@ impl RegistryApi {
             return Err(invalid_argument(&r.violations));
         }
         Ok(EnrolmentFields {
+            policy,
             registry: registry.unwrap_or(0),
             row: EnrolmentRow {
                 enrolment_id: uuid::Uuid::now_v7().to_string(),
@@ -181,7 +184,7 @@ impl RegistryService for RegistryApi {
             req.decision_date.as_ref(),
             false,
         )?;
-        let policy = self.state.policy.current();
+        let policy = &fields.policy;
         let registry = &policy.registries[fields.registry];
         let subject = format!("registries/{}", registry.id);
         let capacity = match registry.state_on(today()) {
