@@ -43,6 +43,10 @@ pub struct ServeConfig {
     /// Policy file to serve; the bundled policy (policy/net-pathway.toml) when absent.
     #[arg(long, env = "NETPATHWAY_POLICY")]
     pub policy: Option<PathBuf>,
+    /// How often to check the policy file for changes, in seconds (0: only on SIGHUP).
+    /// Applies when --policy names a file.
+    #[arg(long, env = "NETPATHWAY_POLICY_POLL_SECONDS", default_value_t = 5)]
+    pub policy_poll_seconds: u64,
     /// Log line format.
     #[arg(long, env = "NETPATHWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

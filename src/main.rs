@@ -10,7 +10,7 @@ use net_pathway::config::{Cli, Command, PolicyCommand, ServeConfig};
 use net_pathway::engine::{Policy, PolicyError};
 use net_pathway::store::pseudonym::Pseudonymiser;
 use net_pathway::store::{DecisionLog, Store};
-use net_pathway::{server, telemetry};
+use net_pathway::{reload, server, telemetry};
 
 /// Exit code for a policy that cannot be read or is invalid.
 const EXIT_INVALID_POLICY: u8 = 2;
@@ -98,10 +98,24 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     let pseudonymiser =
         Pseudonymiser::load_or_create(&key_file).map_err(|e| format!("refusing to start: {e}"))?;
     let state = AppState {
-        policy,
+        policy: policy.clone(),
         log: DecisionLog::start(store),
         pseudonymiser,
     };
+    if let Some(path) = config.policy.clone() {
+        // Zero means SIGHUP only: the file is then looked at once a day at most.
+        let seconds = if config.policy_poll_seconds == 0 {
+            86_400
+        } else {
+            config.policy_poll_seconds
+        };
+        tokio::spawn(reload::watch(
+            policy,
+            path,
+            Duration::from_secs(seconds),
+            Default::default(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

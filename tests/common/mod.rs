@@ -24,6 +24,8 @@ pub struct TestServer {
     pub store: Store,
     /// Holds the embedded database's directory for the server's lifetime.
     pub data_dir: tempfile::TempDir,
+    /// The server's active policy, for tests that swap it.
+    pub active: ActivePolicy,
 }
 
 impl Drop for TestServer {
@@ -62,8 +64,9 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
     let store = Store::open(url)
         .await
         .unwrap_or_else(|e| panic!("store {url}: {e}"));
+    let active = ActivePolicy::new(policy);
     let state = AppState {
-        policy: ActivePolicy::new(policy),
+        policy: active.clone(),
         log: DecisionLog::start(store.clone()),
         pseudonymiser: Pseudonymiser::new(&TEST_KEY).expect("test key"),
     };
@@ -90,6 +93,7 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
         handle,
         store,
         data_dir,
+        active,
     }
 }
 
