@@ -61,6 +61,21 @@ pub struct ServeConfig {
     /// directory, generated on first start with owner-only permissions.
     #[arg(long, env = "NETPATHWAY_PSEUDONYM_KEY_FILE")]
     pub pseudonym_key_file: Option<PathBuf>,
+    /// Largest request message accepted, in bytes (larger ones are refused with OUT_OF_RANGE).
+    #[arg(long, env = "NETPATHWAY_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Longest call deadline honoured, in seconds; calls with a longer or no deadline get this one.
+    #[arg(long, env = "NETPATHWAY_MAX_DEADLINE_SECONDS", default_value_t = 30)]
+    pub max_deadline_seconds: u64,
+    /// Calls in progress at once before new ones are shed with RESOURCE_EXHAUSTED and RetryInfo.
+    #[arg(long, env = "NETPATHWAY_MAX_CONCURRENT_CALLS", default_value_t = 512)]
+    pub max_concurrent_calls: usize,
+    /// Retry delay, in milliseconds, that shed calls are given in google.rpc.RetryInfo.
+    #[arg(long, env = "NETPATHWAY_RETRY_AFTER_MS", default_value_t = 100)]
+    pub retry_after_ms: u64,
+    /// HTTP/2 keepalive ping interval and timeout, in seconds.
+    #[arg(long, env = "NETPATHWAY_HTTP2_KEEPALIVE_SECONDS", default_value_t = 30)]
+    pub http2_keepalive_seconds: u64,
     /// Seconds to let calls in flight finish after SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "NETPATHWAY_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -70,4 +85,18 @@ pub struct ServeConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+impl ServeConfig {
+    /// The limits these settings describe.
+    pub fn limits(&self) -> crate::api::Limits {
+        use std::time::Duration;
+        crate::api::Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_deadline: Duration::from_secs(self.max_deadline_seconds),
+            max_concurrent_calls: self.max_concurrent_calls,
+            retry_after: Duration::from_millis(self.retry_after_ms),
+            http2_keepalive: Duration::from_secs(self.http2_keepalive_seconds),
+        }
+    }
 }

@@ -97,11 +97,12 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
         .unwrap_or_else(|| config.data_dir.join("pseudonym.key"));
     let pseudonymiser =
         Pseudonymiser::load_or_create(&key_file).map_err(|e| format!("refusing to start: {e}"))?;
-    let state = AppState {
-        policy: policy.clone(),
-        log: DecisionLog::start(store),
+    let state = AppState::new(
+        policy.clone(),
+        DecisionLog::start(store),
         pseudonymiser,
-    };
+        config.limits(),
+    );
     if let Some(path) = config.policy.clone() {
         // Zero means SIGHUP only: the file is then looked at once a day at most.
         let seconds = if config.policy_poll_seconds == 0 {

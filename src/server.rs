@@ -33,8 +33,9 @@ pub enum ServeError {
 }
 
 macro_rules! compressed {
-    ($server:expr) => {
+    ($server:expr, $limits:expr) => {
         $server
+            .max_decoding_message_size($limits.max_message_bytes)
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Zstd)
             .send_compressed(CompressionEncoding::Gzip)
@@ -86,26 +87,35 @@ pub async fn serve_with_listener(
         tracing::info!("shutting down: health is NOT_SERVING, draining calls in flight");
     };
 
+    let limits = state.limits.clone();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
+        .timeout(limits.max_deadline)
+        .http2_keepalive_interval(Some(limits.http2_keepalive))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(compressed!(EligibilityServiceServer::new(
-            EligibilityApi::new(state.clone())
-        )))
-        .add_service(compressed!(FundingServiceServer::new(FundingApi::new(
-            state.clone()
-        ))))
-        .add_service(compressed!(PolicyServiceServer::new(PolicyApi::new(
-            state.policy.clone()
-        ))))
-        .add_service(compressed!(DecisionLogServiceServer::new(
-            DecisionLogApi::new(state.clone())
-        )))
-        .add_service(compressed!(RegistryServiceServer::new(RegistryApi::new(
-            state
-        ))))
+        .add_service(compressed!(
+            EligibilityServiceServer::new(EligibilityApi::new(state.clone())),
+            limits
+        ))
+        .add_service(compressed!(
+            FundingServiceServer::new(FundingApi::new(state.clone())),
+            limits
+        ))
+        .add_service(compressed!(
+            PolicyServiceServer::new(PolicyApi::new(state.policy.clone())),
+            limits
+        ))
+        .add_service(compressed!(
+            DecisionLogServiceServer::new(DecisionLogApi::new(state.clone())),
+            limits
+        ))
+        .add_service(compressed!(
+            RegistryServiceServer::new(RegistryApi::new(state)),
+            limits
+        ))
         .serve_with_incoming_shutdown(incoming, draining)
         .await?;
     Ok(())

@@ -58,6 +58,7 @@ impl DecisionLogService for DecisionLogApi {
         &self,
         request: Request<pb::GetDecisionRequest>,
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
+        let _permit = self.state.admit()?;
         let req = request.into_inner();
         let mut r = Reader::default();
         let id = decision_id(&mut r, &req.decision_id);
@@ -73,6 +74,7 @@ impl DecisionLogService for DecisionLogApi {
         &self,
         request: Request<pb::ListDecisionsRequest>,
     ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
+        let _permit = self.state.admit()?;
         let req = request.into_inner();
         let mut r = Reader::default();
         let pseudonym = patient_pseudonym(
@@ -157,6 +159,7 @@ impl DecisionLogService for DecisionLogApi {
         &self,
         request: Request<pb::ReplayDecisionRequest>,
     ) -> Result<Response<pb::ReplayDecisionResponse>, Status> {
+        let _permit = self.state.admit()?;
         let req = request.into_inner();
         let mut r = Reader::default();
         let id = decision_id(&mut r, &req.decision_id);

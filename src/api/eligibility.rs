@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::record::{self, ANONYMOUS};
-use super::{AppState, convert, decision_id};
+use super::{AppState, convert, deadline, decision_id, in_time};
 use crate::api::convert::Bridge;
 use crate::engine::policy::Status as EligibilityStatus;
 use crate::pb;
@@ -27,6 +27,9 @@ impl EligibilityService for EligibilityApi {
         &self,
         request: Request<pb::EvaluateEligibilityRequest>,
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
+        let _permit = self.state.admit()?;
+        let deadline = deadline(&request, &self.state.limits);
+        in_time(deadline)?;
         let prepared = record::prepare(&self.state, request.into_inner()).await?;
         if let Some(prior) = prepared.prior {
             return stored_response(prior);
@@ -77,6 +80,7 @@ impl EligibilityService for EligibilityApi {
             )),
             registry_observations: Vec::new(),
         };
+        in_time(deadline)?;
         if let Some(winner) = record::persist(&self.state, &record, fingerprint, outcomes).await? {
             return stored_response(winner);
         }

@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::record::{self, ANONYMOUS, unavailable};
-use super::{AppState, convert, decision_id};
+use super::{AppState, convert, deadline, decision_id, in_time};
 use crate::api::convert::Bridge;
 use crate::pb;
 use crate::pb::funding_service_server::FundingService;
@@ -26,6 +26,9 @@ impl FundingService for FundingApi {
         &self,
         request: Request<pb::ClassifyFundingRequest>,
     ) -> Result<Response<pb::ClassifyFundingResponse>, Status> {
+        let _permit = self.state.admit()?;
+        let deadline = deadline(&request, &self.state.limits);
+        in_time(deadline)?;
         let prepared = record::prepare(&self.state, request.into_inner()).await?;
         if let Some(prior) = prepared.prior {
             return stored_response(prior);
@@ -93,6 +96,7 @@ impl FundingService for FundingApi {
             )),
             registry_observations: observations,
         };
+        in_time(deadline)?;
         if let Some(winner) = record::persist(&self.state, &record, fingerprint, outcomes).await? {
             return stored_response(winner);
         }

@@ -31,13 +31,122 @@ pub use registry::RegistryApi;
 use crate::store::DecisionLog;
 use crate::store::pseudonym::{Pseudonymiser, valid_nhs_number};
 
-/// What every service shares: the active policy, the decision log and its store, and the
-/// pseudonymiser.
+/// What every service shares: the active policy, the decision log and its store, the
+/// pseudonymiser, and the limits that protect the service under load.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub policy: ActivePolicy,
     pub log: DecisionLog,
     pub pseudonymiser: Pseudonymiser,
+    pub limits: Limits,
+    /// Permits for calls in progress; when none is free a call is shed.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(
+        policy: ActivePolicy,
+        log: DecisionLog,
+        pseudonymiser: Pseudonymiser,
+        limits: Limits,
+    ) -> Self {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls));
+        AppState {
+            policy,
+            log,
+            pseudonymiser,
+            limits,
+            in_flight,
+        }
+    }
+
+    /// Admits a call, or sheds it with RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying
+    /// when to retry. The permit is held until the call finishes.
+    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| {
+                let mut details = tonic_types::ErrorDetails::new();
+                details.set_retry_info(Some(self.limits.retry_after));
+                <Status as tonic_types::StatusExt>::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "overloaded: {} calls in progress; retry later",
+                        self.limits.max_concurrent_calls
+                    ),
+                    details,
+                )
+            })
+    }
+}
+
+/// Limits that keep one caller from harming the others. Each is a flag; see the README.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest decoded request message, bytes.
+    pub max_message_bytes: usize,
+    /// Longest deadline honoured; calls with a longer or no deadline get this one.
+    pub max_deadline: std::time::Duration,
+    /// Calls in progress at once before new ones are shed.
+    pub max_concurrent_calls: usize,
+    /// RetryInfo delay given to shed calls.
+    pub retry_after: std::time::Duration,
+    /// HTTP/2 keepalive ping interval (the timeout for the ping's answer is the same).
+    pub http2_keepalive: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 1024 * 1024,
+            max_deadline: std::time::Duration::from_secs(30),
+            max_concurrent_calls: 512,
+            retry_after: std::time::Duration::from_millis(100),
+            http2_keepalive: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// When the call must be answered by: the caller's `grpc-timeout`, capped by the server's limit.
+pub fn deadline<T>(request: &tonic::Request<T>, limits: &Limits) -> tokio::time::Instant {
+    let asked = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .unwrap_or(limits.max_deadline);
+    tokio::time::Instant::now() + asked.min(limits.max_deadline)
+}
+
+/// gRPC's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// DEADLINE_EXCEEDED once the deadline has passed: checked before any work and before the
+/// decision is recorded, so a call that is already too late does nothing and writes nothing.
+pub fn in_time(deadline: tokio::time::Instant) -> Result<(), Status> {
+    if tokio::time::Instant::now() >= deadline {
+        Err(Status::deadline_exceeded(
+            "the call's deadline passed before it could be answered; nothing was recorded",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// Longest local patient reference accepted.

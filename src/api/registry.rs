@@ -175,6 +175,7 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::EnrolPatientRequest>,
     ) -> Result<Response<pb::EnrolPatientResponse>, Status> {
+        let _permit = self.state.admit()?;
         let req = request.into_inner();
         let fields = self.read(
             &req.registry_id,
@@ -233,6 +234,7 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::RecordPriorAgreementRequest>,
     ) -> Result<Response<pb::RecordPriorAgreementResponse>, Status> {
+        let _permit = self.state.admit()?;
         let req = request.into_inner();
         let fields = self.read(
             &req.registry_id,
@@ -261,6 +263,7 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::GetEnrolmentRequest>,
     ) -> Result<Response<pb::GetEnrolmentResponse>, Status> {
+        let _permit = self.state.admit()?;
         let id = request.into_inner().enrolment_id;
         if uuid::Uuid::try_parse(&id).is_err() {
             let mut r = Reader::default();
@@ -286,6 +289,7 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::ListEnrolmentsRequest>,
     ) -> Result<Response<pb::ListEnrolmentsResponse>, Status> {
+        let _permit = self.state.admit()?;
         let req = request.into_inner();
         let mut r = Reader::default();
         let limit = page_size(&mut r, req.page_size);
@@ -316,6 +320,7 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::WithdrawEnrolmentRequest>,
     ) -> Result<Response<pb::WithdrawEnrolmentResponse>, Status> {
+        let _permit = self.state.admit()?;
         let req = request.into_inner();
         let mut r = Reader::default();
         if uuid::Uuid::try_parse(&req.enrolment_id).is_err() {

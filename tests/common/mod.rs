@@ -26,6 +26,8 @@ pub struct TestServer {
     pub data_dir: tempfile::TempDir,
     /// The server's active policy, for tests that swap it.
     pub active: ActivePolicy,
+    /// The server's call permits, for tests that fill them.
+    pub in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Drop for TestServer {
@@ -65,11 +67,13 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
         .await
         .unwrap_or_else(|e| panic!("store {url}: {e}"));
     let active = ActivePolicy::new(policy);
-    let state = AppState {
-        policy: active.clone(),
-        log: DecisionLog::start(store.clone()),
-        pseudonymiser: Pseudonymiser::new(&TEST_KEY).expect("test key"),
-    };
+    let state = AppState::new(
+        active.clone(),
+        DecisionLog::start(store.clone()),
+        Pseudonymiser::new(&TEST_KEY).expect("test key"),
+        net_pathway::api::Limits::default(),
+    );
+    let in_flight = std::sync::Arc::clone(&state.in_flight);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
@@ -94,6 +98,7 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
         store,
         data_dir,
         active,
+        in_flight,
     }
 }
 

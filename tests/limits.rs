@@ -1,0 +1,114 @@
+//! Limits and overload: an oversized request is refused without harm to other calls, calls
+//! beyond the concurrency limit are shed with RetryInfo, and a call whose deadline has passed
+//! does no work and writes no record.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use net_pathway::pb;
+use net_pathway::pb::eligibility_service_client::EligibilityServiceClient;
+use net_pathway::store::DecisionFilter;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn lu177_request(patient: pb::PatientProfile) -> pb::EvaluateEligibilityRequest {
+    pb::EvaluateEligibilityRequest {
+        patient: Some(patient),
+        therapies: vec![Therapy::PrrtLu177Dotatate as i32],
+        ..Default::default()
+    }
+}
+
+async fn stored_decisions(s: &TestServer) -> usize {
+    s.store
+        .list_decisions(&DecisionFilter::default(), None, 100)
+        .await
+        .expect("list")
+        .len()
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_and_other_calls_carry_on() {
+    let s = server().await;
+    let mut huge = ta539_small_bowel().england().profile();
+    huge.progression
+        .get_or_insert_with(Default::default)
+        .assessed_by = "x".repeat(2 * 1024 * 1024);
+    let (big, normal) = tokio::join!(
+        s.client.evaluate_eligibility(lu177_request(huge)),
+        s.client
+            .evaluate_eligibility(lu177_request(ta539_small_bowel().england().profile())),
+    );
+    // tonic refuses a message over the decoding limit with OUT_OF_RANGE, naming the limit.
+    let big = big.expect_err("too large");
+    assert_eq!(big.code(), Code::OutOfRange, "{big:?}");
+    assert!(
+        big.message().contains("the limit is: 1048576 bytes"),
+        "{}",
+        big.message()
+    );
+    assert_eq!(
+        normal.expect("normal call").therapies[0].status(),
+        Status::Eligible
+    );
+    assert_eq!(
+        stored_decisions(&s).await,
+        1,
+        "only the normal call was recorded"
+    );
+}
+
+#[tokio::test]
+async fn calls_beyond_the_concurrency_limit_are_shed_with_retry_info() {
+    let s = server().await;
+    let held = std::sync::Arc::clone(&s.in_flight)
+        .acquire_many_owned(512)
+        .await
+        .expect("all permits");
+    let status = s
+        .client
+        .evaluate_eligibility(lu177_request(ta539_small_bowel().england().profile()))
+        .await
+        .expect_err("shed");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let retry = status
+        .get_error_details()
+        .retry_info()
+        .cloned()
+        .expect("RetryInfo");
+    assert_eq!(retry.retry_delay, Some(Duration::from_millis(100)));
+    assert_eq!(stored_decisions(&s).await, 0);
+    drop(held);
+    s.client
+        .evaluate_eligibility(lu177_request(ta539_small_bowel().england().profile()))
+        .await
+        .expect("admitted again");
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_has_passed_does_no_work_and_writes_no_record() {
+    let s = server().await;
+    let mut raw = EligibilityServiceClient::new(s.client.channel());
+    let mut request = tonic::Request::new(lu177_request(ta539_small_bowel().england().profile()));
+    // The deadline is already spent when the server sees the call.
+    request.metadata_mut().insert(
+        "grpc-timeout",
+        tonic::metadata::MetadataValue::from_static("1n"),
+    );
+    let status = raw
+        .evaluate_eligibility(request)
+        .await
+        .expect_err("too late");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stored_decisions(&s).await,
+        0,
+        "no record for a call that was too late"
+    );
+}
