@@ -71,6 +71,8 @@ pub struct ClientOptions {
     pub deadline: Duration,
     /// Compress requests and accept compressed responses with gzip.
     pub gzip: bool,
+    /// TLS settings (CA, domain name, and a client identity for mutual TLS); `None` for plaintext.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for ClientOptions {
@@ -79,6 +81,7 @@ impl Default for ClientOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             deadline: DEFAULT_DEADLINE,
             gzip: false,
+            tls: None,
         }
     }
 }
@@ -127,11 +130,21 @@ impl NetPathwayClient {
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
         let endpoint = endpoint.into();
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|source| ClientError::InvalidEndpoint {
+        let mut builder = Endpoint::from_shared(endpoint.clone()).map_err(|source| {
+            ClientError::InvalidEndpoint {
                 endpoint: endpoint.clone(),
                 source,
-            })?
+            }
+        })?;
+        if let Some(tls) = options.tls.clone() {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|source| ClientError::InvalidEndpoint {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+        }
+        let channel = builder
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))

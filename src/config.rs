@@ -76,6 +76,23 @@ pub struct ServeConfig {
     /// HTTP/2 keepalive ping interval and timeout, in seconds.
     #[arg(long, env = "NETPATHWAY_HTTP2_KEEPALIVE_SECONDS", default_value_t = 30)]
     pub http2_keepalive_seconds: u64,
+    /// Server certificate chain (PEM). With --tls-key, the server speaks only TLS.
+    #[arg(long, env = "NETPATHWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "NETPATHWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: turns on mutual TLS, and every caller
+    /// must present a certificate from it.
+    #[arg(long, env = "NETPATHWAY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Accept listening on a non-loopback address without TLS.
+    #[arg(long, env = "NETPATHWAY_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
+    /// Accept listening on a non-loopback address without caller authentication (bearer tokens
+    /// are not implemented yet; mutual TLS authenticates callers by certificate).
+    #[arg(long, env = "NETPATHWAY_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
     /// Seconds to let calls in flight finish after SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "NETPATHWAY_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -98,5 +115,28 @@ impl ServeConfig {
             retry_after: Duration::from_millis(self.retry_after_ms),
             http2_keepalive: Duration::from_secs(self.http2_keepalive_seconds),
         }
+    }
+}
+
+impl ServeConfig {
+    /// Secure defaults: beyond loopback the server needs TLS and authenticated callers unless
+    /// the operator accepts otherwise by name.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        if self.tls_cert.is_none() && !self.allow_plaintext {
+            return Err(format!(
+                "refusing to listen on {} without TLS: give --tls-cert and --tls-key, or --allow-plaintext to accept unencrypted traffic explicitly",
+                self.listen
+            ));
+        }
+        if self.tls_client_ca.is_none() && !self.allow_unauthenticated {
+            return Err(format!(
+                "refusing to listen on {} without caller authentication: give --tls-client-ca for mutual TLS, or --allow-unauthenticated to accept unauthenticated callers explicitly",
+                self.listen
+            ));
+        }
+        Ok(())
     }
 }

@@ -16,6 +16,24 @@ use net_pathway::{reload, server, telemetry};
 const EXIT_INVALID_POLICY: u8 = 2;
 /// Exit code for a valid policy whose example cases fail.
 const EXIT_CASES_FAILED: u8 = 3;
+/// Exit code for a listening address the security settings do not allow.
+const EXIT_INSECURE: u8 = 4;
+
+fn tls(config: &ServeConfig) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+    );
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}
 
 fn policy_exit(error: &PolicyError) -> ExitCode {
     match error {
@@ -51,6 +69,12 @@ fn main() -> ExitCode {
 
 fn serve(config: ServeConfig) -> ExitCode {
     telemetry::init(config.log_format);
+    // With more than one rustls provider in the graph the TLS server would panic choosing one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Err(why) = config.check_exposure() {
+        tracing::error!("{why}");
+        return ExitCode::from(EXIT_INSECURE);
+    }
     let loaded = match &config.policy {
         Some(path) => Policy::load_file(path),
         None => Policy::bundled(),
@@ -122,7 +146,11 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, "serving gRPC");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(server::serve_with_listener(listener, state, async {
+    let tls = tls(&config).map_err(|e| format!("refusing to start: {e}"))?;
+    if tls.is_some() {
+        tracing::info!(mutual = config.tls_client_ca.is_some(), "TLS on");
+    }
+    let mut server = tokio::spawn(server::serve(listener, state, tls, async {
         let _ = stop_rx.await;
     }));
     tokio::select! {

@@ -5,8 +5,8 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::api::{AppState, DecisionLogApi, EligibilityApi, FundingApi, PolicyApi, RegistryApi};
 use crate::pb::decision_log_service_server::DecisionLogServiceServer;
@@ -51,6 +51,17 @@ pub async fn serve_with_listener(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve(listener, state, None, shutdown).await
+}
+
+/// Like [`serve_with_listener`], with TLS (and, when the configuration names a client CA,
+/// mutual TLS) when `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     use tonic::server::NamedService;
     use tonic_health::ServingStatus;
     let services = [
@@ -89,7 +100,11 @@ pub async fn serve_with_listener(
 
     let limits = state.limits.clone();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .timeout(limits.max_deadline)
         .http2_keepalive_interval(Some(limits.http2_keepalive))
         .http2_keepalive_timeout(Some(limits.http2_keepalive))
