@@ -93,6 +93,9 @@ pub struct ServeConfig {
     /// are not implemented yet; mutual TLS authenticates callers by certificate).
     #[arg(long, env = "NETPATHWAY_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// How often health checks the database, in seconds (NOT_SERVING while it does not answer).
+    #[arg(long, env = "NETPATHWAY_HEALTH_CHECK_SECONDS", default_value_t = 5)]
+    pub health_check_seconds: u64,
     /// Seconds to let calls in flight finish after SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "NETPATHWAY_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -114,6 +117,7 @@ impl ServeConfig {
             max_concurrent_calls: self.max_concurrent_calls,
             retry_after: Duration::from_millis(self.retry_after_ms),
             http2_keepalive: Duration::from_secs(self.http2_keepalive_seconds),
+            health_check_interval: Duration::from_secs(self.health_check_seconds.max(1)),
         }
     }
 }

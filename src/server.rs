@@ -77,6 +77,38 @@ pub async fn serve(
             .set_service_status(service, ServingStatus::Serving)
             .await;
     }
+    // Health follows the database: a replica that cannot record decisions must not get traffic.
+    let watch_store = {
+        let reporter = reporter.clone();
+        let store = state.log.store().clone();
+        let interval = state.limits.health_check_interval;
+        tokio::spawn(async move {
+            let mut serving = true;
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                let reachable = tokio::time::timeout(interval, store.ping())
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                if reachable != serving {
+                    serving = reachable;
+                    let status = if serving {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    for service in services.into_iter().chain([""]) {
+                        reporter.set_service_status(service, status).await;
+                    }
+                    if serving {
+                        tracing::info!("database reachable again: health is SERVING");
+                    } else {
+                        tracing::error!("database unreachable: health is NOT_SERVING");
+                    }
+                }
+            }
+        })
+    };
 
     let reflection = || {
         DESCRIPTOR_SETS
@@ -90,6 +122,7 @@ pub async fn serve(
 
     let draining = async move {
         shutdown.await;
+        watch_store.abort();
         for service in services.into_iter().chain([""]) {
             reporter
                 .set_service_status(service, ServingStatus::NotServing)

@@ -231,3 +231,36 @@ async fn an_unreachable_server_is_a_connect_error_not_a_hang() {
     let result = NetPathwayClient::connect_with("http://127.0.0.1:9", options).await;
     assert!(result.is_err());
 }
+
+#[tokio::test]
+async fn health_is_not_serving_while_the_database_is_unreachable() {
+    let s = server().await;
+    assert_eq!(
+        health(&s, "netpathway.v1.FundingService")
+            .await
+            .expect("health"),
+        ServingStatus::Serving
+    );
+    match &s.store {
+        net_pathway::store::Store::Sqlite(pool) => pool.close().await,
+        net_pathway::store::Store::Postgres(pool) => pool.close().await,
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let status = health(&s, "netpathway.v1.FundingService")
+            .await
+            .expect("health");
+        if status == ServingStatus::NotServing {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed {status:?} with the database gone"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        health(&s, "").await.expect("health"),
+        ServingStatus::NotServing
+    );
+}

@@ -93,6 +93,8 @@ pub struct Limits {
     pub retry_after: std::time::Duration,
     /// HTTP/2 keepalive ping interval (the timeout for the ping's answer is the same).
     pub http2_keepalive: std::time::Duration,
+    /// How often health checks that the database answers.
+    pub health_check_interval: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -103,6 +105,7 @@ impl Default for Limits {
             max_concurrent_calls: 512,
             retry_after: std::time::Duration::from_millis(100),
             http2_keepalive: std::time::Duration::from_secs(30),
+            health_check_interval: std::time::Duration::from_secs(5),
         }
     }
 }

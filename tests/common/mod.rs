@@ -71,7 +71,10 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
         active.clone(),
         DecisionLog::start(store.clone()),
         Pseudonymiser::new(&TEST_KEY).expect("test key"),
-        net_pathway::api::Limits::default(),
+        net_pathway::api::Limits {
+            health_check_interval: std::time::Duration::from_millis(100),
+            ..Default::default()
+        },
     );
     let in_flight = std::sync::Arc::clone(&state.in_flight);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
