@@ -152,7 +152,8 @@ fn precondition(kind: &str, subject: &str, description: String) -> Status {
     Status::with_error_details(Code::FailedPrecondition, description, details)
 }
 
-fn outcome(result: EnrolOutcome) -> Result<Response<pb::Enrolment>, Status> {
+/// The answer to an enrolment attempt; `subject` names the registry in a PreconditionFailure.
+fn outcome(result: EnrolOutcome, subject: &str) -> Result<Response<pb::Enrolment>, Status> {
     match result {
         EnrolOutcome::Enrolled(row) => Ok(Response::new(enrolment(&row))),
         EnrolOutcome::AlreadyEnrolled(row) => Err(Status::already_exists(format!(
@@ -161,7 +162,7 @@ fn outcome(result: EnrolOutcome) -> Result<Response<pb::Enrolment>, Status> {
         ))),
         EnrolOutcome::CapacityReached { capacity, active } => Err(precondition(
             "REGISTRY_CAPACITY",
-            "registries/capacity",
+            subject,
             format!(
                 "the registry's capacity of {capacity} new patients is reached ({active} actively enrolled)"
             ),
@@ -218,12 +219,7 @@ impl RegistryService for RegistryApi {
             .enrol(&fields.row, capacity)
             .await
             .map_err(unavailable)?;
-        let enrolment = outcome(result).map_err(|s| match s.code() {
-            Code::FailedPrecondition => {
-                precondition("REGISTRY_CAPACITY", &subject, s.message().to_string())
-            }
-            _ => s,
-        })?;
+        let enrolment = outcome(result, &subject)?;
         tracing::info!(enrolment_id = %enrolment.get_ref().enrolment_id, registry = %registry.id, "patient enrolled");
         Ok(Response::new(pb::EnrolPatientResponse {
             enrolment: Some(enrolment.into_inner()),
@@ -252,7 +248,8 @@ impl RegistryService for RegistryApi {
             .enrol(&fields.row, None)
             .await
             .map_err(unavailable)?;
-        let enrolment = outcome(result)?.into_inner();
+        let enrolment =
+            outcome(result, &format!("registries/{}", fields.row.registry_id))?.into_inner();
         tracing::info!(enrolment_id = %enrolment.enrolment_id, registry = %enrolment.registry_id, "prior agreement recorded");
         Ok(Response::new(pb::RecordPriorAgreementResponse {
             enrolment: Some(enrolment),

@@ -165,6 +165,13 @@ fn decision(row: DecisionRow) -> StoredDecision {
     }
 }
 
+/// The enrolment columns, in `EnrolmentTuple` order, as a literal so queries stay `&'static str`.
+macro_rules! select_enrolments {
+    () => {
+        "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason "
+    };
+}
+
 type EnrolmentTuple = (
     String,
     String,
@@ -393,8 +400,7 @@ impl Store {
         macro_rules! enrol_in {
             ($tx:ident) => {{
                 let existing: Option<EnrolmentTuple> = sqlx::query_as(
-                    "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason \
-                     FROM enrolments WHERE registry_id = $1 AND patient_pseudonym = $2 AND active = 1",
+                    concat!(select_enrolments!(), "FROM enrolments WHERE registry_id = $1 AND patient_pseudonym = $2 AND active = 1"),
                 )
                 .bind(&new.registry_id)
                 .bind(&new.patient_pseudonym)
@@ -458,10 +464,10 @@ impl Store {
 
     pub async fn enrolment(&self, enrolment_id: &str) -> Result<Option<EnrolmentRow>, StoreError> {
         let row: Option<EnrolmentTuple> = on_pool!(self, |pool| {
-            sqlx::query_as(
-                "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason \
-                 FROM enrolments WHERE enrolment_id = $1",
-            )
+            sqlx::query_as(concat!(
+                select_enrolments!(),
+                "FROM enrolments WHERE enrolment_id = $1"
+            ))
             .bind(enrolment_id)
             .fetch_optional(pool)
             .await
@@ -480,10 +486,9 @@ impl Store {
             cursor.map_or((None, None), |c| (Some(c.at_ms), Some(c.id.clone())));
         let rows: Vec<EnrolmentTuple> = on_pool!(self, |pool| {
             sqlx::query_as(
-                "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason \
-                 FROM enrolments WHERE ($1 IS NULL OR registry_id = $1) \
+                concat!(select_enrolments!(), "FROM enrolments WHERE ($1 IS NULL OR registry_id = $1) \
                    AND ($2 IS NULL OR created_at_ms < $2 OR (created_at_ms = $2 AND enrolment_id < $3)) \
-                 ORDER BY created_at_ms DESC, enrolment_id DESC LIMIT $4",
+                 ORDER BY created_at_ms DESC, enrolment_id DESC LIMIT $4"),
             )
             .bind(registry_id)
             .bind(after_ms)
@@ -523,10 +528,10 @@ impl Store {
         patient_pseudonym: &str,
     ) -> Result<Vec<EnrolmentRow>, StoreError> {
         let rows: Vec<EnrolmentTuple> = on_pool!(self, |pool| {
-            sqlx::query_as(
-                "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason \
-                 FROM enrolments WHERE patient_pseudonym = $1 AND active = 1 ORDER BY created_at_ms",
-            )
+            sqlx::query_as(concat!(
+                select_enrolments!(),
+                "FROM enrolments WHERE patient_pseudonym = $1 AND active = 1 ORDER BY created_at_ms"
+            ))
             .bind(patient_pseudonym)
             .fetch_all(pool)
             .await
