@@ -47,6 +47,13 @@ pub struct ServeConfig {
     /// Applies when --policy names a file.
     #[arg(long, env = "NETPATHWAY_POLICY_POLL_SECONDS", default_value_t = 5)]
     pub policy_poll_seconds: u64,
+    /// Admin HTTP listener serving Prometheus metrics at /metrics; "off" to disable.
+    #[arg(
+        long,
+        env = "NETPATHWAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub admin_listen: String,
     /// Log line format.
     #[arg(long, env = "NETPATHWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

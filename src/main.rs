@@ -126,7 +126,8 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
         DecisionLog::start(store),
         pseudonymiser,
         config.limits(),
-    );
+    )?;
+    let reloads = std::sync::Arc::new(reload::ReloadCounters::default());
     if let Some(path) = config.policy.clone() {
         // Zero means SIGHUP only: the file is then looked at once a day at most.
         let seconds = if config.policy_poll_seconds == 0 {
@@ -138,7 +139,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
             policy,
             path,
             Duration::from_secs(seconds),
-            Default::default(),
+            std::sync::Arc::clone(&reloads),
         ));
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -146,6 +147,33 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, "serving gRPC");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if config.admin_listen != "off" {
+        let address: std::net::SocketAddr = config
+            .admin_listen
+            .parse()
+            .map_err(|e| format!("--admin-listen '{}': {e}", config.admin_listen))?;
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(admin) => {
+                tracing::info!(address = %admin.local_addr()?, "serving metrics at /metrics");
+                let (state, reloads) = (state.clone(), std::sync::Arc::clone(&reloads));
+                tokio::spawn(async move {
+                    let stopped = async {
+                        let _ = admin_stopped.await;
+                    };
+                    if let Err(e) =
+                        net_pathway::metrics::serve_admin(admin, state, reloads, stopped).await
+                    {
+                        tracing::error!("admin listener failed: {e}");
+                    }
+                });
+            }
+            // Metrics are for operators; gRPC keeps serving without them, loudly.
+            Err(e) => tracing::error!(
+                "cannot serve metrics on {address}: {e}; continuing without the admin listener"
+            ),
+        }
+    }
     let tls = tls(&config).map_err(|e| format!("refusing to start: {e}"))?;
     if tls.is_some() {
         tracing::info!(mutual = config.tls_client_ca.is_some(), "TLS on");
@@ -158,6 +186,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
         () = shutdown_signal() => {}
     }
     let _ = stop_tx.send(());
+    let _ = admin_stop.send(());
     // tonic's graceful shutdown waits for every open stream; bound it.
     match tokio::time::timeout(Duration::from_secs(config.drain_seconds), &mut server).await {
         Ok(finished) => finished??,

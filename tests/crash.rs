@@ -27,6 +27,8 @@ fn start(port: u16, url: &str, data_dir: &Path) -> Child {
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "127.0.0.1:0",
             "--database-url",
             url,
             "--data-dir",

@@ -136,6 +136,8 @@ async fn sighup_reloads_the_policy_file_and_a_broken_file_leaves_the_last_good_o
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "127.0.0.1:0",
             "--policy-poll-seconds",
             "0",
             "--policy",

@@ -57,7 +57,8 @@ async fn tls_server(
         DecisionLog::start(store),
         Pseudonymiser::new(&TEST_KEY).expect("key"),
         Limits::default(),
-    );
+    )
+    .expect("app state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -58,196 +58,205 @@ impl DecisionLogService for DecisionLogApi {
         &self,
         request: Request<pb::GetDecisionRequest>,
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let req = request.into_inner();
-        let mut r = Reader::default();
-        let id = decision_id(&mut r, &req.decision_id);
-        if !r.violations.is_empty() {
-            return Err(invalid_argument(&r.violations));
-        }
-        Ok(Response::new(pb::GetDecisionResponse {
-            decision: Some(load(&self.state, &id).await?),
-        }))
+        observed!(self.state, "GetDecision", {
+            let _permit = self.state.admit()?;
+            let req = request.into_inner();
+            let mut r = Reader::default();
+            let id = decision_id(&mut r, &req.decision_id);
+            if !r.violations.is_empty() {
+                return Err(invalid_argument(&r.violations));
+            }
+            Ok(Response::new(pb::GetDecisionResponse {
+                decision: Some(load(&self.state, &id).await?),
+            }))
+        })
     }
 
     async fn list_decisions(
         &self,
         request: Request<pb::ListDecisionsRequest>,
     ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let req = request.into_inner();
-        let mut r = Reader::default();
-        let pseudonym = patient_pseudonym(
-            &mut r,
-            &self.state.pseudonymiser,
-            ("patient_nhs_number", &req.patient_nhs_number),
-            ("patient_local_reference", &req.patient_local_reference),
-        );
-        let therapy: Option<Therapy> = r.enumeration("therapy", req.therapy);
-        let status: Option<i32> = match pb::EligibilityStatus::try_from(req.eligibility_status) {
-            Ok(pb::EligibilityStatus::Unspecified) => None,
-            Ok(s) => Some(s as i32),
-            Err(_) => {
-                r.violation(
-                    "eligibility_status",
-                    format!("unknown enum value {}", req.eligibility_status),
-                );
-                None
+        observed!(self.state, "ListDecisions", {
+            let _permit = self.state.admit()?;
+            let req = request.into_inner();
+            let mut r = Reader::default();
+            let pseudonym = patient_pseudonym(
+                &mut r,
+                &self.state.pseudonymiser,
+                ("patient_nhs_number", &req.patient_nhs_number),
+                ("patient_local_reference", &req.patient_local_reference),
+            );
+            let therapy: Option<Therapy> = r.enumeration("therapy", req.therapy);
+            let status: Option<i32> = match pb::EligibilityStatus::try_from(req.eligibility_status)
+            {
+                Ok(pb::EligibilityStatus::Unspecified) => None,
+                Ok(s) => Some(s as i32),
+                Err(_) => {
+                    r.violation(
+                        "eligibility_status",
+                        format!("unknown enum value {}", req.eligibility_status),
+                    );
+                    None
+                }
+            };
+            let route: Option<i32> = match pb::FundingRoute::try_from(req.funding_route) {
+                Ok(pb::FundingRoute::Unspecified) => None,
+                Ok(route) => Some(route as i32),
+                Err(_) => {
+                    r.violation(
+                        "funding_route",
+                        format!("unknown enum value {}", req.funding_route),
+                    );
+                    None
+                }
+            };
+            if therapy.is_none() {
+                if status.is_some() {
+                    r.violation("eligibility_status", "needs a therapy to filter on");
+                }
+                if route.is_some() {
+                    r.violation("funding_route", "needs a therapy to filter on");
+                }
             }
-        };
-        let route: Option<i32> = match pb::FundingRoute::try_from(req.funding_route) {
-            Ok(pb::FundingRoute::Unspecified) => None,
-            Ok(route) => Some(route as i32),
-            Err(_) => {
-                r.violation(
-                    "funding_route",
-                    format!("unknown enum value {}", req.funding_route),
-                );
-                None
+            let (start_ms, end_ms) = (
+                req.start_time.as_ref().map(millis),
+                req.end_time.as_ref().map(millis),
+            );
+            if let (Some(s), Some(e)) = (start_ms, end_ms)
+                && s >= e
+            {
+                r.violation("end_time", "must be after start_time");
             }
-        };
-        if therapy.is_none() {
-            if status.is_some() {
-                r.violation("eligibility_status", "needs a therapy to filter on");
+            let limit = page_size(&mut r, req.page_size);
+            let filter = DecisionFilter {
+                patient_pseudonym: pseudonym,
+                start_ms,
+                end_ms,
+                therapy: therapy.map(|t| t.to_proto()),
+                status,
+                route,
+            };
+            let filters = format!("{filter:?}");
+            let cursor = read_page_token(&mut r, &req.page_token, &filters);
+            if !r.violations.is_empty() {
+                return Err(invalid_argument(&r.violations));
             }
-            if route.is_some() {
-                r.violation("funding_route", "needs a therapy to filter on");
-            }
-        }
-        let (start_ms, end_ms) = (
-            req.start_time.as_ref().map(millis),
-            req.end_time.as_ref().map(millis),
-        );
-        if let (Some(s), Some(e)) = (start_ms, end_ms)
-            && s >= e
-        {
-            r.violation("end_time", "must be after start_time");
-        }
-        let limit = page_size(&mut r, req.page_size);
-        let filter = DecisionFilter {
-            patient_pseudonym: pseudonym,
-            start_ms,
-            end_ms,
-            therapy: therapy.map(|t| t.to_proto()),
-            status,
-            route,
-        };
-        let filters = format!("{filter:?}");
-        let cursor = read_page_token(&mut r, &req.page_token, &filters);
-        if !r.violations.is_empty() {
-            return Err(invalid_argument(&r.violations));
-        }
-        let rows = self
-            .state
-            .log
-            .store()
-            .list_decisions(&filter, cursor.as_ref(), limit + 1)
-            .await
-            .map_err(unavailable)?;
-        let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
-            at_ms: last.received_at_ms,
-            id: last.decision_id.clone(),
-        });
-        let decisions = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(Response::new(pb::ListDecisionsResponse {
-            decisions,
-            next_page_token,
-        }))
+            let rows = self
+                .state
+                .log
+                .store()
+                .list_decisions(&filter, cursor.as_ref(), limit + 1)
+                .await
+                .map_err(unavailable)?;
+            let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
+                at_ms: last.received_at_ms,
+                id: last.decision_id.clone(),
+            });
+            let decisions = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            Ok(Response::new(pb::ListDecisionsResponse {
+                decisions,
+                next_page_token,
+            }))
+        })
     }
 
     async fn replay_decision(
         &self,
         request: Request<pb::ReplayDecisionRequest>,
     ) -> Result<Response<pb::ReplayDecisionResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let req = request.into_inner();
-        let mut r = Reader::default();
-        let id = decision_id(&mut r, &req.decision_id);
-        if !r.violations.is_empty() {
-            return Err(invalid_argument(&r.violations));
-        }
-        let record = load(&self.state, &id).await?;
-        let policy = self.state.policy.current();
-        let therapies = match (&record.request, &record.response) {
-            (
-                Some(pb::decision_record::Request::EligibilityRequest(q)),
-                Some(pb::decision_record::Response::EligibilityResponse(then)),
-            ) => {
-                let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
-                let facts = policy.facts(&e.patient, e.as_of);
-                then.therapies
-                    .iter()
-                    .filter_map(|before| {
-                        let therapy =
-                            Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
-                        let now = convert::eligibility(
-                            &policy,
-                            &policy.eligibility(&facts, therapy),
-                            true,
-                        );
-                        let changed_criteria = changed(&before.criteria, &now.criteria);
-                        Some(pb::TherapyReplay {
-                            therapy: before.therapy,
-                            changed: before.status != now.status || !changed_criteria.is_empty(),
-                            original_status: before.status,
-                            current_status: now.status,
-                            explanation: now.summary,
-                            changed_criteria,
-                            ..Default::default()
-                        })
-                    })
-                    .collect()
+        observed!(self.state, "ReplayDecision", {
+            let _permit = self.state.admit()?;
+            let req = request.into_inner();
+            let mut r = Reader::default();
+            let id = decision_id(&mut r, &req.decision_id);
+            if !r.violations.is_empty() {
+                return Err(invalid_argument(&r.violations));
             }
-            (
-                Some(pb::decision_record::Request::FundingRequest(q)),
-                Some(pb::decision_record::Response::FundingResponse(then)),
-            ) => {
-                let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
-                let mut facts = policy.facts(&e.patient, e.as_of);
-                if !record.patient_pseudonym.is_empty() {
-                    let enrolments = self
-                        .state
-                        .log
-                        .store()
-                        .active_enrolments(&record.patient_pseudonym)
-                        .await
-                        .map_err(unavailable)?;
-                    facts.registry_enrolments =
-                        enrolments.into_iter().map(|en| en.registry_id).collect();
+            let record = load(&self.state, &id).await?;
+            let policy = self.state.policy.current();
+            let therapies = match (&record.request, &record.response) {
+                (
+                    Some(pb::decision_record::Request::EligibilityRequest(q)),
+                    Some(pb::decision_record::Response::EligibilityResponse(then)),
+                ) => {
+                    let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
+                    let facts = policy.facts(&e.patient, e.as_of);
+                    then.therapies
+                        .iter()
+                        .filter_map(|before| {
+                            let therapy =
+                                Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
+                            let now = convert::eligibility(
+                                &policy,
+                                &policy.eligibility(&facts, therapy),
+                                true,
+                            );
+                            let changed_criteria = changed(&before.criteria, &now.criteria);
+                            Some(pb::TherapyReplay {
+                                therapy: before.therapy,
+                                changed: before.status != now.status
+                                    || !changed_criteria.is_empty(),
+                                original_status: before.status,
+                                current_status: now.status,
+                                explanation: now.summary,
+                                changed_criteria,
+                                ..Default::default()
+                            })
+                        })
+                        .collect()
                 }
-                then.therapies
-                    .iter()
-                    .filter_map(|before| {
-                        let therapy =
-                            Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
-                        let now = convert::funding(&policy, &policy.funding(&facts, therapy), true);
-                        let changed_criteria = changed(&before.criteria, &now.criteria);
-                        Some(pb::TherapyReplay {
-                            therapy: before.therapy,
-                            changed: before.route != now.route
-                                || before.route_id != now.route_id
-                                || !changed_criteria.is_empty(),
-                            original_route: before.route,
-                            current_route: now.route,
-                            explanation: now.summary,
-                            changed_criteria,
-                            ..Default::default()
+                (
+                    Some(pb::decision_record::Request::FundingRequest(q)),
+                    Some(pb::decision_record::Response::FundingResponse(then)),
+                ) => {
+                    let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
+                    let mut facts = policy.facts(&e.patient, e.as_of);
+                    if !record.patient_pseudonym.is_empty() {
+                        let enrolments = self
+                            .state
+                            .log
+                            .store()
+                            .active_enrolments(&record.patient_pseudonym)
+                            .await
+                            .map_err(unavailable)?;
+                        facts.registry_enrolments =
+                            enrolments.into_iter().map(|en| en.registry_id).collect();
+                    }
+                    then.therapies
+                        .iter()
+                        .filter_map(|before| {
+                            let therapy =
+                                Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
+                            let now =
+                                convert::funding(&policy, &policy.funding(&facts, therapy), true);
+                            let changed_criteria = changed(&before.criteria, &now.criteria);
+                            Some(pb::TherapyReplay {
+                                therapy: before.therapy,
+                                changed: before.route != now.route
+                                    || before.route_id != now.route_id
+                                    || !changed_criteria.is_empty(),
+                                original_route: before.route,
+                                current_route: now.route,
+                                explanation: now.summary,
+                                changed_criteria,
+                                ..Default::default()
+                            })
                         })
-                    })
-                    .collect()
-            }
-            _ => {
-                return Err(Status::internal(format!(
-                    "stored decision {id} has no request and response to replay"
-                )));
-            }
-        };
-        Ok(Response::new(pb::ReplayDecisionResponse {
-            decision_id: record.decision_id,
-            original_policy: record.policy,
-            current_policy: Some(convert::policy_reference(&policy)),
-            therapies,
-        }))
+                        .collect()
+                }
+                _ => {
+                    return Err(Status::internal(format!(
+                        "stored decision {id} has no request and response to replay"
+                    )));
+                }
+            };
+            Ok(Response::new(pb::ReplayDecisionResponse {
+                decision_id: record.decision_id,
+                original_policy: record.policy,
+                current_policy: Some(convert::policy_reference(&policy)),
+                therapies,
+            }))
+        })
     }
 }
 

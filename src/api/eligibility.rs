@@ -27,70 +27,81 @@ impl EligibilityService for EligibilityApi {
         &self,
         request: Request<pb::EvaluateEligibilityRequest>,
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let deadline = deadline(&request, &self.state.limits);
-        in_time(deadline)?;
-        let prepared = record::prepare(&self.state, request.into_inner()).await?;
-        if let Some(prior) = prepared.prior {
-            return stored_response(prior);
-        }
-        let (e, stored_request, fingerprint) = (
-            prepared.evaluation,
-            prepared.stored_request,
-            prepared.fingerprint,
-        );
-        let received_ms = prepared.received_ms;
+        observed!(self.state, "EvaluateEligibility", {
+            let _permit = self.state.admit()?;
+            let deadline = deadline(&request, &self.state.limits);
+            in_time(deadline)?;
+            let prepared = record::prepare(&self.state, request.into_inner()).await?;
+            if let Some(prior) = prepared.prior {
+                return stored_response(prior);
+            }
+            let (e, stored_request, fingerprint) = (
+                prepared.evaluation,
+                prepared.stored_request,
+                prepared.fingerprint,
+            );
+            let received_ms = prepared.received_ms;
 
-        let policy = self.state.policy.current();
-        let facts = policy.facts(&e.patient, e.as_of);
-        let answers: Vec<_> = e
-            .therapies
-            .iter()
-            .map(|t| policy.eligibility(&facts, *t))
-            .collect();
-        let response = pb::EvaluateEligibilityResponse {
-            decision_id: decision_id(),
-            request_id: e.request_id.clone(),
-            policy: Some(convert::policy_reference(&policy)),
-            as_of_date: Some(convert::date(e.as_of)),
-            therapies: answers
+            let policy = self.state.policy.current();
+            let facts = policy.facts(&e.patient, e.as_of);
+            let answers: Vec<_> = e
+                .therapies
                 .iter()
-                .map(|a| convert::eligibility(&policy, a, e.full))
-                .collect(),
-            derived: e.full.then(|| convert::derived(&facts)),
-        };
-        let outcomes = answers
-            .iter()
-            .map(|a| (a.therapy.to_proto(), status_number(a.status), 0))
-            .collect();
-        let record = pb::DecisionRecord {
-            decision_id: response.decision_id.clone(),
-            request_id: e.request_id,
-            received_time: Some(record::timestamp(received_ms)),
-            caller: ANONYMOUS.into(),
-            policy: response.policy.clone(),
-            as_of_date: response.as_of_date,
-            kind: KIND as i32,
-            patient_pseudonym: e.pseudonym.unwrap_or_default(),
-            request: Some(pb::decision_record::Request::EligibilityRequest(
-                stored_request,
-            )),
-            response: Some(pb::decision_record::Response::EligibilityResponse(
-                response.clone(),
-            )),
-            registry_observations: Vec::new(),
-        };
-        in_time(deadline)?;
-        if let Some(winner) = record::persist(&self.state, &record, fingerprint, outcomes).await? {
-            return stored_response(winner);
-        }
-        tracing::info!(
-            decision_id = %response.decision_id,
-            policy_version = %policy.version,
-            therapies = response.therapies.len(),
-            "eligibility evaluated and recorded"
-        );
-        Ok(Response::new(response))
+                .map(|t| policy.eligibility(&facts, *t))
+                .collect();
+            let response = pb::EvaluateEligibilityResponse {
+                decision_id: decision_id(),
+                request_id: e.request_id.clone(),
+                policy: Some(convert::policy_reference(&policy)),
+                as_of_date: Some(convert::date(e.as_of)),
+                therapies: answers
+                    .iter()
+                    .map(|a| convert::eligibility(&policy, a, e.full))
+                    .collect(),
+                derived: e.full.then(|| convert::derived(&facts)),
+            };
+            for t in &response.therapies {
+                self.state.metrics.decision(
+                    "eligibility",
+                    t.therapy().as_str_name(),
+                    t.status().as_str_name(),
+                );
+            }
+            let outcomes = answers
+                .iter()
+                .map(|a| (a.therapy.to_proto(), status_number(a.status), 0))
+                .collect();
+            let record = pb::DecisionRecord {
+                decision_id: response.decision_id.clone(),
+                request_id: e.request_id,
+                received_time: Some(record::timestamp(received_ms)),
+                caller: ANONYMOUS.into(),
+                policy: response.policy.clone(),
+                as_of_date: response.as_of_date,
+                kind: KIND as i32,
+                patient_pseudonym: e.pseudonym.unwrap_or_default(),
+                request: Some(pb::decision_record::Request::EligibilityRequest(
+                    stored_request,
+                )),
+                response: Some(pb::decision_record::Response::EligibilityResponse(
+                    response.clone(),
+                )),
+                registry_observations: Vec::new(),
+            };
+            in_time(deadline)?;
+            if let Some(winner) =
+                record::persist(&self.state, &record, fingerprint, outcomes).await?
+            {
+                return stored_response(winner);
+            }
+            tracing::info!(
+                decision_id = %response.decision_id,
+                policy_version = %policy.version,
+                therapies = response.therapies.len(),
+                "eligibility evaluated and recorded"
+            );
+            Ok(Response::new(response))
+        })
     }
 }
 

@@ -26,87 +26,99 @@ impl FundingService for FundingApi {
         &self,
         request: Request<pb::ClassifyFundingRequest>,
     ) -> Result<Response<pb::ClassifyFundingResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let deadline = deadline(&request, &self.state.limits);
-        in_time(deadline)?;
-        let prepared = record::prepare(&self.state, request.into_inner()).await?;
-        if let Some(prior) = prepared.prior {
-            return stored_response(prior);
-        }
-        let (e, stored_request, fingerprint) = (
-            prepared.evaluation,
-            prepared.stored_request,
-            prepared.fingerprint,
-        );
-        let received_ms = prepared.received_ms;
-
-        let policy = self.state.policy.current();
-        let mut facts = policy.facts(&e.patient, e.as_of);
-        // The audit registry is state the funding answer depends on: consult it for this patient.
-        let mut observations = Vec::new();
-        if let Some(pseudonym) = &e.pseudonym {
-            let enrolments = self
-                .state
-                .log
-                .store()
-                .active_enrolments(pseudonym)
-                .await
-                .map_err(unavailable)?;
-            for registry in &policy.registries {
-                let active = enrolments.iter().find(|en| en.registry_id == registry.id);
-                observations.push(pb::RegistryObservation {
-                    registry_id: registry.id.clone(),
-                    actively_enrolled: active.is_some(),
-                    enrolment_id: active.map(|en| en.enrolment_id.clone()).unwrap_or_default(),
-                });
+        observed!(self.state, "ClassifyFunding", {
+            let _permit = self.state.admit()?;
+            let deadline = deadline(&request, &self.state.limits);
+            in_time(deadline)?;
+            let prepared = record::prepare(&self.state, request.into_inner()).await?;
+            if let Some(prior) = prepared.prior {
+                return stored_response(prior);
             }
-            facts.registry_enrolments = enrolments.into_iter().map(|en| en.registry_id).collect();
-        }
-        let answers: Vec<_> = e
-            .therapies
-            .iter()
-            .map(|t| policy.funding(&facts, *t))
-            .collect();
-        let response = pb::ClassifyFundingResponse {
-            decision_id: decision_id(),
-            request_id: e.request_id.clone(),
-            policy: Some(convert::policy_reference(&policy)),
-            as_of_date: Some(convert::date(e.as_of)),
-            therapies: answers
+            let (e, stored_request, fingerprint) = (
+                prepared.evaluation,
+                prepared.stored_request,
+                prepared.fingerprint,
+            );
+            let received_ms = prepared.received_ms;
+
+            let policy = self.state.policy.current();
+            let mut facts = policy.facts(&e.patient, e.as_of);
+            // The audit registry is state the funding answer depends on: consult it for this patient.
+            let mut observations = Vec::new();
+            if let Some(pseudonym) = &e.pseudonym {
+                let enrolments = self
+                    .state
+                    .log
+                    .store()
+                    .active_enrolments(pseudonym)
+                    .await
+                    .map_err(unavailable)?;
+                for registry in &policy.registries {
+                    let active = enrolments.iter().find(|en| en.registry_id == registry.id);
+                    observations.push(pb::RegistryObservation {
+                        registry_id: registry.id.clone(),
+                        actively_enrolled: active.is_some(),
+                        enrolment_id: active.map(|en| en.enrolment_id.clone()).unwrap_or_default(),
+                    });
+                }
+                facts.registry_enrolments =
+                    enrolments.into_iter().map(|en| en.registry_id).collect();
+            }
+            let answers: Vec<_> = e
+                .therapies
                 .iter()
-                .map(|a| convert::funding(&policy, a, e.full))
-                .collect(),
-        };
-        let outcomes = answers
-            .iter()
-            .map(|a| (a.therapy.to_proto(), 0, convert::route(a.route) as i32))
-            .collect();
-        let record = pb::DecisionRecord {
-            decision_id: response.decision_id.clone(),
-            request_id: e.request_id,
-            received_time: Some(record::timestamp(received_ms)),
-            caller: ANONYMOUS.into(),
-            policy: response.policy.clone(),
-            as_of_date: response.as_of_date,
-            kind: KIND as i32,
-            patient_pseudonym: e.pseudonym.unwrap_or_default(),
-            request: Some(pb::decision_record::Request::FundingRequest(stored_request)),
-            response: Some(pb::decision_record::Response::FundingResponse(
-                response.clone(),
-            )),
-            registry_observations: observations,
-        };
-        in_time(deadline)?;
-        if let Some(winner) = record::persist(&self.state, &record, fingerprint, outcomes).await? {
-            return stored_response(winner);
-        }
-        tracing::info!(
-            decision_id = %response.decision_id,
-            policy_version = %policy.version,
-            therapies = response.therapies.len(),
-            "funding classified and recorded"
-        );
-        Ok(Response::new(response))
+                .map(|t| policy.funding(&facts, *t))
+                .collect();
+            let response = pb::ClassifyFundingResponse {
+                decision_id: decision_id(),
+                request_id: e.request_id.clone(),
+                policy: Some(convert::policy_reference(&policy)),
+                as_of_date: Some(convert::date(e.as_of)),
+                therapies: answers
+                    .iter()
+                    .map(|a| convert::funding(&policy, a, e.full))
+                    .collect(),
+            };
+            for t in &response.therapies {
+                self.state.metrics.decision(
+                    "funding",
+                    t.therapy().as_str_name(),
+                    t.route().as_str_name(),
+                );
+            }
+            let outcomes = answers
+                .iter()
+                .map(|a| (a.therapy.to_proto(), 0, convert::route(a.route) as i32))
+                .collect();
+            let record = pb::DecisionRecord {
+                decision_id: response.decision_id.clone(),
+                request_id: e.request_id,
+                received_time: Some(record::timestamp(received_ms)),
+                caller: ANONYMOUS.into(),
+                policy: response.policy.clone(),
+                as_of_date: response.as_of_date,
+                kind: KIND as i32,
+                patient_pseudonym: e.pseudonym.unwrap_or_default(),
+                request: Some(pb::decision_record::Request::FundingRequest(stored_request)),
+                response: Some(pb::decision_record::Response::FundingResponse(
+                    response.clone(),
+                )),
+                registry_observations: observations,
+            };
+            in_time(deadline)?;
+            if let Some(winner) =
+                record::persist(&self.state, &record, fingerprint, outcomes).await?
+            {
+                return stored_response(winner);
+            }
+            tracing::info!(
+                decision_id = %response.decision_id,
+                policy_version = %policy.version,
+                therapies = response.therapies.len(),
+                "funding classified and recorded"
+            );
+            Ok(Response::new(response))
+        })
     }
 }
 

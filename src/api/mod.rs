@@ -1,6 +1,19 @@
 //! gRPC adapters: decode and validate the request, call the engine, encode the answer.
 //! `tonic::Status` is built only here; no clinical logic lives here.
 
+/// Runs a handler body and records the call in the metrics: method, status code, latency.
+macro_rules! observed {
+    ($state:expr, $method:literal, $body:block) => {{
+        let started = std::time::Instant::now();
+        let result: Result<_, tonic::Status> = async move { $body }.await;
+        let code = result
+            .as_ref()
+            .map_or_else(|s: &tonic::Status| s.code(), |_| tonic::Code::Ok);
+        $state.metrics.call($method, code, started.elapsed());
+        result
+    }};
+}
+
 pub mod convert;
 mod decisions;
 mod eligibility;
@@ -41,6 +54,7 @@ pub struct AppState {
     pub limits: Limits,
     /// Permits for calls in progress; when none is free a call is shed.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -49,15 +63,17 @@ impl AppState {
         log: DecisionLog,
         pseudonymiser: Pseudonymiser,
         limits: Limits,
-    ) -> Self {
+    ) -> Result<Self, prometheus::Error> {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls));
-        AppState {
+        let metrics = Arc::new(crate::metrics::Metrics::new()?);
+        Ok(AppState {
             policy,
             log,
             pseudonymiser,
             limits,
             in_flight,
-        }
+            metrics,
+        })
     }
 
     /// Admits a call, or sheds it with RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying

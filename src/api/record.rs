@@ -119,7 +119,10 @@ pub async fn persist(
         record: record.encode_to_vec(),
         outcomes,
     };
-    match state.log.record(new).await.map_err(unavailable)? {
+    let started = std::time::Instant::now();
+    let written = state.log.record(new).await.map_err(unavailable)?;
+    state.metrics.log_write(started.elapsed());
+    match written {
         WriteOutcome::Written => Ok(None),
         WriteOutcome::RequestIdTaken(existing) => {
             let kind =

@@ -176,194 +176,204 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::EnrolPatientRequest>,
     ) -> Result<Response<pb::EnrolPatientResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let req = request.into_inner();
-        let fields = self.read(
-            &req.registry_id,
-            req.patient.as_ref(),
-            req.reason,
-            &req.mdt_reference,
-            req.decision_date.as_ref(),
-            false,
-        )?;
-        let policy = &fields.policy;
-        let registry = &policy.registries[fields.registry];
-        let subject = format!("registries/{}", registry.id);
-        let capacity = match registry.state_on(today()) {
-            None => {
-                return Err(precondition(
-                    "REGISTRY_NOT_IN_EFFECT",
-                    &subject,
-                    format!(
-                        "policy {} has no state for {} today",
-                        policy.version, registry.name
-                    ),
-                ));
-            }
-            Some(state) if state.status == RegistryStatus::ClosedToNewPatients => {
-                return Err(precondition(
-                    "REGISTRY_CLOSED",
-                    &subject,
-                    format!(
-                        "policy {} ({}) has {} closed to new patients: {}",
-                        policy.version, policy.content_hash, registry.name, state.note
-                    ),
-                ));
-            }
-            Some(state) => state.capacity,
-        };
-        let result = self
-            .state
-            .log
-            .store()
-            .enrol(&fields.row, capacity)
-            .await
-            .map_err(unavailable)?;
-        let enrolment = outcome(result, &subject)?;
-        tracing::info!(enrolment_id = %enrolment.get_ref().enrolment_id, registry = %registry.id, "patient enrolled");
-        Ok(Response::new(pb::EnrolPatientResponse {
-            enrolment: Some(enrolment.into_inner()),
-        }))
+        observed!(self.state, "EnrolPatient", {
+            let _permit = self.state.admit()?;
+            let req = request.into_inner();
+            let fields = self.read(
+                &req.registry_id,
+                req.patient.as_ref(),
+                req.reason,
+                &req.mdt_reference,
+                req.decision_date.as_ref(),
+                false,
+            )?;
+            let policy = &fields.policy;
+            let registry = &policy.registries[fields.registry];
+            let subject = format!("registries/{}", registry.id);
+            let capacity = match registry.state_on(today()) {
+                None => {
+                    return Err(precondition(
+                        "REGISTRY_NOT_IN_EFFECT",
+                        &subject,
+                        format!(
+                            "policy {} has no state for {} today",
+                            policy.version, registry.name
+                        ),
+                    ));
+                }
+                Some(state) if state.status == RegistryStatus::ClosedToNewPatients => {
+                    return Err(precondition(
+                        "REGISTRY_CLOSED",
+                        &subject,
+                        format!(
+                            "policy {} ({}) has {} closed to new patients: {}",
+                            policy.version, policy.content_hash, registry.name, state.note
+                        ),
+                    ));
+                }
+                Some(state) => state.capacity,
+            };
+            let result = self
+                .state
+                .log
+                .store()
+                .enrol(&fields.row, capacity)
+                .await
+                .map_err(unavailable)?;
+            let enrolment = outcome(result, &subject)?;
+            tracing::info!(enrolment_id = %enrolment.get_ref().enrolment_id, registry = %registry.id, "patient enrolled");
+            Ok(Response::new(pb::EnrolPatientResponse {
+                enrolment: Some(enrolment.into_inner()),
+            }))
+        })
     }
 
     async fn record_prior_agreement(
         &self,
         request: Request<pb::RecordPriorAgreementRequest>,
     ) -> Result<Response<pb::RecordPriorAgreementResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let req = request.into_inner();
-        let fields = self.read(
-            &req.registry_id,
-            req.patient.as_ref(),
-            req.reason,
-            &req.mdt_reference,
-            req.decision_date.as_ref(),
-            true,
-        )?;
-        // Patients agreed before the hold stay in the audit whatever its state: no capacity applies.
-        let result = self
-            .state
-            .log
-            .store()
-            .enrol(&fields.row, None)
-            .await
-            .map_err(unavailable)?;
-        let enrolment =
-            outcome(result, &format!("registries/{}", fields.row.registry_id))?.into_inner();
-        tracing::info!(enrolment_id = %enrolment.enrolment_id, registry = %enrolment.registry_id, "prior agreement recorded");
-        Ok(Response::new(pb::RecordPriorAgreementResponse {
-            enrolment: Some(enrolment),
-        }))
+        observed!(self.state, "RecordPriorAgreement", {
+            let _permit = self.state.admit()?;
+            let req = request.into_inner();
+            let fields = self.read(
+                &req.registry_id,
+                req.patient.as_ref(),
+                req.reason,
+                &req.mdt_reference,
+                req.decision_date.as_ref(),
+                true,
+            )?;
+            // Patients agreed before the hold stay in the audit whatever its state: no capacity applies.
+            let result = self
+                .state
+                .log
+                .store()
+                .enrol(&fields.row, None)
+                .await
+                .map_err(unavailable)?;
+            let enrolment =
+                outcome(result, &format!("registries/{}", fields.row.registry_id))?.into_inner();
+            tracing::info!(enrolment_id = %enrolment.enrolment_id, registry = %enrolment.registry_id, "prior agreement recorded");
+            Ok(Response::new(pb::RecordPriorAgreementResponse {
+                enrolment: Some(enrolment),
+            }))
+        })
     }
 
     async fn get_enrolment(
         &self,
         request: Request<pb::GetEnrolmentRequest>,
     ) -> Result<Response<pb::GetEnrolmentResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let id = request.into_inner().enrolment_id;
-        if uuid::Uuid::try_parse(&id).is_err() {
-            let mut r = Reader::default();
-            r.violation("enrolment_id", "must be an enrolment id (UUID)");
-            return Err(invalid_argument(&r.violations));
-        }
-        match self
-            .state
-            .log
-            .store()
-            .enrolment(&id)
-            .await
-            .map_err(unavailable)?
-        {
-            Some(row) => Ok(Response::new(pb::GetEnrolmentResponse {
-                enrolment: Some(enrolment(&row)),
-            })),
-            None => Err(Status::not_found(format!("no enrolment {id}"))),
-        }
+        observed!(self.state, "GetEnrolment", {
+            let _permit = self.state.admit()?;
+            let id = request.into_inner().enrolment_id;
+            if uuid::Uuid::try_parse(&id).is_err() {
+                let mut r = Reader::default();
+                r.violation("enrolment_id", "must be an enrolment id (UUID)");
+                return Err(invalid_argument(&r.violations));
+            }
+            match self
+                .state
+                .log
+                .store()
+                .enrolment(&id)
+                .await
+                .map_err(unavailable)?
+            {
+                Some(row) => Ok(Response::new(pb::GetEnrolmentResponse {
+                    enrolment: Some(enrolment(&row)),
+                })),
+                None => Err(Status::not_found(format!("no enrolment {id}"))),
+            }
+        })
     }
 
     async fn list_enrolments(
         &self,
         request: Request<pb::ListEnrolmentsRequest>,
     ) -> Result<Response<pb::ListEnrolmentsResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let req = request.into_inner();
-        let mut r = Reader::default();
-        let limit = page_size(&mut r, req.page_size);
-        let filters = format!("registry={}", req.registry_id);
-        let cursor = read_page_token(&mut r, &req.page_token, &filters);
-        if !r.violations.is_empty() {
-            return Err(invalid_argument(&r.violations));
-        }
-        let registry = (!req.registry_id.is_empty()).then_some(req.registry_id.as_str());
-        let rows = self
-            .state
-            .log
-            .store()
-            .list_enrolments(registry, cursor.as_ref(), limit + 1)
-            .await
-            .map_err(unavailable)?;
-        let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
-            at_ms: last.created_at_ms,
-            id: last.enrolment_id.clone(),
-        });
-        Ok(Response::new(pb::ListEnrolmentsResponse {
-            enrolments: rows.iter().map(enrolment).collect(),
-            next_page_token,
-        }))
+        observed!(self.state, "ListEnrolments", {
+            let _permit = self.state.admit()?;
+            let req = request.into_inner();
+            let mut r = Reader::default();
+            let limit = page_size(&mut r, req.page_size);
+            let filters = format!("registry={}", req.registry_id);
+            let cursor = read_page_token(&mut r, &req.page_token, &filters);
+            if !r.violations.is_empty() {
+                return Err(invalid_argument(&r.violations));
+            }
+            let registry = (!req.registry_id.is_empty()).then_some(req.registry_id.as_str());
+            let rows = self
+                .state
+                .log
+                .store()
+                .list_enrolments(registry, cursor.as_ref(), limit + 1)
+                .await
+                .map_err(unavailable)?;
+            let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
+                at_ms: last.created_at_ms,
+                id: last.enrolment_id.clone(),
+            });
+            Ok(Response::new(pb::ListEnrolmentsResponse {
+                enrolments: rows.iter().map(enrolment).collect(),
+                next_page_token,
+            }))
+        })
     }
 
     async fn withdraw_enrolment(
         &self,
         request: Request<pb::WithdrawEnrolmentRequest>,
     ) -> Result<Response<pb::WithdrawEnrolmentResponse>, Status> {
-        let _permit = self.state.admit()?;
-        let req = request.into_inner();
-        let mut r = Reader::default();
-        if uuid::Uuid::try_parse(&req.enrolment_id).is_err() {
-            r.violation("enrolment_id", "must be an enrolment id (UUID)");
-        }
-        if req.reason.trim().is_empty() || req.reason.chars().count() > MAX_WITHDRAWAL_REASON {
-            r.violation(
-                "reason",
-                format!("is required, at most {MAX_WITHDRAWAL_REASON} characters"),
-            );
-        }
-        if !r.violations.is_empty() {
-            return Err(invalid_argument(&r.violations));
-        }
-        let store = self.state.log.store();
-        match store
-            .enrolment(&req.enrolment_id)
-            .await
-            .map_err(unavailable)?
-        {
-            None => {
-                return Err(Status::not_found(format!(
+        observed!(self.state, "WithdrawEnrolment", {
+            let _permit = self.state.admit()?;
+            let req = request.into_inner();
+            let mut r = Reader::default();
+            if uuid::Uuid::try_parse(&req.enrolment_id).is_err() {
+                r.violation("enrolment_id", "must be an enrolment id (UUID)");
+            }
+            if req.reason.trim().is_empty() || req.reason.chars().count() > MAX_WITHDRAWAL_REASON {
+                r.violation(
+                    "reason",
+                    format!("is required, at most {MAX_WITHDRAWAL_REASON} characters"),
+                );
+            }
+            if !r.violations.is_empty() {
+                return Err(invalid_argument(&r.violations));
+            }
+            let store = self.state.log.store();
+            match store
+                .enrolment(&req.enrolment_id)
+                .await
+                .map_err(unavailable)?
+            {
+                None => {
+                    return Err(Status::not_found(format!(
+                        "no enrolment {}",
+                        req.enrolment_id
+                    )));
+                }
+                Some(row) if !row.active => {
+                    return Err(Status::failed_precondition(format!(
+                        "enrolment {} is already withdrawn",
+                        row.enrolment_id
+                    )));
+                }
+                Some(_) => {}
+            }
+            match store
+                .withdraw(&req.enrolment_id, req.reason.trim(), now_ms())
+                .await
+                .map_err(unavailable)?
+            {
+                Some(row) => Ok(Response::new(pb::WithdrawEnrolmentResponse {
+                    enrolment: Some(enrolment(&row)),
+                })),
+                None => Err(Status::not_found(format!(
                     "no enrolment {}",
                     req.enrolment_id
-                )));
+                ))),
             }
-            Some(row) if !row.active => {
-                return Err(Status::failed_precondition(format!(
-                    "enrolment {} is already withdrawn",
-                    row.enrolment_id
-                )));
-            }
-            Some(_) => {}
-        }
-        match store
-            .withdraw(&req.enrolment_id, req.reason.trim(), now_ms())
-            .await
-            .map_err(unavailable)?
-        {
-            Some(row) => Ok(Response::new(pb::WithdrawEnrolmentResponse {
-                enrolment: Some(enrolment(&row)),
-            })),
-            None => Err(Status::not_found(format!(
-                "no enrolment {}",
-                req.enrolment_id
-            ))),
-        }
+        })
     }
 }

@@ -32,6 +32,11 @@ impl DecisionLog {
         &self.store
     }
 
+    /// Decisions waiting for the writer now.
+    pub fn queue_depth(&self) -> usize {
+        QUEUE_DEPTH.saturating_sub(self.queue.capacity())
+    }
+
     /// Writes one decision durably, sharing the transaction with whatever else is waiting.
     pub async fn record(&self, decision: NewDecision) -> Result<WriteOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();

@@ -28,6 +28,8 @@ pub struct TestServer {
     pub active: ActivePolicy,
     /// The server's call permits, for tests that fill them.
     pub in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The server's shared state (metrics, log, policy).
+    pub state: AppState,
 }
 
 impl Drop for TestServer {
@@ -75,8 +77,10 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
             health_check_interval: std::time::Duration::from_millis(100),
             ..Default::default()
         },
-    );
+    )
+    .expect("app state");
     let in_flight = std::sync::Arc::clone(&state.in_flight);
+    let shared = state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
@@ -102,6 +106,7 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
         data_dir,
         active,
         in_flight,
+        state: shared,
     }
 }
 

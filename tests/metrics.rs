@@ -1,0 +1,96 @@
+//! Prometheus metrics on the admin listener after a mixed load: calls per method by status
+//! code, latency histograms, decisions by therapy and outcome, decision-log writes, the active
+//! policy as an info metric, and policy reloads by outcome.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use net_pathway::pb;
+use net_pathway::reload::ReloadCounters;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn scrape(address: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect admin");
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+#[tokio::test]
+async fn metrics_show_per_status_counts_after_a_mixed_load() {
+    let s = server().await;
+    let reloads = Arc::new(ReloadCounters::default());
+    reloads
+        .failed
+        .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let address = admin.local_addr().expect("address");
+    tokio::spawn(net_pathway::metrics::serve_admin(
+        admin,
+        s.state.clone(),
+        Arc::clone(&reloads),
+        std::future::pending(),
+    ));
+
+    for _ in 0..3 {
+        s.client
+            .evaluate_eligibility(pb::EvaluateEligibilityRequest {
+                patient: Some(ta539_small_bowel().england().profile()),
+                therapies: vec![Therapy::PrrtLu177Dotatate as i32],
+                ..Default::default()
+            })
+            .await
+            .expect("evaluate");
+    }
+    let bad = pb::EvaluateEligibilityRequest {
+        patient: Some(ta539_small_bowel().ki67(140.0).profile()),
+        ..Default::default()
+    };
+    assert!(s.client.evaluate_eligibility(bad).await.is_err());
+    s.client
+        .classify_funding(pb::ClassifyFundingRequest {
+            patient: Some(ta539_small_bowel().england().profile()),
+            therapies: vec![Therapy::PrrtLu177Dotatate as i32],
+            ..Default::default()
+        })
+        .await
+        .expect("classify");
+
+    let text = scrape(address).await;
+    for line in [
+        r#"netpathway_calls_total{code="Ok",method="EvaluateEligibility"} 3"#,
+        r#"netpathway_calls_total{code="InvalidArgument",method="EvaluateEligibility"} 1"#,
+        r#"netpathway_calls_total{code="Ok",method="ClassifyFunding"} 1"#,
+        r#"netpathway_call_duration_seconds_count{method="EvaluateEligibility"} 4"#,
+        r#"netpathway_decisions_total{kind="eligibility",outcome="ELIGIBILITY_STATUS_ELIGIBLE",therapy="THERAPY_PRRT_LU177_DOTATATE"} 3"#,
+        r#"netpathway_decisions_total{kind="funding",outcome="FUNDING_ROUTE_ROUTINELY_COMMISSIONED_NICE_TA",therapy="THERAPY_PRRT_LU177_DOTATATE"} 1"#,
+        "netpathway_decision_log_write_seconds_count 4",
+        "netpathway_decision_log_queue_depth 0",
+        r#"netpathway_policy_reloads_total{outcome="failed"} 2"#,
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    let policy = net_pathway::engine::Policy::bundled().expect("bundled");
+    let info = format!(
+        r#"netpathway_policy_info{{content_hash="{}",version="{}"}} 1"#,
+        policy.content_hash, policy.version
+    );
+    assert!(text.contains(&info), "missing `{info}`");
+}
