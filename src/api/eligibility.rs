@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::record::{self, ANONYMOUS};
-use super::{AppState, convert, deadline, decision_id, in_time};
+use super::{AppState, convert, decision_id, in_time};
 use crate::api::convert::Bridge;
 use crate::engine::policy::Status as EligibilityStatus;
 use crate::pb;
@@ -28,19 +28,18 @@ impl EligibilityService for EligibilityApi {
         request: Request<pb::EvaluateEligibilityRequest>,
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
         observed!(self.state, "EvaluateEligibility", {
-            let _permit = self.state.admit()?;
-            let deadline = deadline(&request, &self.state.limits);
-            in_time(deadline)?;
-            let prepared = record::prepare(&self.state, request.into_inner()).await?;
-            if let Some(prior) = prepared.prior {
+            let record::Prepared {
+                permit: _permit,
+                deadline,
+                received_ms,
+                evaluation: e,
+                stored_request,
+                fingerprint,
+                prior,
+            } = record::prepare(&self.state, request).await?;
+            if let Some(prior) = prior {
                 return stored_response(prior);
             }
-            let (e, stored_request, fingerprint) = (
-                prepared.evaluation,
-                prepared.stored_request,
-                prepared.fingerprint,
-            );
-            let received_ms = prepared.received_ms;
 
             let policy = self.state.policy.current();
             let facts = policy.facts(&e.patient, e.as_of);

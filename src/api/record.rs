@@ -199,6 +199,10 @@ evaluation_request!(ClassifyFundingRequest, Funding);
 /// A validated request ready to decide: what will be stored, its fingerprint, and the stored
 /// answer if this is a retry.
 pub struct Prepared<R> {
+    /// The call's admission; held until the call finishes.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+    /// When the call must be answered by; checked again before the decision is recorded.
+    pub deadline: tokio::time::Instant,
     pub received_ms: i64,
     pub evaluation: Evaluation,
     /// The request without its identifiers (the pseudonym stands in).
@@ -207,10 +211,16 @@ pub struct Prepared<R> {
     pub prior: Option<pb::DecisionRecord>,
 }
 
+/// Admits the call (or sheds it), refuses it if its deadline has already passed, validates it,
+/// and looks up a stored answer for a retried request_id.
 pub async fn prepare<R: EvaluationRequest>(
     state: &AppState,
-    request: R,
+    request: tonic::Request<R>,
 ) -> Result<Prepared<R>, Status> {
+    let permit = state.admit()?;
+    let deadline = super::deadline(&request, &state.limits);
+    super::in_time(deadline)?;
+    let request = request.into_inner();
     let received_ms = now_ms();
     let evaluation = request.evaluation(state, None)?;
     let mut stored_request = request;
@@ -225,6 +235,8 @@ pub async fn prepare<R: EvaluationRequest>(
     );
     let prior = prior(state, &evaluation.request_id, R::KIND, &fingerprint).await?;
     Ok(Prepared {
+        permit,
+        deadline,
         received_ms,
         evaluation,
         stored_request,
