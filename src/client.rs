@@ -61,10 +61,43 @@ pub enum ClientError {
         endpoint: String,
         source: tonic::transport::Error,
     },
+    #[error("the bearer token is not a valid header value")]
+    InvalidToken,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("deadline", &self.deadline)
+            .field("gzip", &self.gzip)
+            .field("tls", &self.tls.is_some())
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "(redacted)"),
+            )
+            .finish()
+    }
+}
+
+type Authorization = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+
+fn authorization(token: Option<&str>) -> Result<Authorization, ClientError> {
+    token
+        .map(|t| {
+            let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ClientError::InvalidToken)?;
+            // Debug output and HTTP/2 header compression treat it as a secret.
+            value.set_sensitive(true);
+            Ok(value)
+        })
+        .transpose()
 }
 
 /// How the client connects and calls.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Deadline for each call (sent as grpc-timeout so the server can honour it too).
@@ -73,6 +106,9 @@ pub struct ClientOptions {
     pub gzip: bool,
     /// TLS settings (CA, domain name, and a client identity for mutual TLS); `None` for plaintext.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Bearer token (a JWT from the hospital's identity provider) sent with every call as
+    /// `authorization: Bearer <token>`. Replace it with [`NetPathwayClient::with_bearer_token`].
+    pub bearer_token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -82,6 +118,7 @@ impl Default for ClientOptions {
             deadline: DEFAULT_DEADLINE,
             gzip: false,
             tls: None,
+            bearer_token: None,
         }
     }
 }
@@ -116,6 +153,7 @@ pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
 pub struct NetPathwayClient {
     channel: Channel,
     options: ClientOptions,
+    authorization: Authorization,
 }
 
 impl NetPathwayClient {
@@ -130,6 +168,7 @@ impl NetPathwayClient {
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
         let endpoint = endpoint.into();
+        let authorization = authorization(options.bearer_token.as_deref())?;
         let mut builder = Endpoint::from_shared(endpoint.clone()).map_err(|source| {
             ClientError::InvalidEndpoint {
                 endpoint: endpoint.clone(),
@@ -152,12 +191,33 @@ impl NetPathwayClient {
             .connect()
             .await
             .map_err(|source| ClientError::Connect { endpoint, source })?;
-        Ok(NetPathwayClient { channel, options })
+        Ok(NetPathwayClient {
+            channel,
+            options,
+            authorization,
+        })
     }
 
     /// Wraps an existing channel (for TLS or custom settings).
-    pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
-        NetPathwayClient { channel, options }
+    pub fn from_channel(channel: Channel, options: ClientOptions) -> Result<Self, ClientError> {
+        let authorization = authorization(options.bearer_token.as_deref())?;
+        Ok(NetPathwayClient {
+            channel,
+            options,
+            authorization,
+        })
+    }
+
+    /// The same connection, calling with another bearer token (tokens expire; connections need not).
+    pub fn with_bearer_token(&self, token: &str) -> Result<Self, ClientError> {
+        Ok(NetPathwayClient {
+            channel: self.channel.clone(),
+            options: ClientOptions {
+                bearer_token: Some(token.to_string()),
+                ..self.options.clone()
+            },
+            authorization: authorization(Some(token))?,
+        })
     }
 
     /// The underlying channel, for other gRPC clients such as grpc.health.v1.
@@ -168,6 +228,11 @@ impl NetPathwayClient {
     fn request<T>(&self, message: impl IntoRequest<T>) -> Request<T> {
         let mut request = message.into_request();
         request.set_timeout(self.options.deadline);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         request
     }
 

@@ -54,6 +54,11 @@ pub struct ServeConfig {
         default_value = "127.0.0.1:9464"
     )]
     pub admin_listen: String,
+    /// Extra plaintext listener serving only grpc.health.v1, for Kubernetes' native gRPC probes
+    /// (which cannot use TLS); "off" to disable. Health name "liveness" stays SERVING while the
+    /// process runs; "" follows the policy and the database (readiness).
+    #[arg(long, env = "NETPATHWAY_HEALTH_LISTEN", default_value = "off")]
+    pub health_listen: String,
     /// Log line format.
     #[arg(long, env = "NETPATHWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -93,11 +98,32 @@ pub struct ServeConfig {
     /// must present a certificate from it.
     #[arg(long, env = "NETPATHWAY_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// JWKS file (JSON Web Key Set, public keys only) that bearer tokens are verified against,
+    /// offline. Turns on bearer token authentication; re-read on SIGHUP and when the file
+    /// changes (checked every --policy-poll-seconds), for key rotation.
+    #[arg(long, env = "NETPATHWAY_JWKS_FILE", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub jwks_file: Option<PathBuf>,
+    /// Issuer (`iss`) every bearer token must carry.
+    #[arg(long, env = "NETPATHWAY_JWT_ISSUER", requires = "jwks_file")]
+    pub jwt_issuer: Option<String>,
+    /// Audience (`aud`) every bearer token must name.
+    #[arg(long, env = "NETPATHWAY_JWT_AUDIENCE", requires = "jwks_file")]
+    pub jwt_audience: Option<String>,
+    /// Clock skew tolerated on a token's `exp` and `nbf`, in seconds (at most 300).
+    #[arg(long, env = "NETPATHWAY_JWT_LEEWAY_SECONDS", default_value_t = 60)]
+    pub jwt_leeway_seconds: u64,
+    /// Token claim holding the caller's roles (an array, or a space-separated string).
+    #[arg(long, env = "NETPATHWAY_JWT_ROLES_CLAIM", default_value = "roles")]
+    pub jwt_roles_claim: String,
+    /// TOML file mapping client certificate names (subject CN or DNS SAN) to identities and
+    /// roles, for callers authenticated by mutual TLS. Needs --tls-client-ca.
+    #[arg(long, env = "NETPATHWAY_CLIENT_IDENTITIES", requires = "tls_client_ca")]
+    pub client_identities: Option<PathBuf>,
     /// Accept listening on a non-loopback address without TLS.
     #[arg(long, env = "NETPATHWAY_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
-    /// Accept listening on a non-loopback address without caller authentication (bearer tokens
-    /// are not implemented yet; mutual TLS authenticates callers by certificate).
+    /// Accept listening on a non-loopback address without caller authentication (neither
+    /// --jwks-file nor --client-identities).
     #[arg(long, env = "NETPATHWAY_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
     /// How often health checks the database, in seconds (NOT_SERVING while it does not answer).
@@ -142,12 +168,36 @@ impl ServeConfig {
                 self.listen
             ));
         }
-        if self.tls_client_ca.is_none() && !self.allow_unauthenticated {
+        if self.jwks_file.is_none()
+            && self.client_identities.is_none()
+            && !self.allow_unauthenticated
+        {
             return Err(format!(
-                "refusing to listen on {} without caller authentication: give --tls-client-ca for mutual TLS, or --allow-unauthenticated to accept unauthenticated callers explicitly",
+                "refusing to listen on {} without caller authentication: give --jwks-file (bearer tokens) or --tls-client-ca with --client-identities (mutual TLS), or --allow-unauthenticated to accept unauthenticated callers explicitly",
                 self.listen
             ));
         }
         Ok(())
+    }
+
+    /// The authenticator these settings describe; open when neither tokens nor client
+    /// certificate identities are configured.
+    pub fn authenticator(
+        &self,
+    ) -> Result<crate::auth::Authenticator, crate::auth::AuthConfigError> {
+        let mut auth = crate::auth::Authenticator::open();
+        if let Some(jwks_file) = &self.jwks_file {
+            auth = auth.with_jwt(crate::auth::JwtSettings {
+                jwks_file: jwks_file.clone(),
+                issuer: self.jwt_issuer.clone().unwrap_or_default(),
+                audience: self.jwt_audience.clone().unwrap_or_default(),
+                leeway: std::time::Duration::from_secs(self.jwt_leeway_seconds),
+                roles_claim: self.jwt_roles_claim.clone(),
+            })?;
+        }
+        if let Some(file) = &self.client_identities {
+            auth = auth.with_client_identities(file)?;
+        }
+        Ok(auth)
     }
 }

@@ -121,12 +121,29 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
         .unwrap_or_else(|| config.data_dir.join("pseudonym.key"));
     let pseudonymiser =
         Pseudonymiser::load_or_create(&key_file).map_err(|e| format!("refusing to start: {e}"))?;
+    let auth = config
+        .authenticator()
+        .map_err(|e| format!("refusing to start: {e}"))?;
+    if auth.is_configured() {
+        tracing::info!(
+            bearer_tokens = config.jwks_file.is_some(),
+            client_certificates = config.client_identities.is_some(),
+            "caller authentication on"
+        );
+    } else {
+        tracing::warn!("caller authentication off: every caller is 'anonymous' with every role");
+    }
+    if let Some(path) = config.jwks_file.clone() {
+        let seconds = config.policy_poll_seconds.max(1);
+        tokio::spawn(watch_keys(auth.clone(), path, Duration::from_secs(seconds)));
+    }
     let state = AppState::new(
         policy.clone(),
         DecisionLog::start(store),
         pseudonymiser,
         config.limits(),
-    )?;
+    )?
+    .with_auth(auth);
     let reloads = std::sync::Arc::new(reload::ReloadCounters::default());
     if let Some(path) = config.policy.clone() {
         // Zero means SIGHUP only: the file is then looked at once a day at most.
@@ -178,9 +195,28 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     if tls.is_some() {
         tracing::info!(mutual = config.tls_client_ca.is_some(), "TLS on");
     }
-    let mut server = tokio::spawn(server::serve(listener, state, tls, async {
-        let _ = stop_rx.await;
-    }));
+    let health_listener = if config.health_listen == "off" {
+        None
+    } else {
+        let address: std::net::SocketAddr = config
+            .health_listen
+            .parse()
+            .map_err(|e| format!("--health-listen '{}': {e}", config.health_listen))?;
+        let health = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("cannot listen on {address} for health: {e}"))?;
+        tracing::info!(address = %health.local_addr()?, "serving plaintext health probes");
+        Some(health)
+    };
+    let mut server = tokio::spawn(server::serve_with_health(
+        listener,
+        health_listener,
+        state,
+        tls,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     tokio::select! {
         finished = &mut server => return Ok(finished??),
         () = shutdown_signal() => {}
@@ -197,6 +233,58 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Key rotation: the JWKS file is re-read on SIGHUP and when it changes (a Kubernetes Secret
+/// update arrives as a changed file). A bad file keeps the keys in use.
+async fn watch_keys(
+    auth: net_pathway::auth::Authenticator,
+    path: std::path::PathBuf,
+    interval: Duration,
+) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!("cannot listen for SIGHUP: {e}"))
+        .ok();
+    let seen = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    let mut last_seen = seen(&path);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        let why = tokio::select! {
+            () = signalled => "SIGHUP",
+            _ = ticker.tick() => {
+                let now = seen(&path);
+                if now.is_none() || now == last_seen {
+                    continue;
+                }
+                last_seen = now;
+                "file changed"
+            }
+        };
+        match auth.reload_keys() {
+            Ok(()) => tracing::info!(trigger = why, "JWKS reloaded"),
+            Err(e) => tracing::error!(
+                trigger = why,
+                "JWKS reload refused; the keys in use stay: {e}"
+            ),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -62,6 +62,23 @@ pub async fn serve(
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_with_health(listener, None, state, tls, shutdown).await
+}
+
+/// Health name that stays SERVING while the process runs (until shutdown), whatever the
+/// database does: the liveness probe's, so a database outage takes replicas out of the load
+/// balancer (readiness) without restarting them.
+pub const LIVENESS: &str = "liveness";
+
+/// Like [`serve`], and also serves grpc.health.v1 alone, in plaintext, on `health_listener`:
+/// the kubelet's native gRPC probes cannot speak TLS.
+pub async fn serve_with_health(
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+    state: AppState,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     use tonic::server::NamedService;
     use tonic_health::ServingStatus;
     let services = [
@@ -72,7 +89,7 @@ pub async fn serve(
         RegistryServiceServer::<RegistryApi>::NAME,
     ];
     let (reporter, health) = tonic_health::server::health_reporter();
-    for service in services {
+    for service in services.into_iter().chain([LIVENESS]) {
         reporter
             .set_service_status(service, ServingStatus::Serving)
             .await;
@@ -120,10 +137,28 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    let probes = health_listener.map(|listener| {
+        let health = health.clone();
+        tokio::spawn(async move {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let stopped = async {
+                let _ = health_stopped.await;
+            };
+            if let Err(e) = Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming, stopped)
+                .await
+            {
+                tracing::error!("health listener failed: {e}");
+            }
+        })
+    });
+
     let draining = async move {
         shutdown.await;
         watch_store.abort();
-        for service in services.into_iter().chain([""]) {
+        for service in services.into_iter().chain(["", LIVENESS]) {
             reporter
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
@@ -153,7 +188,7 @@ pub async fn serve(
             limits
         ))
         .add_service(compressed!(
-            PolicyServiceServer::new(PolicyApi::new(state.policy.clone())),
+            PolicyServiceServer::new(PolicyApi::new(state.clone())),
             limits
         ))
         .add_service(compressed!(
@@ -166,5 +201,9 @@ pub async fn serve(
         ))
         .serve_with_incoming_shutdown(incoming, draining)
         .await?;
+    let _ = health_stop.send(());
+    if let Some(probes) = probes {
+        let _ = probes.await;
+    }
     Ok(())
 }

@@ -10,7 +10,14 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    // Colour only for a person at a terminal, not for a log collector.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
@@ -20,4 +27,89 @@ pub fn init(format: LogFormat) {
             )
             .try_init(),
     };
+}
+
+/// The call's trace id: the caller's W3C `traceparent` trace id when it sends a valid one, so
+/// our lines join the caller's trace; otherwise a new random one.
+pub fn trace_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(traceparent_trace_id)
+        .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_string)
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` (W3C Trace Context); an all-zero
+/// trace id is invalid.
+fn traceparent_trace_id(value: &str) -> Option<&str> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    (hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0'))
+    .then_some(trace)
+}
+
+/// The one line every call logs when it finishes (inside its span, so it carries the method,
+/// trace id, caller and decision id). No patient data is in it.
+pub fn call_finished(code: tonic::Code, elapsed: std::time::Duration) {
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    match code {
+        tonic::Code::Ok => tracing::info!(code = ?code, micros, "call finished"),
+        tonic::Code::Internal | tonic::Code::Unavailable | tonic::Code::Unknown => {
+            tracing::error!(code = ?code, micros, "call failed")
+        }
+        _ => tracing::warn!(code = ?code, micros, "call refused"),
+    }
+}
+
+/// Returns the trace id to the caller as `x-trace-id`, on answers and on errors.
+pub fn with_trace_id<T>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    trace_id: &str,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let Ok(value) = tonic::metadata::MetadataValue::try_from(trace_id) else {
+        return result;
+    };
+    match result {
+        Ok(mut response) => {
+            response.metadata_mut().insert("x-trace-id", value);
+            Ok(response)
+        }
+        Err(mut status) => {
+            status.metadata_mut().insert("x-trace-id", value);
+            Err(status)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traceparent_trace_id;
+
+    #[test]
+    fn a_valid_traceparent_gives_its_trace_id_and_others_are_ignored() {
+        assert_eq!(
+            traceparent_trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            traceparent_trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(traceparent_trace_id("not a traceparent"), None);
+        assert_eq!(
+            traceparent_trace_id("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            None
+        );
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use net_pathway::api::{ActivePolicy, AppState, Limits};
+use net_pathway::auth::Authenticator;
 use net_pathway::client::{ClientOptions, NetPathwayClient};
 use net_pathway::engine::Policy;
 use net_pathway::pb;
@@ -47,6 +48,19 @@ fn leaf(ca: &Authority, names: &[&str]) -> (String, String) {
 async fn tls_server(
     tls: ServerTlsConfig,
 ) -> (u16, tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
+    let (port, stop, dir, _store) = tls_server_with(tls, Authenticator::open()).await;
+    (port, stop, dir)
+}
+
+async fn tls_server_with(
+    tls: ServerTlsConfig,
+    auth: Authenticator,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tempfile::TempDir,
+    Store,
+) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(&Store::default_url(dir.path()))
@@ -54,11 +68,12 @@ async fn tls_server(
         .expect("store");
     let state = AppState::new(
         ActivePolicy::new(Policy::bundled().expect("policy")),
-        DecisionLog::start(store),
+        DecisionLog::start(store.clone()),
         Pseudonymiser::new(&TEST_KEY).expect("key"),
         Limits::default(),
     )
-    .expect("app state");
+    .expect("app state")
+    .with_auth(auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -72,7 +87,7 @@ async fn tls_server(
             let _ = stopped.await;
         },
     ));
-    (port, stop, dir)
+    (port, stop, dir, store)
 }
 
 async fn call(port: u16, tls: ClientTlsConfig) -> Result<pb::GetActivePolicyResponse, String> {
@@ -147,6 +162,181 @@ async fn mutual_tls_needs_a_client_certificate_from_the_configured_ca() {
     );
 }
 
+/// The TA539 referral, evaluated over TLS with `tls` as the client's settings.
+async fn evaluate(
+    port: u16,
+    tls: ClientTlsConfig,
+) -> Result<pb::EvaluateEligibilityResponse, tonic::Status> {
+    let options = ClientOptions {
+        tls: Some(tls),
+        ..ClientOptions::default()
+    };
+    let client = NetPathwayClient::connect_with(format!("https://localhost:{port}"), options)
+        .await
+        .expect("connect");
+    client
+        .evaluate_eligibility(pb::EvaluateEligibilityRequest {
+            patient: Some(ta539_small_bowel().england().profile()),
+            ..Default::default()
+        })
+        .await
+}
+
+#[tokio::test]
+async fn mutual_tls_maps_certificate_names_to_identities_and_roles() {
+    let ca = authority("net-pathway test CA");
+    let (cert, key) = leaf(&ca, &["localhost"]);
+    let clients = authority("hospital services CA");
+    let dir = tempfile::tempdir().expect("dir");
+    let identities = dir.path().join("clients.toml");
+    std::fs::write(
+        &identities,
+        r#"
+[[client]]
+certificate_name = "mdt-workflow.hospital.example"
+identity = "mdt-workflow"
+roles = ["evaluate", "decision-log-read"]
+
+[[client]]
+certificate_name = "registry-clerk.hospital.example"
+identity = "registry-clerk"
+roles = ["registry-read"]
+"#,
+    )
+    .expect("write identities");
+    let auth = Authenticator::open()
+        .with_client_identities(&identities)
+        .expect("identities load");
+    let server_tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .client_ca_root(Certificate::from_pem(&clients.pem));
+    let (port, _stop, _dir, store) = tls_server_with(server_tls, auth).await;
+    let as_holder = |name: &str| {
+        let (c, k) = leaf(&clients, &[name]);
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca.pem))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(c, k))
+    };
+
+    let answer = evaluate(port, as_holder("mdt-workflow.hospital.example"))
+        .await
+        .expect("the MDT workflow evaluates");
+    let stored = store
+        .decision(&answer.decision_id)
+        .await
+        .expect("store")
+        .expect("recorded");
+    let record = <pb::DecisionRecord as prost::Message>::decode(stored.record.as_slice())
+        .expect("record decodes");
+    assert_eq!(
+        record.caller, "mdt-workflow",
+        "the mapped identity is recorded"
+    );
+
+    let refused = evaluate(port, as_holder("registry-clerk.hospital.example"))
+        .await
+        .expect_err("registry-read cannot evaluate");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    let refused = evaluate(port, as_holder("stranger.hospital.example"))
+        .await
+        .expect_err("a certificate from the CA that is not mapped");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("not mapped"), "{refused:?}");
+}
+
+#[test]
+fn a_client_identity_file_with_an_unknown_role_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let identities = dir.path().join("clients.toml");
+    std::fs::write(
+        &identities,
+        "[[client]]\ncertificate_name = \"a\"\nidentity = \"a\"\nroles = [\"admin\"]\n",
+    )
+    .expect("write");
+    let error = Authenticator::open()
+        .with_client_identities(&identities)
+        .expect_err("unknown role");
+    assert!(
+        error.to_string().contains("unknown role 'admin'"),
+        "{error}"
+    );
+    std::fs::write(
+        &identities,
+        "[[client]]\ncertificate_name = \"a\"\nidentity = 7\n",
+    )
+    .expect("write");
+    let error = Authenticator::open()
+        .with_client_identities(&identities)
+        .expect_err("bad type");
+    assert!(
+        error.to_string().contains("clients.toml: line 3"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn kubernetes_probes_get_plaintext_health_beside_a_tls_only_service() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = authority("net-pathway test CA");
+    let (cert, key) = leaf(&ca, &["localhost"]);
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(&Store::default_url(dir.path()))
+        .await
+        .expect("store");
+    let state = AppState::new(
+        ActivePolicy::new(Policy::bundled().expect("policy")),
+        DecisionLog::start(store),
+        Pseudonymiser::new(&TEST_KEY).expect("key"),
+        Limits::default(),
+    )
+    .expect("app state");
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let probe_port = probes.local_addr().expect("addr").port();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(net_pathway::server::serve_with_health(
+        grpc,
+        Some(probes),
+        state,
+        Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key))),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{probe_port}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("plaintext connection to the probe port");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "liveness", "netpathway.v1.EligibilityService"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("health {service:?}: {e:?}"))
+            .into_inner()
+            .status();
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+    let refused = pb::eligibility_service_client::EligibilityServiceClient::new(channel)
+        .evaluate_eligibility(pb::EvaluateEligibilityRequest::default())
+        .await
+        .expect_err("the probe port serves health only");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+}
+
 fn refused(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_net-pathway"))
         .args(args)
@@ -173,4 +363,35 @@ fn listening_beyond_loopback_needs_tls_and_authentication_or_an_explicit_flag() 
         logs.contains("without caller authentication") && logs.contains("--allow-unauthenticated"),
         "{logs}"
     );
+
+    // Bearer tokens count as authentication: TLS plus a JWKS is a complete secure set-up.
+    use clap::Parser;
+    let exposed = |extra: &[&str]| {
+        let mut args = vec!["net-pathway", "--listen", "0.0.0.0:50051"];
+        args.extend_from_slice(extra);
+        net_pathway::config::Cli::try_parse_from(args)
+            .expect("flags parse")
+            .serve
+            .check_exposure()
+    };
+    let tls = ["--tls-cert", "server.pem", "--tls-key", "server.key"];
+    let jwt = [
+        "--jwks-file",
+        "jwks.json",
+        "--jwt-issuer",
+        "https://idp",
+        "--jwt-audience",
+        "net-pathway",
+    ];
+    assert!(exposed(&[&tls[..], &jwt[..]].concat()).is_ok());
+    let mtls = [
+        "--tls-client-ca",
+        "clients.pem",
+        "--client-identities",
+        "clients.toml",
+    ];
+    assert!(exposed(&[&tls[..], &mtls[..]].concat()).is_ok());
+    let why = exposed(&[&tls[..], &["--tls-client-ca", "clients.pem"][..]].concat())
+        .expect_err("a client CA alone maps no identities");
+    assert!(why.contains("--client-identities"), "{why}");
 }

@@ -58,7 +58,10 @@ impl DecisionLogService for DecisionLogApi {
         &self,
         request: Request<pb::GetDecisionRequest>,
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
-        observed!(self.state, "GetDecision", {
+        observed!(self.state, "GetDecision", request, {
+            let _caller = self
+                .state
+                .authorize(&request, crate::auth::Role::DecisionLogRead)?;
             let _permit = self.state.admit()?;
             let req = request.into_inner();
             let mut r = Reader::default();
@@ -76,7 +79,10 @@ impl DecisionLogService for DecisionLogApi {
         &self,
         request: Request<pb::ListDecisionsRequest>,
     ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
-        observed!(self.state, "ListDecisions", {
+        observed!(self.state, "ListDecisions", request, {
+            let _caller = self
+                .state
+                .authorize(&request, crate::auth::Role::DecisionLogRead)?;
             let _permit = self.state.admit()?;
             let req = request.into_inner();
             let mut r = Reader::default();
@@ -164,7 +170,10 @@ impl DecisionLogService for DecisionLogApi {
         &self,
         request: Request<pb::ReplayDecisionRequest>,
     ) -> Result<Response<pb::ReplayDecisionResponse>, Status> {
-        observed!(self.state, "ReplayDecision", {
+        observed!(self.state, "ReplayDecision", request, {
+            let _caller = self
+                .state
+                .authorize(&request, crate::auth::Role::DecisionLogRead)?;
             let _permit = self.state.admit()?;
             let req = request.into_inner();
             let mut r = Reader::default();

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::record::{self, ANONYMOUS};
+use super::record;
 use super::{AppState, convert, decision_id, in_time};
 use crate::api::convert::Bridge;
 use crate::engine::policy::Status as EligibilityStatus;
@@ -27,8 +27,9 @@ impl EligibilityService for EligibilityApi {
         &self,
         request: Request<pb::EvaluateEligibilityRequest>,
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
-        observed!(self.state, "EvaluateEligibility", {
+        observed!(self.state, "EvaluateEligibility", request, {
             let record::Prepared {
+                caller,
                 permit: _permit,
                 deadline,
                 received_ms,
@@ -74,7 +75,7 @@ impl EligibilityService for EligibilityApi {
                 decision_id: response.decision_id.clone(),
                 request_id: e.request_id,
                 received_time: Some(record::timestamp(received_ms)),
-                caller: ANONYMOUS.into(),
+                caller: caller.identity,
                 policy: response.policy.clone(),
                 as_of_date: response.as_of_date,
                 kind: KIND as i32,

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::record::{self, ANONYMOUS, unavailable};
+use super::record::{self, unavailable};
 use super::{AppState, convert, decision_id, in_time};
 use crate::api::convert::Bridge;
 use crate::pb;
@@ -26,8 +26,9 @@ impl FundingService for FundingApi {
         &self,
         request: Request<pb::ClassifyFundingRequest>,
     ) -> Result<Response<pb::ClassifyFundingResponse>, Status> {
-        observed!(self.state, "ClassifyFunding", {
+        observed!(self.state, "ClassifyFunding", request, {
             let record::Prepared {
+                caller,
                 permit: _permit,
                 deadline,
                 received_ms,
@@ -93,7 +94,7 @@ impl FundingService for FundingApi {
                 decision_id: response.decision_id.clone(),
                 request_id: e.request_id,
                 received_time: Some(record::timestamp(received_ms)),
-                caller: ANONYMOUS.into(),
+                caller: caller.identity,
                 policy: response.policy.clone(),
                 as_of_date: response.as_of_date,
                 kind: KIND as i32,

@@ -1,16 +1,29 @@
 //! gRPC adapters: decode and validate the request, call the engine, encode the answer.
 //! `tonic::Status` is built only here; no clinical logic lives here.
 
-/// Runs a handler body and records the call in the metrics: method, status code, latency.
+/// Runs a handler body inside the call's span (method, trace id, caller, decision id: every
+/// log line of the call carries them), records the call in the metrics, logs one line when it
+/// finishes, and returns the trace id to the caller as `x-trace-id`.
 macro_rules! observed {
-    ($state:expr, $method:literal, $body:block) => {{
+    ($state:expr, $method:literal, $request:ident, $body:block) => {{
         let started = std::time::Instant::now();
-        let result: Result<_, tonic::Status> = async move { $body }.await;
+        let trace_id = crate::telemetry::trace_id($request.metadata());
+        let span = tracing::info_span!(
+            "call",
+            method = $method,
+            trace_id = %trace_id,
+            caller = tracing::field::Empty,
+            decision_id = tracing::field::Empty,
+        );
+        let result: Result<_, tonic::Status> =
+            tracing::Instrument::instrument(async move { $body }, span.clone()).await;
         let code = result
             .as_ref()
             .map_or_else(|s: &tonic::Status| s.code(), |_| tonic::Code::Ok);
-        $state.metrics.call($method, code, started.elapsed());
-        result
+        let elapsed = started.elapsed();
+        $state.metrics.call($method, code, elapsed);
+        span.in_scope(|| crate::telemetry::call_finished(code, elapsed));
+        crate::telemetry::with_trace_id(result, &trace_id)
     }};
 }
 
@@ -55,6 +68,8 @@ pub struct AppState {
     /// Permits for calls in progress; when none is free a call is shed.
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Who may call what; open (anonymous, every role) unless configured.
+    pub auth: crate::auth::Authenticator,
 }
 
 impl AppState {
@@ -73,7 +88,28 @@ impl AppState {
             limits,
             in_flight,
             metrics,
+            auth: crate::auth::Authenticator::open(),
         })
+    }
+
+    /// Authenticates calls with `auth` instead of accepting every caller.
+    pub fn with_auth(mut self, auth: crate::auth::Authenticator) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The caller, if they hold `role` (UNAUTHENTICATED or PERMISSION_DENIED otherwise); the
+    /// identity joins the call's span.
+    pub fn authorize<T>(
+        &self,
+        request: &tonic::Request<T>,
+        role: crate::auth::Role,
+    ) -> Result<crate::auth::Caller, Status> {
+        let caller = self.auth.authorize(request, role);
+        if let Ok(c) = &caller {
+            tracing::Span::current().record("caller", c.identity.as_str());
+        }
+        caller
     }
 
     /// Admits a call, or sheds it with RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying
@@ -381,8 +417,11 @@ impl Bridge for ViewChoice {
 }
 
 /// A new decision id: UUIDv7, so ids sort by time.
+/// The id joins the call's span, so every later log line of the call carries it.
 pub fn decision_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    let id = uuid::Uuid::now_v7().to_string();
+    tracing::Span::current().record("decision_id", id.as_str());
+    id
 }
 
 /// Page size when a list request leaves it at 0 (AIP-158).

@@ -3,18 +3,18 @@
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, Bridge, Reader};
-use super::{ActivePolicy, invalid_argument, requested_therapies};
+use super::{AppState, invalid_argument, requested_therapies};
 use crate::engine::policy::Severity;
 use crate::pb;
 use crate::pb::policy_service_server::PolicyService;
 
 pub struct PolicyApi {
-    policy: ActivePolicy,
+    state: AppState,
 }
 
 impl PolicyApi {
-    pub fn new(policy: ActivePolicy) -> Self {
-        PolicyApi { policy }
+    pub fn new(state: AppState) -> Self {
+        PolicyApi { state }
     }
 }
 
@@ -24,13 +24,26 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<pb::GetActivePolicyRequest>,
     ) -> Result<Response<pb::GetActivePolicyResponse>, Status> {
-        let req = request.into_inner();
+        observed!(self.state, "GetActivePolicy", request, {
+            self.state
+                .authorize(&request, crate::auth::Role::Evaluate)?;
+            let _permit = self.state.admit()?;
+            describe(&self.state, request.into_inner())
+        })
+    }
+}
+
+fn describe(
+    state: &AppState,
+    req: pb::GetActivePolicyRequest,
+) -> Result<Response<pb::GetActivePolicyResponse>, Status> {
+    {
         let mut r = Reader::default();
         let therapies = requested_therapies(&mut r, &req.therapies);
         if !r.violations.is_empty() {
             return Err(invalid_argument(&r.violations));
         }
-        let policy = self.policy.current();
+        let policy = state.policy.current();
         let (effective_from, effective_to) = convert::period(&policy.period);
         let described = therapies
             .iter()

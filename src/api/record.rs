@@ -8,9 +8,6 @@ use crate::pb;
 use crate::store::{NewDecision, StoreError, StoredDecision, WriteOutcome};
 use prost::Message;
 
-/// The caller recorded until authentication exists.
-pub const ANONYMOUS: &str = "anonymous";
-
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -199,6 +196,8 @@ evaluation_request!(ClassifyFundingRequest, Funding);
 /// A validated request ready to decide: what will be stored, its fingerprint, and the stored
 /// answer if this is a retry.
 pub struct Prepared<R> {
+    /// Who is asking; recorded with the decision.
+    pub caller: crate::auth::Caller,
     /// The call's admission; held until the call finishes.
     pub permit: tokio::sync::OwnedSemaphorePermit,
     /// When the call must be answered by; checked again before the decision is recorded.
@@ -211,12 +210,13 @@ pub struct Prepared<R> {
     pub prior: Option<pb::DecisionRecord>,
 }
 
-/// Admits the call (or sheds it), refuses it if its deadline has already passed, validates it,
+/// Authenticates the caller (role: evaluate), admits the call (or sheds it), refuses it if its deadline has already passed, validates it,
 /// and looks up a stored answer for a retried request_id.
 pub async fn prepare<R: EvaluationRequest>(
     state: &AppState,
     request: tonic::Request<R>,
 ) -> Result<Prepared<R>, Status> {
+    let caller = state.authorize(&request, crate::auth::Role::Evaluate)?;
     let permit = state.admit()?;
     let deadline = super::deadline(&request, &state.limits);
     super::in_time(deadline)?;
@@ -234,7 +234,11 @@ pub async fn prepare<R: EvaluationRequest>(
         evaluation.pseudonym.as_deref(),
     );
     let prior = prior(state, &evaluation.request_id, R::KIND, &fingerprint).await?;
+    if let Some(record) = &prior {
+        tracing::Span::current().record("decision_id", record.decision_id.as_str());
+    }
     Ok(Prepared {
+        caller,
         permit,
         deadline,
         received_ms,

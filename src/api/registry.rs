@@ -176,7 +176,10 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::EnrolPatientRequest>,
     ) -> Result<Response<pb::EnrolPatientResponse>, Status> {
-        observed!(self.state, "EnrolPatient", {
+        observed!(self.state, "EnrolPatient", request, {
+            let _caller = self
+                .state
+                .authorize(&request, crate::auth::Role::RegistryWrite)?;
             let _permit = self.state.admit()?;
             let req = request.into_inner();
             let fields = self.read(
@@ -232,7 +235,10 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::RecordPriorAgreementRequest>,
     ) -> Result<Response<pb::RecordPriorAgreementResponse>, Status> {
-        observed!(self.state, "RecordPriorAgreement", {
+        observed!(self.state, "RecordPriorAgreement", request, {
+            let _caller = self
+                .state
+                .authorize(&request, crate::auth::Role::RegistryWrite)?;
             let _permit = self.state.admit()?;
             let req = request.into_inner();
             let fields = self.read(
@@ -264,7 +270,10 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::GetEnrolmentRequest>,
     ) -> Result<Response<pb::GetEnrolmentResponse>, Status> {
-        observed!(self.state, "GetEnrolment", {
+        observed!(self.state, "GetEnrolment", request, {
+            let _caller = self
+                .state
+                .authorize(&request, crate::auth::Role::RegistryRead)?;
             let _permit = self.state.admit()?;
             let id = request.into_inner().enrolment_id;
             if uuid::Uuid::try_parse(&id).is_err() {
@@ -292,7 +301,10 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::ListEnrolmentsRequest>,
     ) -> Result<Response<pb::ListEnrolmentsResponse>, Status> {
-        observed!(self.state, "ListEnrolments", {
+        observed!(self.state, "ListEnrolments", request, {
+            let _caller = self
+                .state
+                .authorize(&request, crate::auth::Role::RegistryRead)?;
             let _permit = self.state.admit()?;
             let req = request.into_inner();
             let mut r = Reader::default();
@@ -325,7 +337,10 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::WithdrawEnrolmentRequest>,
     ) -> Result<Response<pb::WithdrawEnrolmentResponse>, Status> {
-        observed!(self.state, "WithdrawEnrolment", {
+        observed!(self.state, "WithdrawEnrolment", request, {
+            let _caller = self
+                .state
+                .authorize(&request, crate::auth::Role::RegistryWrite)?;
             let _permit = self.state.admit()?;
             let req = request.into_inner();
             let mut r = Reader::default();

@@ -2,6 +2,8 @@
 //! patient builder so each test reads as a clinical case.
 #![allow(dead_code)]
 
+pub mod jwt;
+
 use net_pathway::api::{ActivePolicy, AppState};
 use net_pathway::client::NetPathwayClient;
 use net_pathway::engine::Policy;
@@ -65,6 +67,30 @@ pub async fn server_with(policy: Policy) -> TestServer {
 
 /// Starts the server with `policy` on the database at `url`.
 pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -> TestServer {
+    start(
+        policy,
+        url,
+        data_dir,
+        net_pathway::auth::Authenticator::open(),
+    )
+    .await
+}
+
+/// Starts the server with the bundled policy, authenticating callers with `auth`. The
+/// client it returns sends no credential.
+pub async fn server_with_auth(auth: net_pathway::auth::Authenticator) -> TestServer {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let url = Store::default_url(data_dir.path());
+    let policy = Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"));
+    start(policy, &url, data_dir, auth).await
+}
+
+async fn start(
+    policy: Policy,
+    url: &str,
+    data_dir: tempfile::TempDir,
+    auth: net_pathway::auth::Authenticator,
+) -> TestServer {
     let store = Store::open(url)
         .await
         .unwrap_or_else(|e| panic!("store {url}: {e}"));
@@ -78,7 +104,8 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
             ..Default::default()
         },
     )
-    .expect("app state");
+    .expect("app state")
+    .with_auth(auth);
     let in_flight = std::sync::Arc::clone(&state.in_flight);
     let shared = state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

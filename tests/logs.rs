@@ -1,0 +1,150 @@
+//! What the real binary logs about a call: every line of the call carries its trace id and
+//! decision id, and no line carries the patient's NHS number, clinical values or the token.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::jwt::{self, IdentityProvider};
+use common::*;
+use net_pathway::client::{ClientOptions, NetPathwayClient};
+use net_pathway::pb;
+use net_pathway::pb::eligibility_service_client::EligibilityServiceClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const NHS_NUMBER: &str = "9434765919";
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+#[tokio::test]
+async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_data() {
+    let dir = tempfile::tempdir().expect("dir");
+    let idp = IdentityProvider::new("hospital-idp-2026");
+    let jwks = IdentityProvider::jwks_file(dir.path(), &[&idp]);
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--jwt-issuer", jwt::ISSUER, "--jwt-audience", jwt::AUDIENCE])
+        .arg("--jwks-file")
+        .arg(&jwks)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start net-pathway");
+
+    let token = idp.token("mdt-workflow", &["evaluate"]);
+    let options = ClientOptions {
+        bearer_token: Some(token.clone()),
+        ..ClientOptions::default()
+    };
+    let started = Instant::now();
+    let client = loop {
+        match NetPathwayClient::connect_with(format!("http://127.0.0.1:{port}"), options.clone())
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if started.elapsed() > Duration::from_secs(20) => panic!("no server: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+
+    // A referral that names the patient and carries clinical values, with the caller's trace.
+    let mut patient = ta539_small_bowel().england().ki67(13.7).profile();
+    patient.identifiers = Some(pb::PatientIdentifiers {
+        nhs_number: NHS_NUMBER.into(),
+        ..Default::default()
+    });
+    let mut request = tonic::Request::new(pb::EvaluateEligibilityRequest {
+        patient: Some(patient),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-00f067aa0ba902b7-01")
+            .parse()
+            .expect("header"),
+    );
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let answer = EligibilityServiceClient::new(client.channel())
+        .evaluate_eligibility(request)
+        .await
+        .expect("answered");
+    assert_eq!(
+        answer
+            .metadata()
+            .get("x-trace-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(TRACE_ID),
+        "the caller's trace id comes back"
+    );
+    let decision_id = answer.into_inner().decision_id;
+
+    // A refused call is logged with its own trace id too.
+    let refused = client
+        .with_bearer_token("not.a.jwt")
+        .expect("token")
+        .evaluate_eligibility(pb::EvaluateEligibilityRequest::default())
+        .await
+        .expect_err("bad token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    server.kill().expect("stop");
+    let mut logs = String::new();
+    server
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut logs)
+        .expect("read logs");
+    let _ = server.wait();
+
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of_call: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["span"]["trace_id"] == TRACE_ID)
+        .collect();
+    assert!(!of_call.is_empty(), "the call logged nothing: {logs}");
+    for line in &of_call {
+        assert_eq!(line["span"]["decision_id"], decision_id.as_str(), "{line}");
+        assert_eq!(line["span"]["caller"], "mdt-workflow", "{line}");
+        assert_eq!(line["span"]["method"], "EvaluateEligibility", "{line}");
+    }
+    assert!(
+        of_call.iter().any(|l| l["message"] == "call finished"),
+        "{logs}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "call refused" && l["span"]["trace_id"].is_string()),
+        "the refused call is logged with a trace id: {logs}"
+    );
+    for forbidden in [
+        NHS_NUMBER,
+        "943 476 5919",
+        "13.7",
+        token.as_str(),
+        "not.a.jwt",
+    ] {
+        assert!(
+            !logs.contains(forbidden),
+            "the logs contain '{forbidden}': {logs}"
+        );
+    }
+}
