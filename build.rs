@@ -3,7 +3,7 @@
 use protox::prost::Message;
 use std::{env, path::PathBuf};
 
-const PROTOS: [&str; 7] = [
+const PROTOS: [&str; 8] = [
     "netpathway/v1/common.proto",
     "netpathway/v1/patient.proto",
     "netpathway/v1/eligibility_service.proto",
@@ -11,6 +11,7 @@ const PROTOS: [&str; 7] = [
     "netpathway/v1/policy_service.proto",
     "netpathway/v1/decision_log_service.proto",
     "netpathway/v1/registry_service.proto",
+    "netpathway/v1/screening_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .client_mod_attribute(".", "#[cfg(feature = \"client\")]")
         .server_mod_attribute(".", "#[cfg(feature = \"server\")]")
+        // google.rpc.Status is tonic-types' own, so in-stream errors carry the same details types.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(fds)?;
     Ok(())
 }

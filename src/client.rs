@@ -42,6 +42,7 @@ use crate::pb::eligibility_service_client::EligibilityServiceClient;
 use crate::pb::funding_service_client::FundingServiceClient;
 use crate::pb::policy_service_client::PolicyServiceClient;
 use crate::pb::registry_service_client::RegistryServiceClient;
+use crate::pb::screening_service_client::ScreeningServiceClient;
 
 /// Connect timeout used by [`NetPathwayClient::connect`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,6 +147,17 @@ pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// An in-stream error (a `google.rpc.Status` in a ScreenCohort answer) as a [`Status`], so
+/// [`field_violations`] and `tonic_types::StatusExt` read its details like a call's error.
+pub fn stream_error(error: &tonic_types::pb::Status) -> Status {
+    use prost::Message;
+    Status::with_details(
+        tonic::Code::from_i32(error.code),
+        error.message.clone(),
+        error.encode_to_vec().into(),
+    )
 }
 
 /// A cheap-to-clone client for all net-pathway services over one HTTP/2 connection.
@@ -304,3 +316,29 @@ rpc!(
     /// Withdraws an enrolment.
     withdraw_enrolment, RegistryServiceClient, WithdrawEnrolmentRequest => WithdrawEnrolmentResponse
 );
+
+impl NetPathwayClient {
+    /// Screens a cohort: sends `patients` on one stream and returns the stream of answers, each
+    /// carrying its request's correlation_id (answers may come in a different order). A
+    /// patient's error arrives in-stream as that answer's `error`. No deadline is set: a cohort
+    /// may take as long as it takes; drop the returned stream to cancel.
+    pub async fn screen_cohort<S>(
+        &self,
+        patients: S,
+    ) -> Result<tonic::Streaming<pb::ScreenCohortResponse>, Status>
+    where
+        S: tokio_stream::Stream<Item = pb::ScreenCohortRequest> + Send + 'static,
+    {
+        let mut client = self.compress(ScreeningServiceClient::new(self.channel.clone()), |c| {
+            c.send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip)
+        });
+        let mut request = Request::new(patients);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(client.screen_cohort(request).await?.into_inner())
+    }
+}

@@ -66,6 +66,18 @@ pub struct ServeConfig {
     /// Default: an SQLite file `net-pathway.db` in the data directory.
     #[arg(long, env = "NETPATHWAY_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Record every decision (`on`), or answer without recording (`off`: benchmarks and
+    /// research only; request_id retries are then not recognised). Off is logged as a warning
+    /// at start and shown as netpathway_decision_log_enabled 0.
+    #[arg(long, env = "NETPATHWAY_DECISION_LOG", value_enum, default_value_t = Switch::On)]
+    pub decision_log: Switch,
+    /// Patients one ScreenCohort stream may send; the stream then ends with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "NETPATHWAY_MAX_PATIENTS_PER_STREAM",
+        default_value_t = 1_000_000
+    )]
+    pub max_patients_per_stream: u64,
     /// Directory for the embedded database and the generated pseudonym key.
     #[arg(long, env = "NETPATHWAY_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -135,6 +147,12 @@ pub struct ServeConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -151,6 +169,7 @@ impl ServeConfig {
             retry_after: Duration::from_millis(self.retry_after_ms),
             http2_keepalive: Duration::from_secs(self.http2_keepalive_seconds),
             health_check_interval: Duration::from_secs(self.health_check_seconds.max(1)),
+            max_patients_per_stream: self.max_patients_per_stream,
         }
     }
 }

@@ -137,13 +137,16 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
         let seconds = config.policy_poll_seconds.max(1);
         tokio::spawn(watch_keys(auth.clone(), path, Duration::from_secs(seconds)));
     }
-    let state = AppState::new(
-        policy.clone(),
-        DecisionLog::start(store),
-        pseudonymiser,
-        config.limits(),
-    )?
-    .with_auth(auth);
+    let log = match config.decision_log {
+        net_pathway::config::Switch::On => DecisionLog::start(store),
+        net_pathway::config::Switch::Off => {
+            tracing::warn!(
+                "decision log OFF (--decision-log off): decisions are answered but not recorded; for benchmarks and research only"
+            );
+            DecisionLog::off(store)
+        }
+    };
+    let state = AppState::new(policy.clone(), log, pseudonymiser, config.limits())?.with_auth(auth);
     let reloads = std::sync::Arc::new(reload::ReloadCounters::default());
     if let Some(path) = config.policy.clone() {
         // Zero means SIGHUP only: the file is then looked at once a day at most.

@@ -27,6 +27,7 @@ pub struct Metrics {
     decisions: IntCounterVec,
     log_write: HistogramVec,
     log_queue: IntGauge,
+    log_enabled: IntGauge,
     policy_info: IntGaugeVec,
 }
 
@@ -73,6 +74,10 @@ impl Metrics {
             "netpathway_decision_log_queue_depth",
             "Decisions waiting for the decision log writer.",
         )?;
+        let log_enabled = IntGauge::new(
+            "netpathway_decision_log_enabled",
+            "1 when decisions are recorded; 0 when the decision log is switched off.",
+        )?;
         let policy_info = IntGaugeVec::new(
             Opts::new("netpathway_policy_info", "The active policy (value 1)."),
             &["version", "content_hash"],
@@ -83,6 +88,7 @@ impl Metrics {
             Box::new(decisions.clone()),
             Box::new(log_write.clone()),
             Box::new(log_queue.clone()),
+            Box::new(log_enabled.clone()),
             Box::new(policy_info.clone()),
         ] {
             registry.register(collector)?;
@@ -94,6 +100,7 @@ impl Metrics {
             decisions,
             log_write,
             log_queue,
+            log_enabled,
             policy_info,
         })
     }
@@ -130,6 +137,7 @@ impl Metrics {
             .set(1);
         self.log_queue
             .set(i64::try_from(state.log.queue_depth()).unwrap_or(i64::MAX));
+        self.log_enabled.set(i64::from(state.log.enabled()));
         let mut buffer = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!("cannot encode metrics: {e}");

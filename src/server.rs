@@ -8,12 +8,15 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
-use crate::api::{AppState, DecisionLogApi, EligibilityApi, FundingApi, PolicyApi, RegistryApi};
+use crate::api::{
+    AppState, DecisionLogApi, EligibilityApi, FundingApi, PolicyApi, RegistryApi, ScreeningApi,
+};
 use crate::pb::decision_log_service_server::DecisionLogServiceServer;
 use crate::pb::eligibility_service_server::EligibilityServiceServer;
 use crate::pb::funding_service_server::FundingServiceServer;
 use crate::pb::policy_service_server::PolicyServiceServer;
 use crate::pb::registry_service_server::RegistryServiceServer;
+use crate::pb::screening_service_server::ScreeningServiceServer;
 
 /// Descriptor sets served by reflection: ours, health's, and google.rpc's (so grpcurl can
 /// print BadRequest details).
@@ -87,6 +90,7 @@ pub async fn serve_with_health(
         PolicyServiceServer::<PolicyApi>::NAME,
         DecisionLogServiceServer::<DecisionLogApi>::NAME,
         RegistryServiceServer::<RegistryApi>::NAME,
+        ScreeningServiceServer::<ScreeningApi>::NAME,
     ];
     let (reporter, health) = tonic_health::server::health_reporter();
     for service in services.into_iter().chain([LIVENESS]) {
@@ -193,6 +197,10 @@ pub async fn serve_with_health(
         ))
         .add_service(compressed!(
             DecisionLogServiceServer::new(DecisionLogApi::new(state.clone())),
+            limits
+        ))
+        .add_service(compressed!(
+            ScreeningServiceServer::new(ScreeningApi::new(state.clone())),
             limits
         ))
         .add_service(compressed!(

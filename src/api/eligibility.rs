@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::record;
-use super::{AppState, convert, decision_id, in_time};
+use super::{AppState, convert, decision_id};
 use crate::api::convert::Bridge;
 use crate::engine::policy::Status as EligibilityStatus;
 use crate::pb;
@@ -28,80 +28,84 @@ impl EligibilityService for EligibilityApi {
         request: Request<pb::EvaluateEligibilityRequest>,
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
         observed!(self.state, "EvaluateEligibility", request, {
-            let record::Prepared {
-                caller,
-                permit: _permit,
-                deadline,
-                received_ms,
-                evaluation: e,
-                stored_request,
-                fingerprint,
-                prior,
-            } = record::prepare(&self.state, request).await?;
-            if let Some(prior) = prior {
-                return stored_response(prior);
-            }
-
-            let policy = self.state.policy.current();
-            let facts = policy.facts(&e.patient, e.as_of);
-            let answers: Vec<_> = e
-                .therapies
-                .iter()
-                .map(|t| policy.eligibility(&facts, *t))
-                .collect();
-            let response = pb::EvaluateEligibilityResponse {
-                decision_id: decision_id(),
-                request_id: e.request_id.clone(),
-                policy: Some(convert::policy_reference(&policy)),
-                as_of_date: Some(convert::date(e.as_of)),
-                therapies: answers
-                    .iter()
-                    .map(|a| convert::eligibility(&policy, a, e.full))
-                    .collect(),
-                derived: e.full.then(|| convert::derived(&facts)),
-            };
-            for t in &response.therapies {
-                self.state.metrics.decision(
-                    "eligibility",
-                    t.therapy().as_str_name(),
-                    t.status().as_str_name(),
-                );
-            }
-            let outcomes = answers
-                .iter()
-                .map(|a| (a.therapy.to_proto(), status_number(a.status), 0))
-                .collect();
-            let record = pb::DecisionRecord {
-                decision_id: response.decision_id.clone(),
-                request_id: e.request_id,
-                received_time: Some(record::timestamp(received_ms)),
-                caller: caller.identity,
-                policy: response.policy.clone(),
-                as_of_date: response.as_of_date,
-                kind: KIND as i32,
-                patient_pseudonym: e.pseudonym.unwrap_or_default(),
-                request: Some(pb::decision_record::Request::EligibilityRequest(
-                    stored_request,
-                )),
-                response: Some(pb::decision_record::Response::EligibilityResponse(
-                    response.clone(),
-                )),
-                registry_observations: Vec::new(),
-            };
-            in_time(deadline)?;
-            if let Some(winner) =
-                record::persist(&self.state, &record, fingerprint, outcomes).await?
-            {
-                return stored_response(winner);
-            }
-            tracing::info!(
-                decision_id = %response.decision_id,
-                policy_version = %policy.version,
-                therapies = response.therapies.len(),
-                "eligibility evaluated and recorded"
-            );
-            Ok(Response::new(response))
+            let call = record::admit(&self.state, &request)?;
+            let validated = record::validate(&self.state, request.into_inner()).await?;
+            decide(&self.state, &call.caller, validated, Some(call.deadline))
+                .await
+                .map(Response::new)
         })
+    }
+}
+
+/// Decides eligibility for a validated request and records it (unary calls and cohort
+/// screening alike). A retried request_id gets its stored answer.
+pub async fn decide(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    validated: record::Validated<pb::EvaluateEligibilityRequest>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<pb::EvaluateEligibilityResponse, Status> {
+    let record::Validated {
+        received_ms,
+        evaluation: e,
+        stored_request,
+        fingerprint,
+        prior,
+    } = validated;
+    if let Some(prior) = prior {
+        return stored_response(prior);
+    }
+    let policy = state.policy.current();
+    let facts = policy.facts(&e.patient, e.as_of);
+    let answers: Vec<_> = e
+        .therapies
+        .iter()
+        .map(|t| policy.eligibility(&facts, *t))
+        .collect();
+    let response = pb::EvaluateEligibilityResponse {
+        decision_id: decision_id(),
+        request_id: e.request_id.clone(),
+        policy: Some(convert::policy_reference(&policy)),
+        as_of_date: Some(convert::date(e.as_of)),
+        therapies: answers
+            .iter()
+            .map(|a| convert::eligibility(&policy, a, e.full))
+            .collect(),
+        derived: e.full.then(|| convert::derived(&facts)),
+    };
+    for t in &response.therapies {
+        state.metrics.decision(
+            "eligibility",
+            t.therapy().as_str_name(),
+            t.status().as_str_name(),
+        );
+    }
+    let build = || pb::DecisionRecord {
+        decision_id: response.decision_id.clone(),
+        request_id: e.request_id,
+        received_time: Some(record::timestamp(received_ms)),
+        caller: caller.identity.clone(),
+        policy: response.policy.clone(),
+        as_of_date: response.as_of_date,
+        kind: KIND as i32,
+        patient_pseudonym: e.pseudonym.unwrap_or_default(),
+        request: Some(pb::decision_record::Request::EligibilityRequest(
+            stored_request,
+        )),
+        response: Some(pb::decision_record::Response::EligibilityResponse(
+            response.clone(),
+        )),
+        registry_observations: Vec::new(),
+    };
+    let outcomes = || {
+        answers
+            .iter()
+            .map(|a| (a.therapy.to_proto(), status_number(a.status), 0))
+            .collect()
+    };
+    match record::record_decision(state, deadline, build, fingerprint, outcomes).await? {
+        Some(winner) => stored_response(winner),
+        None => Ok(response),
     }
 }
 
@@ -113,11 +117,9 @@ fn status_number(status: EligibilityStatus) -> i32 {
     }
 }
 
-fn stored_response(
-    record: pb::DecisionRecord,
-) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
+fn stored_response(record: pb::DecisionRecord) -> Result<pb::EvaluateEligibilityResponse, Status> {
     match record.response {
-        Some(pb::decision_record::Response::EligibilityResponse(r)) => Ok(Response::new(r)),
+        Some(pb::decision_record::Response::EligibilityResponse(r)) => Ok(r),
         _ => Err(Status::internal(format!(
             "stored decision {} has no eligibility response",
             record.decision_id

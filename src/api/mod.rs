@@ -35,6 +35,7 @@ mod funding;
 mod policy;
 mod record;
 mod registry;
+mod screening;
 
 use std::sync::{Arc, RwLock};
 
@@ -53,6 +54,7 @@ pub use errors::invalid_argument;
 pub use funding::FundingApi;
 pub use policy::PolicyApi;
 pub use registry::RegistryApi;
+pub use screening::ScreeningApi;
 
 use crate::store::DecisionLog;
 use crate::store::pseudonym::{Pseudonymiser, valid_nhs_number};
@@ -147,6 +149,8 @@ pub struct Limits {
     pub http2_keepalive: std::time::Duration,
     /// How often health checks that the database answers.
     pub health_check_interval: std::time::Duration,
+    /// Patients one ScreenCohort stream may send.
+    pub max_patients_per_stream: u64,
 }
 
 impl Default for Limits {
@@ -158,6 +162,7 @@ impl Default for Limits {
             retry_after: std::time::Duration::from_millis(100),
             http2_keepalive: std::time::Duration::from_secs(30),
             health_check_interval: std::time::Duration::from_secs(5),
+            max_patients_per_stream: 1_000_000,
         }
     }
 }
@@ -285,6 +290,7 @@ fn earliest_as_of() -> NaiveDate {
 }
 
 /// A validated evaluation request, shared by eligibility and funding.
+#[derive(Clone)]
 pub struct Evaluation {
     pub request_id: String,
     pub patient: Patient,

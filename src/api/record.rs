@@ -193,39 +193,62 @@ macro_rules! evaluation_request {
 evaluation_request!(EvaluateEligibilityRequest, Eligibility);
 evaluation_request!(ClassifyFundingRequest, Funding);
 
-/// A validated request ready to decide: what will be stored, its fingerprint, and the stored
-/// answer if this is a retry.
-pub struct Prepared<R> {
+/// An admitted call: who is asking, its admission permit and its deadline.
+pub struct Admitted {
     /// Who is asking; recorded with the decision.
     pub caller: crate::auth::Caller,
     /// The call's admission; held until the call finishes.
+    #[expect(dead_code, reason = "held, never read: dropping it ends the admission")]
     pub permit: tokio::sync::OwnedSemaphorePermit,
     /// When the call must be answered by; checked again before the decision is recorded.
     pub deadline: tokio::time::Instant,
+}
+
+/// Authenticates the caller (role: evaluate), admits the call (or sheds it), and refuses it if
+/// its deadline has already passed.
+pub fn admit<T>(state: &AppState, request: &tonic::Request<T>) -> Result<Admitted, Status> {
+    let caller = state.authorize(request, crate::auth::Role::Evaluate)?;
+    let permit = state.admit()?;
+    let deadline = super::deadline(request, &state.limits);
+    super::in_time(deadline)?;
+    Ok(Admitted {
+        caller,
+        permit,
+        deadline,
+    })
+}
+
+/// A validated request ready to decide: what will be stored, its fingerprint, and the stored
+/// answer if this is a retry.
+pub struct Validated<R> {
     pub received_ms: i64,
     pub evaluation: Evaluation,
     /// The request without its identifiers (the pseudonym stands in).
     pub stored_request: R,
+    /// Empty when the decision log is off.
     pub fingerprint: String,
     pub prior: Option<pb::DecisionRecord>,
 }
 
-/// Authenticates the caller (role: evaluate), admits the call (or sheds it), refuses it if its deadline has already passed, validates it,
-/// and looks up a stored answer for a retried request_id.
-pub async fn prepare<R: EvaluationRequest>(
+/// Validates the request and looks up a stored answer for a retried request_id.
+pub async fn validate<R: EvaluationRequest>(
     state: &AppState,
-    request: tonic::Request<R>,
-) -> Result<Prepared<R>, Status> {
-    let caller = state.authorize(&request, crate::auth::Role::Evaluate)?;
-    let permit = state.admit()?;
-    let deadline = super::deadline(&request, &state.limits);
-    super::in_time(deadline)?;
-    let request = request.into_inner();
+    request: R,
+) -> Result<Validated<R>, Status> {
     let received_ms = now_ms();
     let evaluation = request.evaluation(state, None)?;
     let mut stored_request = request;
     if let Some(p) = stored_request.patient_mut() {
         p.identifiers = None;
+    }
+    if !state.log.enabled() {
+        return Ok(Validated {
+            received_ms,
+            evaluation,
+            stored_request,
+            fingerprint: String::new(),
+            prior: None,
+        });
     }
     let fingerprint = fingerprint(
         state,
@@ -237,14 +260,60 @@ pub async fn prepare<R: EvaluationRequest>(
     if let Some(record) = &prior {
         tracing::Span::current().record("decision_id", record.decision_id.as_str());
     }
-    Ok(Prepared {
-        caller,
-        permit,
-        deadline,
+    Ok(Validated {
         received_ms,
         evaluation,
         stored_request,
         fingerprint,
         prior,
     })
+}
+
+/// Checks the deadline, then writes the record unless the decision log is off. Returns the
+/// stored record when a concurrent call with the same request_id won the race.
+pub async fn record_decision(
+    state: &AppState,
+    deadline: Option<tokio::time::Instant>,
+    build: impl FnOnce() -> pb::DecisionRecord,
+    fingerprint: String,
+    outcomes: impl FnOnce() -> Vec<(i32, i32, i32)>,
+) -> Result<Option<pb::DecisionRecord>, Status> {
+    if let Some(deadline) = deadline {
+        super::in_time(deadline)?;
+    }
+    if !state.log.enabled() {
+        return Ok(None);
+    }
+    persist(state, &build(), fingerprint, outcomes()).await
+}
+
+/// A second request about the same patient, validated already as `first`: shares its
+/// evaluation and gets its own fingerprint (cohort screening decides eligibility and funding
+/// from one validation). Stream requests carry no request_id, so there is no prior answer.
+pub fn alongside<R1: EvaluationRequest, R2: EvaluationRequest>(
+    state: &AppState,
+    first: &Validated<R1>,
+    request: R2,
+) -> Validated<R2> {
+    let mut stored_request = request;
+    if let Some(p) = stored_request.patient_mut() {
+        p.identifiers = None;
+    }
+    let fingerprint = if state.log.enabled() {
+        fingerprint(
+            state,
+            R2::KIND,
+            &stored_request.encode_to_vec(),
+            first.evaluation.pseudonym.as_deref(),
+        )
+    } else {
+        String::new()
+    };
+    Validated {
+        received_ms: first.received_ms,
+        evaluation: first.evaluation.clone(),
+        stored_request,
+        fingerprint,
+        prior: None,
+    }
 }

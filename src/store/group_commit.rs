@@ -16,7 +16,8 @@ type Reply = oneshot::Sender<Result<WriteOutcome, String>>;
 /// The decision log writer. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DecisionLog {
-    queue: mpsc::Sender<(NewDecision, Reply)>,
+    /// `None` when the decision log is off.
+    queue: Option<mpsc::Sender<(NewDecision, Reply)>>,
     store: Store,
 }
 
@@ -25,7 +26,22 @@ impl DecisionLog {
     pub fn start(store: Store) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(write_batches(store.clone(), jobs));
-        DecisionLog { queue, store }
+        DecisionLog {
+            queue: Some(queue),
+            store,
+        }
+    }
+
+    /// The decision log switched off (benchmarks, research): decisions are answered and not
+    /// recorded, and request_id retries are not recognised. The store still serves the
+    /// registry and reads of decisions recorded earlier.
+    pub fn off(store: Store) -> Self {
+        DecisionLog { queue: None, store }
+    }
+
+    /// Whether decisions are recorded.
+    pub fn enabled(&self) -> bool {
+        self.queue.is_some()
     }
 
     pub fn store(&self) -> &Store {
@@ -34,13 +50,16 @@ impl DecisionLog {
 
     /// Decisions waiting for the writer now.
     pub fn queue_depth(&self) -> usize {
-        QUEUE_DEPTH.saturating_sub(self.queue.capacity())
+        self.queue
+            .as_ref()
+            .map_or(0, |q| QUEUE_DEPTH.saturating_sub(q.capacity()))
     }
 
     /// Writes one decision durably, sharing the transaction with whatever else is waiting.
     pub async fn record(&self, decision: NewDecision) -> Result<WriteOutcome, StoreError> {
+        let queue = self.queue.as_ref().ok_or(StoreError::LogOff)?;
         let (reply, answer) = oneshot::channel();
-        self.queue
+        queue
             .send((decision, reply))
             .await
             .map_err(|_| StoreError::WriterStopped)?;

@@ -36,6 +36,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("the decision log writer has stopped")]
     WriterStopped,
+    #[error("the decision log is switched off")]
+    LogOff,
     #[error("the decision log write failed: {0}")]
     Write(String),
 }

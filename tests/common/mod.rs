@@ -72,6 +72,32 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
         url,
         data_dir,
         net_pathway::auth::Authenticator::open(),
+        test_limits(),
+        true,
+    )
+    .await
+}
+
+/// The default limits, with health checking the database every 100 ms.
+pub fn test_limits() -> net_pathway::api::Limits {
+    net_pathway::api::Limits {
+        health_check_interval: std::time::Duration::from_millis(100),
+        ..Default::default()
+    }
+}
+
+/// Starts the server with the bundled policy, these limits, and the decision log on or off.
+pub async fn server_configured(limits: net_pathway::api::Limits, decision_log: bool) -> TestServer {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let url = Store::default_url(data_dir.path());
+    let policy = Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"));
+    start(
+        policy,
+        &url,
+        data_dir,
+        net_pathway::auth::Authenticator::open(),
+        limits,
+        decision_log,
     )
     .await
 }
@@ -82,7 +108,7 @@ pub async fn server_with_auth(auth: net_pathway::auth::Authenticator) -> TestSer
     let data_dir = tempfile::tempdir().expect("temp dir");
     let url = Store::default_url(data_dir.path());
     let policy = Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"));
-    start(policy, &url, data_dir, auth).await
+    start(policy, &url, data_dir, auth, test_limits(), true).await
 }
 
 async fn start(
@@ -90,19 +116,23 @@ async fn start(
     url: &str,
     data_dir: tempfile::TempDir,
     auth: net_pathway::auth::Authenticator,
+    limits: net_pathway::api::Limits,
+    decision_log: bool,
 ) -> TestServer {
     let store = Store::open(url)
         .await
         .unwrap_or_else(|e| panic!("store {url}: {e}"));
     let active = ActivePolicy::new(policy);
+    let log = if decision_log {
+        DecisionLog::start(store.clone())
+    } else {
+        DecisionLog::off(store.clone())
+    };
     let state = AppState::new(
         active.clone(),
-        DecisionLog::start(store.clone()),
+        log,
         Pseudonymiser::new(&TEST_KEY).expect("test key"),
-        net_pathway::api::Limits {
-            health_check_interval: std::time::Duration::from_millis(100),
-            ..Default::default()
-        },
+        limits,
     )
     .expect("app state")
     .with_auth(auth);

@@ -1,0 +1,216 @@
+//! ScreeningService: eligibility and funding for a stream of patients. Each patient is decided
+//! and recorded exactly as the unary RPCs would; errors stay with their patient.
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{AppState, eligibility, funding, record};
+use crate::auth::{Caller, Role};
+use crate::domain::Violation;
+use crate::pb;
+use crate::pb::screening_service_server::ScreeningService;
+
+/// Patients decided at once per stream, and answers buffered towards the caller: the read-ahead
+/// window that gives the stream its flow control.
+const WINDOW: usize = 64;
+/// Longest correlation id accepted.
+const MAX_CORRELATION_ID: usize = 128;
+
+pub struct ScreeningApi {
+    state: AppState,
+}
+
+impl ScreeningApi {
+    pub fn new(state: AppState) -> Self {
+        ScreeningApi { state }
+    }
+}
+
+type Answers = ReceiverStream<Result<pb::ScreenCohortResponse, Status>>;
+
+#[tonic::async_trait]
+impl ScreeningService for ScreeningApi {
+    type ScreenCohortStream = Answers;
+
+    async fn screen_cohort(
+        &self,
+        request: Request<Streaming<pb::ScreenCohortRequest>>,
+    ) -> Result<Response<Answers>, Status> {
+        observed!(self.state, "ScreenCohort", request, {
+            let caller = self.state.authorize(&request, Role::Evaluate)?;
+            // One admission for the whole stream: it counts as one call in progress.
+            let permit = self.state.admit()?;
+            let (answers, rx) = mpsc::channel(WINDOW);
+            let stream = screen(self.state.clone(), caller, request.into_inner(), answers);
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
+                stream.await;
+                drop(permit);
+            }));
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
+    }
+}
+
+/// Reads patients while fewer than WINDOW are being decided, sends each answer as it is ready,
+/// and stops at the caller's end of stream, the per-stream limit, or a caller who went away.
+async fn screen(
+    state: AppState,
+    caller: Caller,
+    mut patients: Streaming<pb::ScreenCohortRequest>,
+    answers: mpsc::Sender<Result<pb::ScreenCohortResponse, Status>>,
+) {
+    let limit = state.limits.max_patients_per_stream;
+    let mut deciding = FuturesUnordered::new();
+    let (mut received, mut screened, mut refused) = (0u64, 0u64, 0u64);
+    let mut reading = true;
+    let mut ending: Option<Status> = None;
+    loop {
+        tokio::select! {
+            biased;
+            Some(answer) = deciding.next(), if !deciding.is_empty() => {
+                let answer: pb::ScreenCohortResponse = answer;
+                if matches!(answer.result, Some(pb::screen_cohort_response::Result::Error(_))) {
+                    refused += 1;
+                } else {
+                    screened += 1;
+                }
+                if answers.send(Ok(answer)).await.is_err() {
+                    tracing::warn!(received, "screening caller went away; stopping");
+                    return;
+                }
+            }
+            next = patients.message(), if reading && deciding.len() < WINDOW => match next {
+                Ok(Some(request)) if received < limit => {
+                    received += 1;
+                    deciding.push(screen_one(&state, &caller, request));
+                }
+                Ok(Some(_)) => {
+                    reading = false;
+                    ending = Some(Status::resource_exhausted(format!(
+                        "this stream reached the limit of {limit} patients; the first {limit} were answered; send the rest on a new stream"
+                    )));
+                }
+                Ok(None) => reading = false,
+                Err(status) => {
+                    reading = false;
+                    tracing::warn!(code = ?status.code(), "screening stream broken by the caller");
+                }
+            },
+            else => break,
+        }
+    }
+    if let Some(status) = ending {
+        let _ = answers.send(Err(status)).await;
+    }
+    tracing::info!(received, screened, refused, "screening stream finished");
+}
+
+/// One patient: validated once, then eligibility and funding decided and recorded.
+async fn screen_one(
+    state: &AppState,
+    caller: &Caller,
+    request: pb::ScreenCohortRequest,
+) -> pb::ScreenCohortResponse {
+    let span = tracing::info_span!("patient", decision_id = tracing::field::Empty);
+    let pb::ScreenCohortRequest {
+        correlation_id,
+        patient,
+        therapies,
+        as_of_date,
+        view,
+    } = request;
+    let result = tracing::Instrument::instrument(
+        async {
+            let id_problem = correlation_problem(&correlation_id);
+            let eligibility_request = pb::EvaluateEligibilityRequest {
+                request_id: String::new(),
+                patient,
+                therapies,
+                as_of_date,
+                view,
+            };
+            let validated = match record::validate(state, eligibility_request.clone()).await {
+                Ok(v) => v,
+                Err(status) => return Err(with_correlation_problem(status, id_problem)),
+            };
+            if let Some(problem) = id_problem {
+                return Err(with_correlation_problem(
+                    super::invalid_argument(&[]),
+                    Some(problem),
+                ));
+            }
+            let funding_request = pb::ClassifyFundingRequest {
+                request_id: String::new(),
+                patient: eligibility_request.patient,
+                therapies: eligibility_request.therapies,
+                as_of_date: eligibility_request.as_of_date,
+                view: eligibility_request.view,
+            };
+            let for_funding = record::alongside(state, &validated, funding_request);
+            let eligibility = eligibility::decide(state, caller, validated, None).await?;
+            let funding = funding::decide(state, caller, for_funding, None).await?;
+            Ok(pb::ScreeningResult {
+                eligibility: Some(eligibility),
+                funding: Some(funding),
+            })
+        },
+        span,
+    )
+    .await;
+    pb::ScreenCohortResponse {
+        correlation_id,
+        result: Some(match result {
+            Ok(screened) => pb::screen_cohort_response::Result::Screened(screened),
+            Err(status) => pb::screen_cohort_response::Result::Error(rpc_status(&status)),
+        }),
+    }
+}
+
+fn correlation_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        Some("is required: the caller's id for this patient in the stream".into())
+    } else if id.chars().count() > MAX_CORRELATION_ID || id.chars().any(char::is_control) {
+        Some(format!(
+            "must be at most {MAX_CORRELATION_ID} printable characters"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Adds the correlation id's violation to a validation error, so the caller sees every problem.
+fn with_correlation_problem(status: Status, problem: Option<String>) -> Status {
+    use tonic_types::StatusExt;
+    let Some(problem) = problem else {
+        return status;
+    };
+    let mut violations = vec![Violation {
+        field: "correlation_id".into(),
+        description: problem,
+    }];
+    if let Some(bad) = status.get_error_details().bad_request() {
+        violations.extend(bad.field_violations.iter().map(|v| Violation {
+            field: v.field.clone(),
+            description: v.description.clone(),
+        }));
+    }
+    super::invalid_argument(&violations)
+}
+
+/// The status as google.rpc.Status, with its details (BadRequest, RetryInfo) intact.
+fn rpc_status(status: &Status) -> tonic_types::pb::Status {
+    if !status.details().is_empty()
+        && let Ok(decoded) = tonic_types::pb::Status::decode(status.details())
+    {
+        return decoded;
+    }
+    tonic_types::pb::Status {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: Vec::new(),
+    }
+}
