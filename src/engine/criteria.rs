@@ -64,7 +64,11 @@ pub struct Facts<'a> {
     pub age: Option<i32>,
     pub grade: GradeAssessment,
     /// Registries (policy ids) in which the patient is actively enrolled, as the store says.
+    /// Set before any criterion is evaluated: findings are remembered once made.
     pub registry_enrolments: Vec<String>,
+    /// Each criterion's finding, made at most once per patient and date: eligibility, funding,
+    /// MDT selection and delivery sites share most criteria.
+    pub findings: Vec<std::sync::OnceLock<std::sync::Arc<Finding>>>,
 }
 
 /// A numeric patient input a threshold check may name in the policy file.

@@ -12,7 +12,7 @@ use crate::domain::{Nation, Patient, Therapy};
 #[derive(Debug, Clone)]
 pub struct CriterionReport {
     pub criterion: usize,
-    pub finding: Finding,
+    pub finding: std::sync::Arc<Finding>,
 }
 
 /// A safety finding for specialist review.
@@ -102,14 +102,23 @@ impl Policy {
             age: patient.age_on(as_of),
             grade: self.grading.assess(patient),
             registry_enrolments: Vec::new(),
+            findings: (0..self.criteria.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
         }
     }
 
-    /// Evaluates one criterion (composites evaluate their members).
-    pub fn finding(&self, criterion: usize, facts: &Facts) -> Finding {
-        self.criteria[criterion]
-            .check
-            .evaluate(facts, &|member| self.finding(member, facts))
+    /// Evaluates one criterion (composites evaluate their members), once per patient and date.
+    pub fn finding(&self, criterion: usize, facts: &Facts) -> std::sync::Arc<Finding> {
+        let evaluate = || {
+            std::sync::Arc::new(self.criteria[criterion].check.evaluate(facts, &|member| {
+                Finding::clone(&self.finding(member, facts))
+            }))
+        };
+        match facts.findings.get(criterion) {
+            Some(cell) => std::sync::Arc::clone(cell.get_or_init(evaluate)),
+            None => evaluate(),
+        }
     }
 
     fn report(&self, criterion: usize, facts: &Facts) -> CriterionReport {

@@ -1,0 +1,421 @@
+//! `net-pathway-load`: a load generator built on the client library. It measures a running
+//! net-pathway server: first grpc.health.v1 `Check` as the baseline (what the framework alone
+//! costs), then the chosen RPC with the same connections, concurrency and duration, and
+//! prints calls (or patients) per second, latency percentiles and the ratio to the baseline.
+//!
+//! It targets 127.0.0.1:50051 unless given another address. See docs/performance.md.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use net_pathway::client::{ClientOptions, NetPathwayClient};
+use net_pathway::pb;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Rpc {
+    /// Unary EvaluateEligibility.
+    Eligibility,
+    /// Unary ClassifyFunding.
+    Funding,
+    /// ScreenCohort: patients over bidirectional streams (eligibility and funding each).
+    Screen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum View {
+    Basic,
+    Full,
+}
+
+/// Load generator for net-pathway.
+#[derive(Debug, Parser)]
+#[command(name = "net-pathway-load", version, about)]
+struct Args {
+    /// Server to load: loopback unless you name another.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// HTTP/2 connections, shared round-robin by the workers.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls in flight at once (unary), or open streams (screen).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds measured, per phase.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of unmeasured warm-up before each phase.
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    #[arg(long, value_enum, default_value_t = Rpc::Eligibility)]
+    rpc: Rpc,
+    #[arg(long, value_enum, default_value_t = View::Basic)]
+    view: View,
+    /// Patient mix: JSON lines, each an EvaluateEligibilityRequest in the proto JSON mapping
+    /// (its patient and therapies are used). Default: examples/load/patient-mix.jsonl.
+    #[arg(long)]
+    mix: Option<PathBuf>,
+    /// Patients each stream keeps unanswered at most (screen).
+    #[arg(long, default_value_t = 256)]
+    stream_window: usize,
+    /// Bearer token sent with every call.
+    #[arg(long, env = "NETPATHWAY_TOKEN")]
+    token: Option<String>,
+    /// Skip the health Check baseline.
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+const DEFAULT_MIX: &str = include_str!("../../examples/load/patient-mix.jsonl");
+
+fn read_mix(args: &Args) -> Result<Vec<pb::EvaluateEligibilityRequest>, String> {
+    let (name, text) = match &args.mix {
+        Some(path) => (
+            path.display().to_string(),
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        ),
+        None => ("examples/load/patient-mix.jsonl".into(), DEFAULT_MIX.into()),
+    };
+    let pool = DescriptorPool::decode(net_pathway::FILE_DESCRIPTOR_SET)
+        .map_err(|e| format!("descriptor set: {e}"))?;
+    let descriptor = pool
+        .get_message_by_name("netpathway.v1.EvaluateEligibilityRequest")
+        .ok_or("EvaluateEligibilityRequest is not in the descriptor set")?;
+    let mut mix = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let mut de = serde_json::Deserializer::from_str(line);
+        let dynamic = DynamicMessage::deserialize(descriptor.clone(), &mut de)
+            .map_err(|e| format!("{name}:{}: {e}", i + 1))?;
+        let mut request: pb::EvaluateEligibilityRequest = dynamic
+            .transcode_to()
+            .map_err(|e| format!("{name}:{}: {e}", i + 1))?;
+        request.view = match args.view {
+            View::Basic => pb::EvaluationView::Basic as i32,
+            View::Full => pb::EvaluationView::Full as i32,
+        };
+        request.request_id.clear();
+        mix.push(request);
+    }
+    if mix.is_empty() {
+        return Err(format!("{name}: no patients"));
+    }
+    Ok(mix)
+}
+
+/// What one phase measured.
+struct Phase {
+    name: String,
+    completed: u64,
+    failed: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self, unit: &str) {
+        let us = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{:<28} {:>10.0} {unit}/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({} ok, {} failed, {:.1} s)",
+            self.name,
+            self.rate(),
+            us(0.50),
+            us(0.90),
+            us(0.99),
+            us(0.999),
+            self.completed,
+            self.failed,
+            self.elapsed.as_secs_f64()
+        );
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds from 1 µs to 60 s, 3 significant figures.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Runs `concurrency` workers calling `call` until warm-up plus duration have passed; only
+/// calls that start after the warm-up are measured.
+async fn unary<F, Fut>(name: &str, args: &Args, call: F) -> Phase
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs(args.warmup);
+    let stop = measure_from + Duration::from_secs(args.duration);
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|worker| {
+            let call = Arc::clone(&call);
+            tokio::spawn(async move {
+                let mut latency = histogram();
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut n = worker as u64;
+                loop {
+                    let begun = Instant::now();
+                    if begun >= stop {
+                        break;
+                    }
+                    let result = call(worker, n).await;
+                    n += 1;
+                    if begun >= measure_from {
+                        match result {
+                            Ok(()) => {
+                                ok += 1;
+                                let _ = latency.record(begun.elapsed().as_micros() as u64);
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                }
+                (latency, ok, failed)
+            })
+        })
+        .collect();
+    let mut phase = Phase {
+        name: name.into(),
+        completed: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latency: histogram(),
+    };
+    for w in workers {
+        if let Ok((latency, ok, failed)) = w.await {
+            let _ = phase.latency.add(latency);
+            phase.completed += ok;
+            phase.failed += failed;
+        }
+    }
+    // Calls are counted when they start inside the measured window.
+    phase.elapsed = Duration::from_secs(args.duration);
+    phase
+}
+
+/// Streams patients on `args.concurrency` streams, each keeping up to `stream_window`
+/// unanswered; latency is from sending a patient to receiving its answer.
+async fn screen(
+    args: &Args,
+    clients: &[NetPathwayClient],
+    mix: Arc<Vec<pb::EvaluateEligibilityRequest>>,
+) -> Phase {
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs(args.warmup);
+    let stop = measure_from + Duration::from_secs(args.duration);
+    let window = args.stream_window.max(1);
+    let streams: Vec<_> = (0..args.concurrency)
+        .map(|s| {
+            let client = clients[s % clients.len()].clone();
+            let mix = Arc::clone(&mix);
+            tokio::spawn(async move {
+                let mut latency = histogram();
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let (tx, rx) = tokio::sync::mpsc::channel::<pb::ScreenCohortRequest>(window);
+                let credits = Arc::new(tokio::sync::Semaphore::new(window));
+                let sent_at: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> =
+                    Arc::default();
+                let sender = {
+                    let (credits, sent_at, mix) =
+                        (Arc::clone(&credits), Arc::clone(&sent_at), Arc::clone(&mix));
+                    tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while Instant::now() < stop {
+                            let Ok(permit) = credits.acquire().await else {
+                                break;
+                            };
+                            permit.forget();
+                            let template = &mix[(n as usize) % mix.len()];
+                            let request = pb::ScreenCohortRequest {
+                                correlation_id: n.to_string(),
+                                patient: template.patient.clone(),
+                                therapies: template.therapies.clone(),
+                                as_of_date: template.as_of_date,
+                                view: template.view,
+                            };
+                            if let Ok(mut map) = sent_at.lock() {
+                                map.insert(n, Instant::now());
+                            }
+                            if tx.send(request).await.is_err() {
+                                break;
+                            }
+                            n += 1;
+                        }
+                    })
+                };
+                let answers = client
+                    .screen_cohort(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await;
+                let mut answers = match answers {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("stream {s} refused: {e}");
+                        sender.abort();
+                        return (latency, ok, failed + 1);
+                    }
+                };
+                while let Ok(Some(answer)) = answers.message().await {
+                    credits.add_permits(1);
+                    let now = Instant::now();
+                    let sent = answer
+                        .correlation_id
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|n| sent_at.lock().ok().and_then(|mut m| m.remove(&n)));
+                    if let Some(sent) = sent
+                        && sent >= measure_from
+                        && now <= stop
+                    {
+                        match answer.result {
+                            Some(pb::screen_cohort_response::Result::Screened(_)) => {
+                                ok += 1;
+                                let _ = latency.record(now.duration_since(sent).as_micros() as u64);
+                            }
+                            _ => failed += 1,
+                        }
+                    }
+                }
+                let _ = sender.await;
+                (latency, ok, failed)
+            })
+        })
+        .collect();
+    let mut phase = Phase {
+        name: format!("ScreenCohort ({} streams)", args.concurrency),
+        completed: 0,
+        failed: 0,
+        elapsed: Duration::from_secs(args.duration),
+        latency: histogram(),
+    };
+    for s in streams {
+        if let Ok((latency, ok, failed)) = s.await {
+            let _ = phase.latency.add(latency);
+            phase.completed += ok;
+            phase.failed += failed;
+        }
+    }
+    phase
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let mix = match read_mix(&args) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let options = ClientOptions {
+        bearer_token: args.token.clone(),
+        deadline: Duration::from_secs(30),
+        ..ClientOptions::default()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        match NetPathwayClient::connect_with(args.target.clone(), options.clone()).await {
+            Ok(c) => clients.push(c),
+            Err(e) => {
+                eprintln!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    println!(
+        "target {}  connections {}  concurrency {}  {} s (+{} s warm-up) per phase  rpc {:?}  view {:?}  mix {} patients",
+        args.target,
+        clients.len(),
+        args.concurrency,
+        args.duration,
+        args.warmup,
+        args.rpc,
+        args.view,
+        mix.len()
+    );
+    let clients = Arc::new(clients);
+
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        let health: Vec<_> = clients
+            .iter()
+            .map(|c| tonic_health::pb::health_client::HealthClient::new(c.channel()))
+            .collect();
+        let health = Arc::new(health);
+        let phase = unary("grpc.health.v1 Check", &args, move |worker, _| {
+            let mut client = health[worker % health.len()].clone();
+            async move {
+                client
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await;
+        phase.print("calls");
+        Some(phase)
+    };
+
+    let phase = match args.rpc {
+        Rpc::Eligibility | Rpc::Funding => {
+            let (clients, mix, rpc) = (Arc::clone(&clients), Arc::clone(&mix), args.rpc);
+            let name = if rpc == Rpc::Eligibility {
+                "EvaluateEligibility"
+            } else {
+                "ClassifyFunding"
+            };
+            let phase = unary(name, &args, move |worker, n| {
+                let client = clients[worker % clients.len()].clone();
+                let request = mix[(n as usize) % mix.len()].clone();
+                async move {
+                    if rpc == Rpc::Eligibility {
+                        client.evaluate_eligibility(request).await.map(|_| ())
+                    } else {
+                        client
+                            .classify_funding(pb::ClassifyFundingRequest {
+                                request_id: String::new(),
+                                patient: request.patient,
+                                therapies: request.therapies,
+                                as_of_date: request.as_of_date,
+                                view: request.view,
+                            })
+                            .await
+                            .map(|_| ())
+                    }
+                }
+            })
+            .await;
+            phase.print("calls");
+            phase
+        }
+        Rpc::Screen => {
+            let phase = screen(&args, &clients, Arc::clone(&mix)).await;
+            phase.print("patients");
+            phase
+        }
+    };
+    if let Some(baseline) = baseline {
+        println!(
+            "ratio to the health Check baseline: {:.1} %",
+            100.0 * phase.rate() / baseline.rate().max(f64::MIN_POSITIVE)
+        );
+    }
+    if phase.failed > 0 {
+        eprintln!("{} calls failed", phase.failed);
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
+}
