@@ -237,9 +237,15 @@ impl NetPathwayClient {
         self.channel.clone()
     }
 
+    /// A unary request: the client's deadline and credential.
     fn request<T>(&self, message: impl IntoRequest<T>) -> Request<T> {
-        let mut request = message.into_request();
+        let mut request = self.authorised(message.into_request());
         request.set_timeout(self.options.deadline);
+        request
+    }
+
+    /// Adds the bearer token, if the client has one.
+    fn authorised<T>(&self, mut request: Request<T>) -> Request<T> {
         if let Some(value) = &self.authorization {
             request
                 .metadata_mut()

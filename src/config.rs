@@ -53,12 +53,12 @@ pub struct ServeConfig {
         env = "NETPATHWAY_ADMIN_LISTEN",
         default_value = "127.0.0.1:9464"
     )]
-    pub admin_listen: String,
+    pub admin_listen: OptionalAddress,
     /// Extra plaintext listener serving only grpc.health.v1, for Kubernetes' native gRPC probes
     /// (which cannot use TLS); "off" to disable. Health name "liveness" stays SERVING while the
     /// process runs; "" follows the policy and the database (readiness).
     #[arg(long, env = "NETPATHWAY_HEALTH_LISTEN", default_value = "off")]
-    pub health_listen: String,
+    pub health_listen: OptionalAddress,
     /// Log line format.
     #[arg(long, env = "NETPATHWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -144,6 +144,22 @@ pub struct ServeConfig {
     /// Seconds to let calls in flight finish after SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "NETPATHWAY_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+}
+
+/// A listening address, or "off".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddress(pub Option<SocketAddr>);
+
+impl std::str::FromStr for OptionalAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(OptionalAddress(None));
+        }
+        s.parse().map(|a| OptionalAddress(Some(a))).map_err(|e| {
+            format!("'{s}' is neither an address such as 127.0.0.1:9464 nor \"off\": {e}")
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -135,7 +135,11 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     }
     if let Some(path) = config.jwks_file.clone() {
         let seconds = config.policy_poll_seconds.max(1);
-        tokio::spawn(watch_keys(auth.clone(), path, Duration::from_secs(seconds)));
+        tokio::spawn(reload::watch_keys(
+            auth.clone(),
+            path,
+            Duration::from_secs(seconds),
+        ));
     }
     let log = match config.decision_log {
         net_pathway::config::Switch::On => DecisionLog::start(store),
@@ -168,11 +172,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     tracing::info!(address = %listener.local_addr()?, "serving gRPC");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    if config.admin_listen != "off" {
-        let address: std::net::SocketAddr = config
-            .admin_listen
-            .parse()
-            .map_err(|e| format!("--admin-listen '{}': {e}", config.admin_listen))?;
+    if let Some(address) = config.admin_listen.0 {
         match tokio::net::TcpListener::bind(address).await {
             Ok(admin) => {
                 tracing::info!(address = %admin.local_addr()?, "serving metrics at /metrics");
@@ -198,18 +198,14 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     if tls.is_some() {
         tracing::info!(mutual = config.tls_client_ca.is_some(), "TLS on");
     }
-    let health_listener = if config.health_listen == "off" {
-        None
-    } else {
-        let address: std::net::SocketAddr = config
-            .health_listen
-            .parse()
-            .map_err(|e| format!("--health-listen '{}': {e}", config.health_listen))?;
+    let health_listener = if let Some(address) = config.health_listen.0 {
         let health = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| format!("cannot listen on {address} for health: {e}"))?;
         tracing::info!(address = %health.local_addr()?, "serving plaintext health probes");
         Some(health)
+    } else {
+        None
     };
     let mut server = tokio::spawn(server::serve_with_health(
         listener,
@@ -236,58 +232,6 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Key rotation: the JWKS file is re-read on SIGHUP and when it changes (a Kubernetes Secret
-/// update arrives as a changed file). A bad file keeps the keys in use.
-async fn watch_keys(
-    auth: net_pathway::auth::Authenticator,
-    path: std::path::PathBuf,
-    interval: Duration,
-) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| tracing::warn!("cannot listen for SIGHUP: {e}"))
-        .ok();
-    let seen = |p: &std::path::Path| {
-        std::fs::metadata(p)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
-    };
-    let mut last_seen = seen(&path);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        #[cfg(unix)]
-        let signalled = async {
-            match hangup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let signalled = std::future::pending::<()>();
-        let why = tokio::select! {
-            () = signalled => "SIGHUP",
-            _ = ticker.tick() => {
-                let now = seen(&path);
-                if now.is_none() || now == last_seen {
-                    continue;
-                }
-                last_seen = now;
-                "file changed"
-            }
-        };
-        match auth.reload_keys() {
-            Ok(()) => tracing::info!(trigger = why, "JWKS reloaded"),
-            Err(e) => tracing::error!(
-                trigger = why,
-                "JWKS reload refused; the keys in use stay: {e}"
-            ),
-        }
-    }
 }
 
 async fn shutdown_signal() {

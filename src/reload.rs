@@ -90,13 +90,47 @@ pub async fn watch(
     interval: Duration,
     counters: Arc<ReloadCounters>,
 ) {
+    // The first look also reloads: the file may have changed since start-up, and an unchanged
+    // file is recognised by its content hash.
+    on_change_or_hangup(&path, interval, true, |why| {
+        attempt(&active, &path, &counters, why)
+    })
+    .await
+}
+
+/// Key rotation: the JWKS file is re-read on SIGHUP and when it changes (a Kubernetes Secret
+/// update arrives as a changed file). A bad file keeps the keys in use.
+pub async fn watch_keys(auth: crate::auth::Authenticator, path: PathBuf, interval: Duration) {
+    on_change_or_hangup(&path, interval, false, |why| match auth.reload_keys() {
+        Ok(()) => tracing::info!(trigger = why, "JWKS reloaded"),
+        Err(e) => tracing::error!(
+            trigger = why,
+            "JWKS reload refused; the keys in use stay: {e}"
+        ),
+    })
+    .await
+}
+
+/// Calls `act` on SIGHUP, and when `path`'s size or modification time changes (checked every
+/// `interval`; with `from_start`, the first check counts as a change). Runs until dropped.
+async fn on_change_or_hangup(
+    path: &Path,
+    interval: Duration,
+    from_start: bool,
+    mut act: impl FnMut(&'static str),
+) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::warn!("cannot listen for SIGHUP: {e}"))
         .ok();
+    let seen = || {
+        std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    let mut last_seen = if from_start { None } else { seen() };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen: Option<(std::time::SystemTime, u64)> = None;
     loop {
         #[cfg(unix)]
         let signalled = async {
@@ -110,15 +144,13 @@ pub async fn watch(
         #[cfg(not(unix))]
         let signalled = std::future::pending::<()>();
         tokio::select! {
-            () = signalled => attempt(&active, &path, &counters, "SIGHUP"),
+            () = signalled => act("SIGHUP"),
             _ = ticker.tick() => {
-                // Cheap check first: only read and hash the file when its size or time changed.
-                // The first look also reloads: the file may have changed since start-up, and an
-                // unchanged file is recognised by its content hash.
-                let seen = std::fs::metadata(&path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
-                if seen.is_some() && seen != last_seen {
-                    attempt(&active, &path, &counters, "file changed");
-                    last_seen = seen;
+                // Cheap check first: only act when the file's size or time changed.
+                let now = seen();
+                if now.is_some() && now != last_seen {
+                    last_seen = now;
+                    act("file changed");
                 }
             }
         }

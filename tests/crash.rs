@@ -17,11 +17,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
 const CLIENTS: usize = 16;
 const DECISIONS_BEFORE_KILL: usize = 300;
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
 fn start(port: u16, url: &str, data_dir: &Path) -> Child {
     Command::new(BIN)
         .args([

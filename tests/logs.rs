@@ -17,11 +17,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const NHS_NUMBER: &str = "9434765919";
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
-}
-
 #[tokio::test]
 async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_data() {
     let dir = tempfile::tempdir().expect("dir");

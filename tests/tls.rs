@@ -48,13 +48,15 @@ fn leaf(ca: &Authority, names: &[&str]) -> (String, String) {
 async fn tls_server(
     tls: ServerTlsConfig,
 ) -> (u16, tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
-    let (port, stop, dir, _store) = tls_server_with(tls, Authenticator::open()).await;
+    let (port, stop, dir, _store) = tls_server_with(tls, Authenticator::open(), None).await;
     (port, stop, dir)
 }
 
+/// A TLS server with `auth`, and plaintext health on `probes` when given.
 async fn tls_server_with(
     tls: ServerTlsConfig,
     auth: Authenticator,
+    probes: Option<tokio::net::TcpListener>,
 ) -> (
     u16,
     tokio::sync::oneshot::Sender<()>,
@@ -79,8 +81,9 @@ async fn tls_server_with(
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(net_pathway::server::serve(
+    tokio::spawn(net_pathway::server::serve_with_health(
         listener,
+        probes,
         state,
         Some(tls),
         async {
@@ -210,7 +213,7 @@ roles = ["registry-read"]
     let server_tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(cert, key))
         .client_ca_root(Certificate::from_pem(&clients.pem));
-    let (port, _stop, _dir, store) = tls_server_with(server_tls, auth).await;
+    let (port, _stop, _dir, store) = tls_server_with(server_tls, auth, None).await;
     let as_holder = |name: &str| {
         let (c, k) = leaf(&clients, &[name]);
         ClientTlsConfig::new()
@@ -278,37 +281,18 @@ fn a_client_identity_file_with_an_unknown_role_is_refused_with_its_line() {
 
 #[tokio::test]
 async fn kubernetes_probes_get_plaintext_health_beside_a_tls_only_service() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = authority("net-pathway test CA");
     let (cert, key) = leaf(&ca, &["localhost"]);
-    let dir = tempfile::tempdir().expect("dir");
-    let store = Store::open(&Store::default_url(dir.path()))
-        .await
-        .expect("store");
-    let state = AppState::new(
-        ActivePolicy::new(Policy::bundled().expect("policy")),
-        DecisionLog::start(store),
-        Pseudonymiser::new(&TEST_KEY).expect("key"),
-        Limits::default(),
-    )
-    .expect("app state");
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
     let probes = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let probe_port = probes.local_addr().expect("addr").port();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(net_pathway::server::serve_with_health(
-        grpc,
+    let (_port, _stop, _dir, _store) = tls_server_with(
+        ServerTlsConfig::new().identity(Identity::from_pem(cert, key)),
+        Authenticator::open(),
         Some(probes),
-        state,
-        Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key))),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    )
+    .await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{probe_port}"))
         .expect("endpoint")
         .connect()

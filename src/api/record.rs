@@ -237,26 +237,12 @@ pub async fn validate<R: EvaluationRequest>(
 ) -> Result<Validated<R>, Status> {
     let received_ms = now_ms();
     let evaluation = request.evaluation(state, None)?;
-    let mut stored_request = request;
-    if let Some(p) = stored_request.patient_mut() {
-        p.identifiers = None;
-    }
-    if !state.log.enabled() {
-        return Ok(Validated {
-            received_ms,
-            evaluation,
-            stored_request,
-            fingerprint: String::new(),
-            prior: None,
-        });
-    }
-    let fingerprint = fingerprint(
-        state,
-        R::KIND,
-        &stored_request.encode_to_vec(),
-        evaluation.pseudonym.as_deref(),
-    );
-    let prior = prior(state, &evaluation.request_id, R::KIND, &fingerprint).await?;
+    let (stored_request, fingerprint) = stored(state, request, evaluation.pseudonym.as_deref());
+    let prior = if state.log.enabled() {
+        prior(state, &evaluation.request_id, R::KIND, &fingerprint).await?
+    } else {
+        None
+    };
     if let Some(record) = &prior {
         tracing::Span::current().record("decision_id", record.decision_id.as_str());
     }
@@ -295,20 +281,8 @@ pub fn alongside<R1: EvaluationRequest, R2: EvaluationRequest>(
     first: &Validated<R1>,
     request: R2,
 ) -> Validated<R2> {
-    let mut stored_request = request;
-    if let Some(p) = stored_request.patient_mut() {
-        p.identifiers = None;
-    }
-    let fingerprint = if state.log.enabled() {
-        fingerprint(
-            state,
-            R2::KIND,
-            &stored_request.encode_to_vec(),
-            first.evaluation.pseudonym.as_deref(),
-        )
-    } else {
-        String::new()
-    };
+    let (stored_request, fingerprint) =
+        stored(state, request, first.evaluation.pseudonym.as_deref());
     Validated {
         received_ms: first.received_ms,
         evaluation: first.evaluation.clone(),
@@ -316,4 +290,23 @@ pub fn alongside<R1: EvaluationRequest, R2: EvaluationRequest>(
         fingerprint,
         prior: None,
     }
+}
+
+/// The request as it will be stored (identifiers removed; the pseudonym stands in) and its
+/// fingerprint, which is computed only when the decision log is on.
+fn stored<R: EvaluationRequest>(
+    state: &AppState,
+    request: R,
+    pseudonym: Option<&str>,
+) -> (R, String) {
+    let mut stored_request = request;
+    if let Some(p) = stored_request.patient_mut() {
+        p.identifiers = None;
+    }
+    let fingerprint = if state.log.enabled() {
+        fingerprint(state, R::KIND, &stored_request.encode_to_vec(), pseudonym)
+    } else {
+        String::new()
+    };
+    (stored_request, fingerprint)
 }

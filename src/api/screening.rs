@@ -125,7 +125,6 @@ async fn screen_one(
     } = request;
     let result = tracing::Instrument::instrument(
         async {
-            let id_problem = correlation_problem(&correlation_id);
             let eligibility_request = pb::EvaluateEligibilityRequest {
                 request_id: String::new(),
                 patient,
@@ -133,16 +132,14 @@ async fn screen_one(
                 as_of_date,
                 view,
             };
-            let validated = match record::validate(state, eligibility_request.clone()).await {
-                Ok(v) => v,
-                Err(status) => return Err(with_correlation_problem(status, id_problem)),
+            let validated = record::validate(state, eligibility_request.clone()).await;
+            let validated = match (validated, correlation_problem(&correlation_id)) {
+                (Ok(v), None) => v,
+                (Err(status), None) => return Err(status),
+                (result, Some(problem)) => {
+                    return Err(with_correlation_problem(problem, result.err().as_ref()));
+                }
             };
-            if let Some(problem) = id_problem {
-                return Err(with_correlation_problem(
-                    super::invalid_argument(&[]),
-                    Some(problem),
-                ));
-            }
             let funding_request = pb::ClassifyFundingRequest {
                 request_id: String::new(),
                 patient: eligibility_request.patient,
@@ -182,17 +179,15 @@ fn correlation_problem(id: &str) -> Option<String> {
     }
 }
 
-/// Adds the correlation id's violation to a validation error, so the caller sees every problem.
-fn with_correlation_problem(status: Status, problem: Option<String>) -> Status {
+/// INVALID_ARGUMENT naming the correlation id's problem, then any from validating the rest of
+/// the request, so the caller sees every problem at once.
+fn with_correlation_problem(problem: String, status: Option<&Status>) -> Status {
     use tonic_types::StatusExt;
-    let Some(problem) = problem else {
-        return status;
-    };
     let mut violations = vec![Violation {
         field: "correlation_id".into(),
         description: problem,
     }];
-    if let Some(bad) = status.get_error_details().bad_request() {
+    if let Some(bad) = status.and_then(|s| s.get_error_details().bad_request().cloned()) {
         violations.extend(bad.field_violations.iter().map(|v| Violation {
             field: v.field.clone(),
             description: v.description.clone(),

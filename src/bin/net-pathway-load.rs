@@ -118,7 +118,33 @@ struct Phase {
     latency: Histogram<u64>,
 }
 
+/// What one worker or stream measured: its latencies, successes and failures.
+type Tally = (Histogram<u64>, u64, u64);
+
 impl Phase {
+    /// Merges what every worker measured.
+    async fn gather(
+        name: String,
+        elapsed: Duration,
+        workers: Vec<tokio::task::JoinHandle<Tally>>,
+    ) -> Phase {
+        let mut phase = Phase {
+            name,
+            completed: 0,
+            failed: 0,
+            elapsed,
+            latency: histogram(),
+        };
+        for worker in workers {
+            if let Ok((latency, ok, failed)) = worker.await {
+                let _ = phase.latency.add(latency);
+                phase.completed += ok;
+                phase.failed += failed;
+            }
+        }
+        phase
+    }
+
     fn rate(&self) -> f64 {
         self.completed as f64 / self.elapsed.as_secs_f64()
     }
@@ -184,23 +210,8 @@ where
             })
         })
         .collect();
-    let mut phase = Phase {
-        name: name.into(),
-        completed: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
-        latency: histogram(),
-    };
-    for w in workers {
-        if let Ok((latency, ok, failed)) = w.await {
-            let _ = phase.latency.add(latency);
-            phase.completed += ok;
-            phase.failed += failed;
-        }
-    }
     // Calls are counted when they start inside the measured window.
-    phase.elapsed = Duration::from_secs(args.duration);
-    phase
+    Phase::gather(name.into(), Duration::from_secs(args.duration), workers).await
 }
 
 /// Streams patients on `args.concurrency` streams, each keeping up to `stream_window`
@@ -290,21 +301,12 @@ async fn screen(
             })
         })
         .collect();
-    let mut phase = Phase {
-        name: format!("ScreenCohort ({} streams)", args.concurrency),
-        completed: 0,
-        failed: 0,
-        elapsed: Duration::from_secs(args.duration),
-        latency: histogram(),
-    };
-    for s in streams {
-        if let Ok((latency, ok, failed)) = s.await {
-            let _ = phase.latency.add(latency);
-            phase.completed += ok;
-            phase.failed += failed;
-        }
-    }
-    phase
+    Phase::gather(
+        format!("ScreenCohort ({} streams)", args.concurrency),
+        Duration::from_secs(args.duration),
+        streams,
+    )
+    .await
 }
 
 #[tokio::main]

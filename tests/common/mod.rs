@@ -88,13 +88,7 @@ pub fn test_limits() -> net_pathway::api::Limits {
 
 /// Starts the server with the bundled policy, these limits, and the decision log on or off.
 pub async fn server_configured(limits: net_pathway::api::Limits, decision_log: bool) -> TestServer {
-    let data_dir = tempfile::tempdir().expect("temp dir");
-    let url = Store::default_url(data_dir.path());
-    let policy = Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"));
-    start(
-        policy,
-        &url,
-        data_dir,
+    bundled_in_temp_dir(
         net_pathway::auth::Authenticator::open(),
         limits,
         decision_log,
@@ -105,10 +99,24 @@ pub async fn server_configured(limits: net_pathway::api::Limits, decision_log: b
 /// Starts the server with the bundled policy, authenticating callers with `auth`. The
 /// client it returns sends no credential.
 pub async fn server_with_auth(auth: net_pathway::auth::Authenticator) -> TestServer {
+    bundled_in_temp_dir(auth, test_limits(), true).await
+}
+
+async fn bundled_in_temp_dir(
+    auth: net_pathway::auth::Authenticator,
+    limits: net_pathway::api::Limits,
+    decision_log: bool,
+) -> TestServer {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let url = Store::default_url(data_dir.path());
     let policy = Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"));
-    start(policy, &url, data_dir, auth, test_limits(), true).await
+    start(policy, &url, data_dir, auth, limits, decision_log).await
+}
+
+/// A port free on loopback now, for a test that starts the real binary.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
 }
 
 async fn start(
