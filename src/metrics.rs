@@ -19,12 +19,42 @@ const BUCKETS: &[f64] = &[
     2.5,
 ];
 
+/// Label values a per-therapy answer can carry: proto enum numbers stay well below this.
+const ENUM_SPAN: usize = 32;
+
+/// A metric series found once by its labels and kept: every call and every answer updates
+/// one, and a label lookup (hashing, a lock, a formatted status code) each time would cost
+/// more than the decision.
+struct Series<T>(Vec<std::sync::OnceLock<T>>);
+
+impl<T> Series<T> {
+    fn new(len: usize) -> Self {
+        Series((0..len).map(|_| std::sync::OnceLock::new()).collect())
+    }
+
+    /// The series at `index`, found by `find` the first time; `None` past the end.
+    fn get(&self, index: usize, find: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get(index).map(|cell| cell.get_or_init(find))
+    }
+}
+
+/// gRPC status codes (0-16).
+const CODES: usize = 17;
+/// Methods whose series are kept; more would be looked up by label each time.
+const MAX_METHODS: usize = 32;
+
 /// The service's metrics.
 pub struct Metrics {
     registry: Registry,
     calls: IntCounterVec,
     latency: HistogramVec,
+    /// (method, code) and method series, by position in `methods`.
+    methods: std::sync::RwLock<Vec<&'static str>>,
+    call_series: Series<prometheus::IntCounter>,
+    latency_series: Series<prometheus::Histogram>,
     decisions: IntCounterVec,
+    /// Per-therapy answer series, by kind, therapy and outcome number.
+    decision_series: Series<prometheus::IntCounter>,
     log_write: HistogramVec,
     log_queue: IntGauge,
     log_enabled: IntGauge,
@@ -97,7 +127,11 @@ impl Metrics {
             registry,
             calls,
             latency,
+            methods: std::sync::RwLock::new(Vec::new()),
+            call_series: Series::new(MAX_METHODS * CODES),
+            latency_series: Series::new(MAX_METHODS),
             decisions,
+            decision_series: Series::new(2 * ENUM_SPAN * ENUM_SPAN),
             log_write,
             log_queue,
             log_enabled,
@@ -105,21 +139,68 @@ impl Metrics {
         })
     }
 
-    /// Records one finished call.
-    pub fn call(&self, method: &str, code: tonic::Code, elapsed: Duration) {
-        self.calls
-            .with_label_values(&[method, &format!("{code:?}")])
-            .inc();
-        self.latency
-            .with_label_values(&[method])
-            .observe(elapsed.as_secs_f64());
+    /// The method's position among those seen, adding it the first time.
+    fn method_index(&self, method: &'static str) -> usize {
+        let known = |methods: &[&'static str]| methods.iter().position(|m| *m == method);
+        if let Some(i) = self.methods.read().ok().as_deref().and_then(|m| known(m)) {
+            return i;
+        }
+        match self.methods.write() {
+            Ok(mut methods) => known(&methods).unwrap_or_else(|| {
+                methods.push(method);
+                methods.len() - 1
+            }),
+            Err(_) => usize::MAX,
+        }
     }
 
-    /// Records one per-therapy answer.
-    pub fn decision(&self, kind: &str, therapy: &str, outcome: &str) {
-        self.decisions
-            .with_label_values(&[kind, therapy, outcome])
-            .inc();
+    /// Records one finished call.
+    pub fn call(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+        let m = self.method_index(method);
+        let code_label = || format!("{code:?}");
+        let calls = || self.calls.with_label_values(&[method, &code_label()]);
+        match self
+            .call_series
+            .get(m.saturating_mul(CODES).saturating_add(code as usize), calls)
+        {
+            Some(counter) => counter.inc(),
+            None => calls().inc(),
+        }
+        let latency = || self.latency.with_label_values(&[method]);
+        match self.latency_series.get(m, latency) {
+            Some(histogram) => histogram.observe(elapsed.as_secs_f64()),
+            None => latency().observe(elapsed.as_secs_f64()),
+        }
+    }
+
+    /// Records one per-therapy eligibility answer.
+    pub fn eligibility(&self, therapy: crate::pb::Therapy, status: crate::pb::EligibilityStatus) {
+        self.decision(0, therapy, status as usize, status.as_str_name());
+    }
+
+    /// Records one per-therapy funding answer.
+    pub fn funding(&self, therapy: crate::pb::Therapy, route: crate::pb::FundingRoute) {
+        self.decision(1, therapy, route as usize, route.as_str_name());
+    }
+
+    fn decision(&self, kind: usize, therapy: crate::pb::Therapy, outcome: usize, label: &str) {
+        let find = || {
+            self.decisions.with_label_values(&[
+                ["eligibility", "funding"][kind],
+                therapy.as_str_name(),
+                label,
+            ])
+        };
+        let (t, o) = (therapy as usize, outcome);
+        let index = if t < ENUM_SPAN && o < ENUM_SPAN {
+            (kind * ENUM_SPAN + t) * ENUM_SPAN + o
+        } else {
+            usize::MAX
+        };
+        match self.decision_series.get(index, find) {
+            Some(counter) => counter.inc(),
+            None => find().inc(),
+        }
     }
 
     pub fn log_write(&self, elapsed: Duration) {

@@ -4,7 +4,7 @@ use chrono::{Datelike, NaiveDate};
 
 use crate::domain::{self, Patient, Violation};
 use crate::engine::evaluate::{
-    CriterionReport, EligibilityAnswer, FlagReport, FundingAnswer, MdtRef,
+    CriterionReport, EligibilityAnswer, FlagKind, FlagReport, FundingAnswer,
 };
 use crate::engine::grading::GradeAssessment;
 use crate::engine::policy::{
@@ -383,11 +383,15 @@ pub fn prior_approval(p: PriorApproval) -> pb::PriorApprovalMechanism {
     }
 }
 
-fn mdt(m: &MdtRef) -> pb::Mdt {
-    pb::Mdt {
+fn mdt(policy: &Policy, index: usize) -> Option<pb::Mdt> {
+    policy.mdts.get(index).map(|m| pb::Mdt {
         id: m.id.clone(),
         name: m.name.clone(),
-    }
+    })
+}
+
+fn paths(missing: &[&'static str]) -> Vec<String> {
+    missing.iter().map(|m| (*m).to_string()).collect()
 }
 
 fn criterion(policy: &Policy, r: &CriterionReport) -> pb::CriterionResult {
@@ -406,29 +410,52 @@ fn criterion(policy: &Policy, r: &CriterionReport) -> pb::CriterionResult {
             .values
             .iter()
             .map(|(field, value)| pb::PatientValue {
-                field: field.clone(),
-                value: value.clone(),
+                field: (*field).to_string(),
+                value: value.to_string(),
             })
             .collect(),
-        missing_inputs: r.finding.missing.clone(),
-        explanation: r.finding.explanation.clone(),
+        missing_inputs: paths(&r.finding.missing),
+        explanation: r.finding.explanation.to_string(),
         source: Some(source(policy, c.source)),
     }
 }
 
 fn flag(policy: &Policy, f: &FlagReport) -> pb::SafetyFlag {
+    let c = &policy.criteria[f.criterion];
+    let (message, field, value, threshold) = match f.kind {
+        FlagKind::ContraindicationNotRecorded => (
+            format!(
+                "{}: not recorded. An absolute contraindication: exclude it before treatment.",
+                c.description
+            ),
+            f.finding.missing.join(", "),
+            "not recorded".to_string(),
+            String::new(),
+        ),
+        FlagKind::SafetyLimit => {
+            let (field, value) = f
+                .finding
+                .values
+                .first()
+                .map(|(field, value)| ((*field).to_string(), value.to_string()))
+                .unwrap_or_default();
+            (c.flag.clone(), field, value, c.check.threshold_text())
+        }
+    };
     pb::SafetyFlag {
-        flag_id: policy.criteria[f.criterion].id.clone(),
+        flag_id: c.id.clone(),
         severity: severity(f.severity) as i32,
-        message: f.message.clone(),
-        field: f.field.clone(),
-        value: f.value.clone(),
-        threshold: f.threshold.clone(),
-        source: Some(source(policy, policy.criteria[f.criterion].source)),
+        message,
+        field,
+        value,
+        threshold,
+        source: Some(source(policy, c.source)),
     }
 }
 
-pub fn eligibility(policy: &Policy, a: &EligibilityAnswer, full: bool) -> pb::TherapyEligibility {
+/// One therapy's eligibility for the wire; FULL adds the criteria, flags and deciding MDT
+/// (the facts behind a FULL answer are explained).
+pub fn eligibility(policy: &Policy, a: EligibilityAnswer, full: bool) -> pb::TherapyEligibility {
     let status = match a.status {
         Status::Eligible => pb::EligibilityStatus::Eligible,
         Status::NotEligible => pb::EligibilityStatus::NotEligible,
@@ -437,37 +464,39 @@ pub fn eligibility(policy: &Policy, a: &EligibilityAnswer, full: bool) -> pb::Th
     let mut out = pb::TherapyEligibility {
         therapy: a.therapy.to_proto(),
         status: status as i32,
-        summary: a.summary.clone(),
-        missing_inputs: a.missing.clone(),
+        missing_inputs: paths(&a.missing),
         ..Default::default()
     };
     if full {
         out.criteria = a.criteria.iter().map(|r| criterion(policy, r)).collect();
         out.safety_flags = a.flags.iter().map(|f| flag(policy, f)).collect();
-        out.deciding_mdt = Some(mdt(&a.mdt));
+        out.deciding_mdt = mdt(policy, a.mdt);
     }
+    out.summary = a.summary;
     out
 }
 
-pub fn funding(policy: &Policy, a: &FundingAnswer, full: bool) -> pb::TherapyFunding {
+/// One therapy's funding for the wire; FULL adds the commissioner, prior approval, deciding
+/// MDT, delivery sites, criteria, source and notes.
+pub fn funding(policy: &Policy, a: FundingAnswer, full: bool) -> pb::TherapyFunding {
     let mut out = pb::TherapyFunding {
         therapy: a.therapy.to_proto(),
         route: route(a.route) as i32,
-        summary: a.summary.clone(),
+        summary: a.summary.into_owned(),
         nation: a
             .nation
             .map_or(pb::Nation::Unspecified as i32, |n| n.to_proto()),
         next_route_if_refused: a
             .next_if_refused
             .map_or(pb::FundingRoute::Unspecified, route) as i32,
-        missing_inputs: a.missing.clone(),
-        route_id: a.route_id.clone(),
+        missing_inputs: paths(&a.missing),
+        route_id: a.route_id.to_string(),
         ..Default::default()
     };
     if full {
-        out.commissioner = a.commissioner.as_ref().map(|c| pb::Commissioner {
-            id: c.id.clone(),
-            name: c.name.clone(),
+        out.commissioner = a.commissioner.map(|c| pb::Commissioner {
+            id: c.id.to_string(),
+            name: c.name.into_owned(),
             source: Some(source(policy, c.source)),
         });
         out.prior_approval = a.prior_approval.map(|p| pb::PriorApproval {
@@ -475,7 +504,7 @@ pub fn funding(policy: &Policy, a: &FundingAnswer, full: bool) -> pb::TherapyFun
             mechanism: prior_approval(p) as i32,
             note: String::new(),
         });
-        out.deciding_mdt = Some(mdt(&a.mdt));
+        out.deciding_mdt = mdt(policy, a.mdt);
         out.delivery_sites = a
             .sites
             .iter()
@@ -487,14 +516,14 @@ pub fn funding(policy: &Policy, a: &FundingAnswer, full: bool) -> pb::TherapyFun
                     name: site.name.clone(),
                     effective_from,
                     effective_to,
-                    note: s.note.clone(),
+                    note: s.note.to_string(),
                     source: Some(source(policy, s.source)),
                 }
             })
             .collect();
         out.criteria = a.criteria.iter().map(|r| criterion(policy, r)).collect();
         out.source = a.source.map(|s| source(policy, s));
-        out.notes = a.notes.clone();
+        out.notes = a.notes.into_iter().map(|n| n.into_owned()).collect();
     }
     out
 }

@@ -9,6 +9,7 @@ use super::{
     AppState, convert, invalid_argument, page, page_size, patient_pseudonym, read_page_token,
 };
 use crate::domain::Therapy;
+use crate::engine::Detail;
 use crate::pb;
 use crate::pb::decision_log_service_server::DecisionLogService;
 use crate::store::{Cursor, DecisionFilter, StoredDecision};
@@ -189,7 +190,7 @@ impl DecisionLogService for DecisionLogApi {
                     Some(pb::decision_record::Response::EligibilityResponse(then)),
                 ) => {
                     let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
-                    let facts = policy.facts(&e.patient, e.as_of);
+                    let facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
                     then.therapies
                         .iter()
                         .filter_map(|before| {
@@ -197,7 +198,7 @@ impl DecisionLogService for DecisionLogApi {
                                 Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
                             let now = convert::eligibility(
                                 &policy,
-                                &policy.eligibility(&facts, therapy),
+                                policy.eligibility(&facts, therapy),
                                 true,
                             );
                             let changed_criteria = changed(&before.criteria, &now.criteria);
@@ -219,7 +220,7 @@ impl DecisionLogService for DecisionLogApi {
                     Some(pb::decision_record::Response::FundingResponse(then)),
                 ) => {
                     let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
-                    let mut facts = policy.facts(&e.patient, e.as_of);
+                    let mut facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
                     if !record.patient_pseudonym.is_empty() {
                         let enrolments = self
                             .state
@@ -237,7 +238,7 @@ impl DecisionLogService for DecisionLogApi {
                             let therapy =
                                 Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
                             let now =
-                                convert::funding(&policy, &policy.funding(&facts, therapy), true);
+                                convert::funding(&policy, policy.funding(&facts, therapy), true);
                             let changed_criteria = changed(&before.criteria, &now.criteria);
                             Some(pb::TherapyReplay {
                                 therapy: before.therapy,

@@ -4,8 +4,6 @@ use tonic::{Request, Response, Status};
 
 use super::record;
 use super::{AppState, convert, decision_id};
-use crate::api::convert::Bridge;
-use crate::engine::policy::Status as EligibilityStatus;
 use crate::pb;
 use crate::pb::eligibility_service_server::EligibilityService;
 
@@ -19,6 +17,8 @@ impl EligibilityApi {
     }
 }
 
+/// `DecisionRecord.eligibility_response`.
+pub(super) const RESPONSE_FIELD: u32 = 11;
 const KIND: pb::DecisionKind = pb::DecisionKind::Eligibility;
 
 #[tonic::async_trait]
@@ -56,29 +56,21 @@ pub async fn decide(
         return stored_response(prior);
     }
     let policy = state.policy.current();
-    let facts = policy.facts(&e.patient, e.as_of);
-    let answers: Vec<_> = e
-        .therapies
-        .iter()
-        .map(|t| policy.eligibility(&facts, *t))
-        .collect();
+    let facts = policy.facts(&e.patient, e.as_of, e.detail());
     let response = pb::EvaluateEligibilityResponse {
         decision_id: decision_id(),
         request_id: e.request_id.clone(),
         policy: Some(convert::policy_reference(&policy)),
         as_of_date: Some(convert::date(e.as_of)),
-        therapies: answers
+        therapies: e
+            .therapies
             .iter()
-            .map(|a| convert::eligibility(&policy, a, e.full))
+            .map(|t| convert::eligibility(&policy, policy.eligibility(&facts, *t), e.full))
             .collect(),
         derived: e.full.then(|| convert::derived(&facts)),
     };
     for t in &response.therapies {
-        state.metrics.decision(
-            "eligibility",
-            t.therapy().as_str_name(),
-            t.status().as_str_name(),
-        );
+        state.metrics.eligibility(t.therapy(), t.status());
     }
     let build = || pb::DecisionRecord {
         decision_id: response.decision_id.clone(),
@@ -92,28 +84,24 @@ pub async fn decide(
         request: Some(pb::decision_record::Request::EligibilityRequest(
             stored_request,
         )),
-        response: Some(pb::decision_record::Response::EligibilityResponse(
-            response.clone(),
-        )),
+        // Added by record_decision, encoded as returned.
+        response: None,
         registry_observations: Vec::new(),
     };
     let outcomes = || {
-        answers
+        response
+            .therapies
             .iter()
-            .map(|a| (a.therapy.to_proto(), status_number(a.status), 0))
+            .map(|t| (t.therapy, t.status, 0))
             .collect()
     };
-    match record::record_decision(state, deadline, build, fingerprint, outcomes).await? {
+    let recorded = record::RecordedResponse {
+        field: RESPONSE_FIELD,
+        message: &response,
+    };
+    match record::record_decision(state, deadline, build, recorded, fingerprint, outcomes).await? {
         Some(winner) => stored_response(winner),
         None => Ok(response),
-    }
-}
-
-fn status_number(status: EligibilityStatus) -> i32 {
-    match status {
-        EligibilityStatus::Eligible => pb::EligibilityStatus::Eligible as i32,
-        EligibilityStatus::NotEligible => pb::EligibilityStatus::NotEligible as i32,
-        EligibilityStatus::Indeterminate => pb::EligibilityStatus::Indeterminate as i32,
     }
 }
 

@@ -4,7 +4,6 @@ use tonic::{Request, Response, Status};
 
 use super::record::{self, unavailable};
 use super::{AppState, convert, decision_id};
-use crate::api::convert::Bridge;
 use crate::pb;
 use crate::pb::funding_service_server::FundingService;
 
@@ -18,6 +17,8 @@ impl FundingApi {
     }
 }
 
+/// `DecisionRecord.funding_response`.
+pub(super) const RESPONSE_FIELD: u32 = 12;
 const KIND: pb::DecisionKind = pb::DecisionKind::Funding;
 
 #[tonic::async_trait]
@@ -55,7 +56,7 @@ pub async fn decide(
         return stored_response(prior);
     }
     let policy = state.policy.current();
-    let mut facts = policy.facts(&e.patient, e.as_of);
+    let mut facts = policy.facts(&e.patient, e.as_of, e.detail());
     // The audit registry is state the funding answer depends on: consult it for this patient.
     let mut observations = Vec::new();
     if let Some(pseudonym) = &e.pseudonym {
@@ -75,27 +76,19 @@ pub async fn decide(
         }
         facts.registry_enrolments = enrolments.into_iter().map(|en| en.registry_id).collect();
     }
-    let answers: Vec<_> = e
-        .therapies
-        .iter()
-        .map(|t| policy.funding(&facts, *t))
-        .collect();
     let response = pb::ClassifyFundingResponse {
         decision_id: decision_id(),
         request_id: e.request_id.clone(),
         policy: Some(convert::policy_reference(&policy)),
         as_of_date: Some(convert::date(e.as_of)),
-        therapies: answers
+        therapies: e
+            .therapies
             .iter()
-            .map(|a| convert::funding(&policy, a, e.full))
+            .map(|t| convert::funding(&policy, policy.funding(&facts, *t), e.full))
             .collect(),
     };
     for t in &response.therapies {
-        state.metrics.decision(
-            "funding",
-            t.therapy().as_str_name(),
-            t.route().as_str_name(),
-        );
+        state.metrics.funding(t.therapy(), t.route());
     }
     let build = || pb::DecisionRecord {
         decision_id: response.decision_id.clone(),
@@ -107,18 +100,22 @@ pub async fn decide(
         kind: KIND as i32,
         patient_pseudonym: e.pseudonym.unwrap_or_default(),
         request: Some(pb::decision_record::Request::FundingRequest(stored_request)),
-        response: Some(pb::decision_record::Response::FundingResponse(
-            response.clone(),
-        )),
+        // Added by record_decision, encoded as returned.
+        response: None,
         registry_observations: observations,
     };
     let outcomes = || {
-        answers
+        response
+            .therapies
             .iter()
-            .map(|a| (a.therapy.to_proto(), 0, convert::route(a.route) as i32))
+            .map(|t| (t.therapy, 0, t.route))
             .collect()
     };
-    match record::record_decision(state, deadline, build, fingerprint, outcomes).await? {
+    let recorded = record::RecordedResponse {
+        field: RESPONSE_FIELD,
+        message: &response,
+    };
+    match record::record_decision(state, deadline, build, recorded, fingerprint, outcomes).await? {
         Some(winner) => stored_response(winner),
         None => Ok(response),
     }

@@ -301,6 +301,17 @@ pub struct Evaluation {
     pub pseudonym: Option<String>,
 }
 
+impl Evaluation {
+    /// How much the answers say: the FULL view shows every criterion's values and explanation.
+    pub fn detail(&self) -> crate::engine::Detail {
+        if self.full {
+            crate::engine::Detail::EXPLAINED
+        } else {
+            crate::engine::Detail::OUTCOME
+        }
+    }
+}
+
 /// Reads the fields both evaluation RPCs share, collecting every violation.
 pub fn read_evaluation(
     pseudonymiser: &Pseudonymiser,

@@ -5,7 +5,7 @@ use tonic::Status;
 
 use super::{AppState, Evaluation, read_evaluation};
 use crate::pb;
-use crate::store::{NewDecision, StoreError, StoredDecision, WriteOutcome};
+use crate::store::{NewDecision, Record, StoreError, StoredDecision, WriteOutcome};
 use prost::Message;
 
 /// Milliseconds since the Unix epoch, now.
@@ -86,11 +86,19 @@ pub async fn prior(
     }
 }
 
+/// The response a record holds: its field number in `DecisionRecord` and the message.
+pub struct RecordedResponse<'a, M> {
+    pub field: u32,
+    pub message: &'a M,
+}
+
 /// Writes the record durably; returns the stored record instead when a concurrent call with the
-/// same request_id won the race.
-pub async fn persist(
+/// same request_id won the race. The response is encoded into the record as it was returned,
+/// without copying it into the record first.
+pub async fn persist<M: Message>(
     state: &AppState,
     record: &pb::DecisionRecord,
+    response: RecordedResponse<'_, M>,
     fingerprint: String,
     outcomes: Vec<(i32, i32, i32)>,
 ) -> Result<Option<pb::DecisionRecord>, Status> {
@@ -99,6 +107,8 @@ pub async fn persist(
         .as_of_date
         .map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
         .unwrap_or_default();
+    let mut bytes = record.encode_to_vec();
+    prost::encoding::message::encode(response.field, response.message, &mut bytes);
     let new = NewDecision {
         decision_id: record.decision_id.clone(),
         request_id: (!record.request_id.is_empty()).then(|| record.request_id.clone()),
@@ -113,7 +123,8 @@ pub async fn persist(
         as_of,
         patient_pseudonym: (!record.patient_pseudonym.is_empty())
             .then(|| record.patient_pseudonym.clone()),
-        record: record.encode_to_vec(),
+        // Compressed here, on the caller's task, so the single writer only writes.
+        record: Record::compressed(bytes),
         outcomes,
     };
     let started = std::time::Instant::now();
@@ -255,12 +266,14 @@ pub async fn validate<R: EvaluationRequest>(
     })
 }
 
-/// Checks the deadline, then writes the record unless the decision log is off. Returns the
-/// stored record when a concurrent call with the same request_id won the race.
-pub async fn record_decision(
+/// Checks the deadline, then writes the record (built without its response, which is added
+/// as `response`) unless the decision log is off. Returns the stored record when a concurrent
+/// call with the same request_id won the race.
+pub async fn record_decision<M: Message>(
     state: &AppState,
     deadline: Option<tokio::time::Instant>,
     build: impl FnOnce() -> pb::DecisionRecord,
+    response: RecordedResponse<'_, M>,
     fingerprint: String,
     outcomes: impl FnOnce() -> Vec<(i32, i32, i32)>,
 ) -> Result<Option<pb::DecisionRecord>, Status> {
@@ -270,7 +283,7 @@ pub async fn record_decision(
     if !state.log.enabled() {
         return Ok(None);
     }
-    persist(state, &build(), fingerprint, outcomes()).await
+    persist(state, &build(), response, fingerprint, outcomes()).await
 }
 
 /// A second request about the same patient, validated already as `first`: shares its
@@ -309,4 +322,43 @@ fn stored<R: EvaluationRequest>(
         String::new()
     };
     (stored_request, fingerprint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{eligibility, funding};
+    use super::*;
+
+    /// The record as `persist` encodes it: the record, then the response by field number.
+    fn with_response(field: u32, response: &impl Message) -> Option<pb::decision_record::Response> {
+        let mut bytes = pb::DecisionRecord {
+            decision_id: "d1".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        prost::encoding::message::encode(field, response, &mut bytes);
+        pb::DecisionRecord::decode(bytes.as_slice()).ok()?.response
+    }
+
+    /// A response appended by field number reads back as the record's response: the field
+    /// numbers match the proto.
+    #[test]
+    fn a_response_appended_by_field_number_is_the_records_response() {
+        let answer = pb::EvaluateEligibilityResponse {
+            decision_id: "d1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            with_response(eligibility::RESPONSE_FIELD, &answer),
+            Some(pb::decision_record::Response::EligibilityResponse(answer))
+        );
+        let answer = pb::ClassifyFundingResponse {
+            decision_id: "d1".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            with_response(funding::RESPONSE_FIELD, &answer),
+            Some(pb::decision_record::Response::FundingResponse(answer))
+        );
+    }
 }

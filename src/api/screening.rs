@@ -148,11 +148,14 @@ async fn screen_one(
                 view: eligibility_request.view,
             };
             let for_funding = record::alongside(state, &validated, funding_request);
-            let eligibility = eligibility::decide(state, caller, validated, None).await?;
-            let funding = funding::decide(state, caller, for_funding, None).await?;
+            // Decided together, so both records share one group commit.
+            let (eligibility, funding) = tokio::join!(
+                eligibility::decide(state, caller, validated, None),
+                funding::decide(state, caller, for_funding, None)
+            );
             Ok(pb::ScreeningResult {
-                eligibility: Some(eligibility),
-                funding: Some(funding),
+                eligibility: Some(eligibility?),
+                funding: Some(funding?),
             })
         },
         span,

@@ -20,39 +20,111 @@ pub enum Outcome {
     Unknown,
 }
 
+/// Text in an answer: the policy's own words are borrowed, anything formatted is owned.
+pub type Text = std::borrow::Cow<'static, str>;
+
 /// What one check found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
     pub outcome: Outcome,
-    /// (field path, value with unit)
-    pub values: Vec<(String, String)>,
+    /// (field path, value with unit); explained findings only.
+    pub values: Vec<(&'static str, Text)>,
     /// Field paths that would settle an UNKNOWN.
-    pub missing: Vec<String>,
-    pub explanation: String,
+    pub missing: Vec<&'static str>,
+    /// Empty unless the finding was explained.
+    pub explanation: Text,
+    explained: bool,
 }
 
-impl Finding {
-    fn new(outcome: Outcome, explanation: impl Into<String>) -> Self {
+/// A finding no check made: the criterion is not in the policy the facts were made for.
+static NOT_IN_POLICY: Finding = Finding {
+    outcome: Outcome::Unknown,
+    values: Vec::new(),
+    missing: Vec::new(),
+    explanation: Text::Borrowed("this criterion is not in the active policy"),
+    explained: true,
+};
+
+/// How much a check says: the outcome and the missing inputs always; the values it read and
+/// its explanation only when asked. BASIC answers never show them, so screening does not pay
+/// for text it would throw away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detail {
+    explain: bool,
+}
+
+impl Detail {
+    pub const OUTCOME: Detail = Detail { explain: false };
+    pub const EXPLAINED: Detail = Detail { explain: true };
+
+    pub fn explains(self) -> bool {
+        self.explain
+    }
+
+    /// `make()` when explaining, else nothing (and no allocation).
+    pub fn text(self, make: impl FnOnce() -> String) -> Text {
+        if self.explain {
+            Text::Owned(make())
+        } else {
+            Text::Borrowed("")
+        }
+    }
+
+    fn finding(self, outcome: Outcome, explanation: impl Into<Text>) -> Finding {
         Finding {
             outcome,
             values: Vec::new(),
             missing: Vec::new(),
-            explanation: explanation.into(),
+            explanation: if self.explain {
+                explanation.into()
+            } else {
+                Text::Borrowed("")
+            },
+            explained: self.explain,
         }
     }
 
-    fn decided(met: bool, explanation: impl Into<String>) -> Self {
-        Finding::new(if met { Outcome::Met } else { Outcome::Unmet }, explanation)
+    fn decided(self, met: bool, explanation: impl Into<Text>) -> Finding {
+        self.finding(if met { Outcome::Met } else { Outcome::Unmet }, explanation)
     }
 
-    fn unknown(missing: &[&str], explanation: impl Into<String>) -> Self {
-        let mut f = Finding::new(Outcome::Unknown, explanation);
-        f.missing = missing.iter().map(|m| m.to_string()).collect();
+    fn unknown(self, missing: &[&'static str], explanation: impl Into<Text>) -> Finding {
+        let mut f = self.finding(Outcome::Unknown, explanation);
+        f.missing = missing.to_vec();
         f
     }
+}
 
-    fn value(mut self, field: &str, value: impl Into<String>) -> Self {
-        self.values.push((field.to_string(), value.into()));
+/// Formats an explanation or value only when the finding is explained.
+macro_rules! why {
+    ($d:expr, $($fmt:tt)+) => {
+        $d.text(|| format!($($fmt)+))
+    };
+}
+
+/// Labels joined as a list, for an explanation.
+fn labels<'a, T: 'a>(
+    items: impl IntoIterator<Item = &'a T>,
+    label: fn(&T) -> &'static str,
+) -> String {
+    items.into_iter().map(label).collect::<Vec<_>>().join(", ")
+}
+
+/// A number and its unit, as a clinician would write it.
+fn with_unit(d: Detail, v: f64, unit: &'static str) -> Text {
+    d.text(|| format!("{v} {unit}").trim_end().to_string())
+}
+
+impl Finding {
+    /// Whether the values and explanation were made.
+    pub fn is_explained(&self) -> bool {
+        self.explained
+    }
+
+    fn value(mut self, field: &'static str, value: impl Into<Text>) -> Self {
+        if self.explained {
+            self.values.push((field, value.into()));
+        }
         self
     }
 }
@@ -66,9 +138,21 @@ pub struct Facts<'a> {
     /// Registries (policy ids) in which the patient is actively enrolled, as the store says.
     /// Set before any criterion is evaluated: findings are remembered once made.
     pub registry_enrolments: Vec<String>,
-    /// Each criterion's finding, made at most once per patient and date: eligibility, funding,
-    /// MDT selection and delivery sites share most criteria.
-    pub findings: Vec<std::sync::OnceLock<std::sync::Arc<Finding>>>,
+    /// How much the answers built from these facts say.
+    pub detail: Detail,
+    /// Each criterion's finding at `detail`, made at most once per patient and date:
+    /// eligibility, funding, MDT selection and delivery sites share most criteria.
+    pub findings: Vec<std::cell::OnceCell<Finding>>,
+    /// Explained findings made on demand when `detail` does not explain (a BASIC summary
+    /// quotes why a required criterion is unmet).
+    pub explained: std::cell::OnceCell<Vec<std::cell::OnceCell<Finding>>>,
+}
+
+impl Facts<'_> {
+    /// The stand-in for a criterion that is not in the policy these facts were made for.
+    pub fn not_in_policy() -> &'static Finding {
+        &NOT_IN_POLICY
+    }
 }
 
 /// A numeric patient input a threshold check may name in the policy file.
@@ -736,166 +820,189 @@ impl Check {
         }
     }
 
-    /// Evaluates the check on the facts; `member` evaluates another criterion of the policy
-    /// (for composites).
-    pub fn evaluate(&self, f: &Facts, member: &dyn Fn(usize) -> Finding) -> Finding {
+    /// Evaluates the check on the facts, saying as much as `detail` asks; `member` evaluates
+    /// another criterion of the policy at the same detail (for composites).
+    pub fn evaluate<'f>(
+        &self,
+        f: &Facts,
+        detail: Detail,
+        member: &dyn Fn(usize) -> &'f Finding,
+    ) -> Finding {
         let p = f.patient;
         match self {
-            Check::AnyOf { members } => combine(members.iter().map(|m| member(*m)), true),
-            Check::AllOf { members } => combine(members.iter().map(|m| member(*m)), false),
+            Check::AnyOf { members } => combine(detail, members.iter().map(|m| member(*m)), true),
+            Check::AllOf { members } => combine(detail, members.iter().map(|m| member(*m)), false),
             Check::Composite { .. } => {
-                Finding::unknown(&[], "composite not resolved by the policy loader")
+                detail.unknown(&[], "composite not resolved by the policy loader")
             }
             Check::ValueAtMost { input, limit } => match (input.read)(p) {
-                Some(v) => {
-                    Finding::decided(v <= *limit, format!("{v} {} against ≤ {limit}", input.unit))
-                        .value(input.path, format!("{v} {}", input.unit).trim_end())
-                }
-                None => Finding::unknown(&[input.path], "not recorded"),
+                Some(v) => detail
+                    .decided(
+                        v <= *limit,
+                        why!(detail, "{v} {} against ≤ {limit}", input.unit),
+                    )
+                    .value(input.path, with_unit(detail, v, input.unit)),
+                None => detail.unknown(&[input.path], "not recorded"),
             },
             Check::ValueAtLeast { input, limit } => match (input.read)(p) {
-                Some(v) => {
-                    Finding::decided(v >= *limit, format!("{v} {} against ≥ {limit}", input.unit))
-                        .value(input.path, format!("{v} {}", input.unit).trim_end())
-                }
-                None => Finding::unknown(&[input.path], "not recorded"),
+                Some(v) => detail
+                    .decided(
+                        v >= *limit,
+                        why!(detail, "{v} {} against ≥ {limit}", input.unit),
+                    )
+                    .value(input.path, with_unit(detail, v, input.unit)),
+                None => detail.unknown(&[input.path], "not recorded"),
             },
             Check::ExtentIn { extents } => match p.extent.extent {
-                Some(e) => Finding::decided(extents.contains(&e), format!("disease is {e}"))
+                Some(e) => detail
+                    .decided(extents.contains(&e), why!(detail, "disease is {e}"))
                     .value(EXTENT, e.label()),
-                None => Finding::unknown(&[EXTENT], "extent of disease not recorded"),
+                None => detail.unknown(&[EXTENT], "extent of disease not recorded"),
             },
             Check::FunctionalSyndromeIn { syndromes } => match p.tumour.functional_syndrome {
-                Some(s) => {
-                    Finding::decided(syndromes.contains(&s), format!("hormonal status: {s}"))
-                        .value(SYNDROME, s.label())
-                }
-                None => Finding::unknown(&[SYNDROME], "hormonal (functional) status not recorded"),
+                Some(s) => detail
+                    .decided(syndromes.contains(&s), why!(detail, "hormonal status: {s}"))
+                    .value(SYNDROME, s.label()),
+                None => detail.unknown(&[SYNDROME], "hormonal (functional) status not recorded"),
             },
             Check::ExtrahepaticSitesWithin { allowed } => {
                 let sites = &p.extent.extrahepatic_sites;
                 if sites.is_empty() {
-                    Finding::unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
+                    detail.unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
                 } else {
-                    let outside: Vec<&str> = sites
-                        .iter()
-                        .filter(|s| **s != ExtrahepaticSite::None && !allowed.contains(s))
-                        .map(|s| s.label())
-                        .collect();
-                    let listed: Vec<&str> = sites.iter().map(|s| s.label()).collect();
-                    Finding::decided(
-                        outside.is_empty(),
-                        if outside.is_empty() {
-                            "extrahepatic disease within the limit".to_string()
-                        } else {
-                            format!("extrahepatic disease in {}", outside.join(", "))
-                        },
-                    )
-                    .value(EXTRAHEPATIC, listed.join(", "))
+                    let outside = |s: &&ExtrahepaticSite| {
+                        **s != ExtrahepaticSite::None && !allowed.contains(s)
+                    };
+                    let within = !sites.iter().any(|s| outside(&s));
+                    detail
+                        .decided(
+                            within,
+                            if within {
+                                Text::Borrowed("extrahepatic disease within the limit")
+                            } else {
+                                why!(
+                                    detail,
+                                    "extrahepatic disease in {}",
+                                    labels(sites.iter().filter(outside), |s| s.label())
+                                )
+                            },
+                        )
+                        .value(
+                            EXTRAHEPATIC,
+                            why!(detail, "{}", labels(sites, |s| s.label())),
+                        )
                 }
             }
             Check::ExtrahepaticSiteAnyOf { sites } => {
                 let recorded = &p.extent.extrahepatic_sites;
                 if recorded.is_empty() {
-                    Finding::unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
+                    detail.unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
                 } else {
-                    let listed: Vec<&str> = recorded.iter().map(|s| s.label()).collect();
                     let found = recorded.iter().any(|s| sites.contains(s));
-                    Finding::decided(
-                        found,
-                        format!("extrahepatic disease: {}", listed.join(", ")),
-                    )
-                    .value(EXTRAHEPATIC, listed.join(", "))
+                    let listed = || labels(recorded, |s| s.label());
+                    detail
+                        .decided(found, why!(detail, "extrahepatic disease: {}", listed()))
+                        .value(EXTRAHEPATIC, detail.text(listed))
                 }
             }
             Check::MibgInterferingDrugTaken => {
                 let drugs = &p.medication.mibg_interfering_drugs;
                 if drugs.is_empty() {
-                    Finding::unknown(
+                    detail.unknown(
                         &[MIBG_DRUGS],
                         "medicines that block mIBG uptake not reviewed",
                     )
                 } else {
-                    let taken: Vec<&str> = drugs
-                        .iter()
-                        .filter(|d| **d != MibgInterferingDrug::None)
-                        .map(|d| d.label())
-                        .collect();
-                    let listed: Vec<&str> = drugs.iter().map(|d| d.label()).collect();
-                    Finding::decided(
-                        !taken.is_empty(),
-                        if taken.is_empty() {
-                            "none taken".to_string()
-                        } else {
-                            format!("takes {}", taken.join(", "))
-                        },
-                    )
-                    .value(MIBG_DRUGS, listed.join(", "))
+                    let taken = |d: &&MibgInterferingDrug| **d != MibgInterferingDrug::None;
+                    let any_taken = drugs.iter().any(|d| taken(&d));
+                    detail
+                        .decided(
+                            any_taken,
+                            if any_taken {
+                                why!(
+                                    detail,
+                                    "takes {}",
+                                    labels(drugs.iter().filter(taken), |d| d.label())
+                                )
+                            } else {
+                                Text::Borrowed("none taken")
+                            },
+                        )
+                        .value(MIBG_DRUGS, why!(detail, "{}", labels(drugs, |d| d.label())))
                 }
             }
             Check::ChildPughIn { classes } => match p.fitness.child_pugh {
-                Some(c) => {
-                    Finding::decided(classes.contains(&c), c.label()).value(CHILD_PUGH, c.label())
-                }
-                None => Finding::unknown(&[CHILD_PUGH], "Child-Pugh class not recorded"),
+                Some(c) => detail
+                    .decided(classes.contains(&c), c.label())
+                    .value(CHILD_PUGH, c.label()),
+                None => detail.unknown(&[CHILD_PUGH], "Child-Pugh class not recorded"),
             },
             Check::AgeAtLeast { years } => match f.age {
-                Some(age) => Finding::decided(
-                    age >= *years,
-                    format!("age {age} on {}; needs ≥ {years}", f.as_of),
-                )
-                .value(
-                    if p.demographics.date_of_birth.is_some() {
-                        DATE_OF_BIRTH
-                    } else {
-                        AGE
-                    },
-                    format!("{age} years"),
-                ),
-                None => Finding::unknown(&[AGE, DATE_OF_BIRTH], "age not recorded"),
+                Some(age) => detail
+                    .decided(
+                        age >= *years,
+                        why!(detail, "age {age} on {}; needs ≥ {years}", f.as_of),
+                    )
+                    .value(
+                        if p.demographics.date_of_birth.is_some() {
+                            DATE_OF_BIRTH
+                        } else {
+                            AGE
+                        },
+                        why!(detail, "{age} years"),
+                    ),
+                None => detail.unknown(&[AGE, DATE_OF_BIRTH], "age not recorded"),
             },
             Check::PrimarySiteIn { sites } => match p.tumour.primary_site {
-                Some(site) => {
-                    Finding::decided(sites.contains(&site), format!("primary site is {site}"))
-                        .value(PRIMARY_SITE, site.label())
-                }
-                None => Finding::unknown(&[PRIMARY_SITE], "primary site not recorded"),
+                Some(site) => detail
+                    .decided(
+                        sites.contains(&site),
+                        why!(detail, "primary site is {site}"),
+                    )
+                    .value(PRIMARY_SITE, site.label()),
+                None => detail.unknown(&[PRIMARY_SITE], "primary site not recorded"),
             },
-            Check::UnresectableOrMetastatic => unresectable_or_metastatic(p),
+            Check::UnresectableOrMetastatic => unresectable_or_metastatic(detail, p),
             Check::ProgressiveDisease => match p.progression.progressive {
                 Some(true) => {
-                    let mut f = Finding::decided(true, "progressive disease on imaging")
+                    let mut f = detail
+                        .decided(true, "progressive disease on imaging")
                         .value(PROGRESSIVE, "yes");
                     if let Some(d) = p.progression.progression_scan_date {
-                        f = f.value("patient.progression.progression_scan_date", d.to_string());
+                        f = f.value(
+                            "patient.progression.progression_scan_date",
+                            why!(detail, "{d}"),
+                        );
                     }
                     f
                 }
-                Some(false) => {
-                    Finding::decided(false, "disease not progressive").value(PROGRESSIVE, "no")
-                }
-                None => Finding::unknown(&[PROGRESSIVE], "progression not recorded"),
+                Some(false) => detail
+                    .decided(false, "disease not progressive")
+                    .value(PROGRESSIVE, "no"),
+                None => detail.unknown(&[PROGRESSIVE], "progression not recorded"),
             },
             Check::DifferentiationIn { accepted } => match f.grade.differentiation {
-                Some(d) => Finding::decided(
-                    accepted.contains(&d),
-                    format!("{d} ({})", f.grade.differentiation_basis),
-                )
-                .value(DIFFERENTIATION, d.label()),
-                None => Finding::unknown(
+                Some(d) => detail
+                    .decided(
+                        accepted.contains(&d),
+                        why!(detail, "{d} ({})", f.grade.differentiation_basis),
+                    )
+                    .value(DIFFERENTIATION, d.label()),
+                None => detail.unknown(
                     &[DIFFERENTIATION, "patient.tumour.who_grade"],
                     "differentiation not recorded",
                 ),
             },
             Check::GradeIn { grades } => {
                 let mut finding = match f.grade.grade {
-                    Some(g) => Finding::decided(
-                        grades.contains(&g),
-                        format!("grade {g}: {}", f.grade.basis),
-                    )
-                    .value("derived.who_grade", g.label()),
+                    Some(g) => detail
+                        .decided(
+                            grades.contains(&g),
+                            why!(detail, "grade {g}: {}", f.grade.basis),
+                        )
+                        .value("derived.who_grade", g.label()),
                     None => {
-                        let mut u = Finding::new(
+                        let mut u = detail.finding(
                             Outcome::Unknown,
                             "no grade: no stated grade and nothing measured",
                         );
@@ -903,53 +1010,58 @@ impl Check {
                         u
                     }
                 };
-                finding.values.extend(f.grade.values.iter().cloned());
+                if finding.explained {
+                    finding.values.extend(f.grade.values.iter().cloned());
+                }
                 finding
             }
             Check::KrenningAtLeast { score } => match p.imaging.krenning_score {
                 Some(k) => {
-                    let mut f = Finding::decided(
-                        k >= *score,
-                        format!("Krenning score {k}; needs ≥ {score}"),
-                    )
-                    .value(KRENNING, k.to_string());
+                    let mut f = detail
+                        .decided(
+                            k >= *score,
+                            why!(detail, "Krenning score {k}; needs ≥ {score}"),
+                        )
+                        .value(KRENNING, why!(detail, "{k}"));
                     if let Some(m) = p.imaging.sstr_modality {
                         f = f.value("patient.imaging.sstr_modality", m.label());
                     }
                     f
                 }
-                None => Finding::unknown(&[KRENNING], "SSTR uptake (Krenning score) not recorded"),
+                None => detail.unknown(&[KRENNING], "SSTR uptake (Krenning score) not recorded"),
             },
-            Check::PregnantOrBreastfeeding => pregnant_or_breastfeeding(p),
+            Check::PregnantOrBreastfeeding => pregnant_or_breastfeeding(detail, p),
             Check::PriorTherapyAnyOf { therapies } => {
-                let found: Vec<&str> = p
-                    .prior_treatments
-                    .iter()
-                    .filter(|t| therapies.contains(&t.therapy))
-                    .map(|t| t.therapy.label())
-                    .collect();
-                if found.is_empty() {
-                    Finding::decided(false, "none of these in the recorded prior treatments").value(
-                        PRIOR_TREATMENTS,
-                        format!("{} recorded", p.prior_treatments.len()),
-                    )
+                let treated = |t: &&crate::domain::PriorTreatment| therapies.contains(&t.therapy);
+                let found = || {
+                    labels(p.prior_treatments.iter().filter(treated), |t| {
+                        t.therapy.label()
+                    })
+                };
+                if !p.prior_treatments.iter().any(|t| treated(&t)) {
+                    detail
+                        .decided(false, "none of these in the recorded prior treatments")
+                        .value(
+                            PRIOR_TREATMENTS,
+                            why!(detail, "{} recorded", p.prior_treatments.len()),
+                        )
                 } else {
-                    Finding::decided(
-                        true,
-                        format!("previously treated with {}", found.join(", ")),
-                    )
-                    .value(PRIOR_TREATMENTS, found.join(", "))
+                    detail
+                        .decided(true, why!(detail, "previously treated with {}", found()))
+                        .value(PRIOR_TREATMENTS, detail.text(found))
                 }
             }
             Check::NationIs { nation } => match p.demographics.nation {
-                Some(n) => Finding::decided(n == *nation, format!("nation is {n}"))
+                Some(n) => detail
+                    .decided(n == *nation, why!(detail, "nation is {n}"))
                     .value(NATION, n.label()),
-                None => Finding::unknown(&[NATION], "nation not recorded"),
+                None => detail.unknown(&[NATION], "nation not recorded"),
             },
             Check::WelshRegionIs { region } => match p.demographics.welsh_region {
-                Some(r) => Finding::decided(r == *region, format!("Welsh region is {r}"))
+                Some(r) => detail
+                    .decided(r == *region, why!(detail, "Welsh region is {r}"))
                     .value(WELSH_REGION, r.label()),
-                None => Finding::unknown(&[WELSH_REGION], "Welsh region not recorded"),
+                None => detail.unknown(&[WELSH_REGION], "Welsh region not recorded"),
             },
             Check::ValueBelow {
                 input,
@@ -961,41 +1073,45 @@ impl Check {
                     .flatten()
                     .find(|i| (i.read)(p).is_some());
                 match chosen.and_then(|i| (i.read)(p).map(|v| (i, v))) {
-                    Some((i, v)) => Finding::decided(
-                        v < *threshold,
-                        format!("{v} {} against < {threshold}", i.unit),
-                    )
-                    .value(i.path, format!("{v} {}", i.unit).trim_end()),
+                    Some((i, v)) => detail
+                        .decided(
+                            v < *threshold,
+                            why!(detail, "{v} {} against < {threshold}", i.unit),
+                        )
+                        .value(i.path, with_unit(detail, v, i.unit)),
                     None => {
                         let mut paths = vec![input.path];
                         paths.extend(fallback.map(|i| i.path));
-                        Finding::unknown(&paths, "not recorded")
+                        detail.unknown(&paths, "not recorded")
                     }
                 }
             }
             Check::ValueAbove { input, threshold } => match (input.read)(p) {
-                Some(v) => Finding::decided(
-                    v > *threshold,
-                    format!("{v} {} against > {threshold}", input.unit),
-                )
-                .value(input.path, format!("{v} {}", input.unit).trim_end()),
-                None => Finding::unknown(&[input.path], "not recorded"),
+                Some(v) => detail
+                    .decided(
+                        v > *threshold,
+                        why!(detail, "{v} {} against > {threshold}", input.unit),
+                    )
+                    .value(input.path, with_unit(detail, v, input.unit)),
+                None => detail.unknown(&[input.path], "not recorded"),
             },
             Check::ValueAboveMultipleOf {
                 input,
                 reference,
                 multiple,
             } => match ((input.read)(p), (reference.read)(p)) {
-                (Some(v), Some(r)) => Finding::decided(
-                    v > multiple * r,
-                    format!(
-                        "{v} {} against {multiple} x {r} = {}",
-                        input.unit,
-                        multiple * r
-                    ),
-                )
-                .value(input.path, format!("{v} {}", input.unit))
-                .value(reference.path, format!("{r} {}", reference.unit)),
+                (Some(v), Some(r)) => detail
+                    .decided(
+                        v > multiple * r,
+                        why!(
+                            detail,
+                            "{v} {} against {multiple} x {r} = {}",
+                            input.unit,
+                            multiple * r
+                        ),
+                    )
+                    .value(input.path, with_unit(detail, v, input.unit))
+                    .value(reference.path, with_unit(detail, r, reference.unit)),
                 (v, r) => {
                     let missing: Vec<&str> =
                         [(v.is_none(), input.path), (r.is_none(), reference.path)]
@@ -1003,145 +1119,154 @@ impl Check {
                             .filter(|(m, _)| *m)
                             .map(|(_, p)| p)
                             .collect();
-                    Finding::unknown(&missing, "not recorded")
+                    detail.unknown(&missing, "not recorded")
                 }
             },
             Check::IsTrue { input } | Check::IsFalse { input } => {
                 let wanted = matches!(self, Check::IsTrue { .. });
                 match (input.read)(p) {
-                    Some(v) => Finding::decided(v == wanted, if v { "yes" } else { "no" })
+                    Some(v) => detail
+                        .decided(v == wanted, if v { "yes" } else { "no" })
                         .value(input.path, if v { "yes" } else { "no" }),
-                    None => Finding::unknown(&[input.path], "not recorded"),
+                    None => detail.unknown(&[input.path], "not recorded"),
                 }
             }
             Check::OlderThanDays { input, days } => match (input.read)(p) {
                 Some(d) => {
                     let age = (f.as_of - d).num_days();
-                    Finding::decided(age > *days, format!("{age} days old on {}", f.as_of))
-                        .value(input.path, d.to_string())
+                    detail
+                        .decided(age > *days, why!(detail, "{age} days old on {}", f.as_of))
+                        .value(input.path, why!(detail, "{d}"))
                 }
-                None => Finding::unknown(&[input.path], "not recorded"),
+                None => detail.unknown(&[input.path], "not recorded"),
             },
             Check::StatedGradeConflicts => match (&f.grade.conflict, p.tumour.who_grade) {
                 (Some(conflict), _) => {
-                    let mut f2 = Finding::decided(true, conflict.clone());
-                    f2.values = f.grade.values.clone();
+                    let mut f2 = detail.decided(true, why!(detail, "{conflict}"));
+                    if f2.explained {
+                        f2.values = f.grade.values.clone();
+                    }
                     f2
                 }
                 (None, Some(_)) if f.grade.values.len() > 1 => {
-                    Finding::decided(false, "stated grade agrees with the measured values")
+                    detail.decided(false, "stated grade agrees with the measured values")
                 }
-                (None, Some(_)) => Finding::unknown(
+                (None, Some(_)) => detail.unknown(
                     &[
                         "patient.tumour.ki67_percent",
                         "patient.tumour.mitoses_per_2mm2",
                     ],
                     "nothing measured to check the stated grade against",
                 ),
-                (None, None) => Finding::decided(false, "no stated grade to conflict"),
+                (None, None) => detail.decided(false, "no stated grade to conflict"),
             },
         }
     }
 }
 
 /// Three-valued OR (`any`) or AND over member findings.
-fn combine(findings: impl Iterator<Item = Finding>, any: bool) -> Finding {
-    let mut decisive = Vec::new();
-    let mut missing = Vec::new();
-    let mut unknown = false;
-    let mut values = Vec::new();
-    let mut explanations = Vec::new();
+fn combine<'f>(detail: Detail, findings: impl Iterator<Item = &'f Finding>, any: bool) -> Finding {
     // OR is settled by a MET member, AND by an UNMET one.
     let settles = if any { Outcome::Met } else { Outcome::Unmet };
-    for f in findings {
-        if f.outcome == settles {
-            decisive.push(f);
-            continue;
-        }
-        if f.outcome == Outcome::Unknown {
-            unknown = true;
+    let members: Vec<&Finding> = findings.collect();
+    let decisive = members.iter().any(|f| f.outcome == settles);
+    let unknown = !decisive && members.iter().any(|f| f.outcome == Outcome::Unknown);
+    let outcome = if decisive {
+        settles
+    } else if unknown {
+        Outcome::Unknown
+    } else if any {
+        Outcome::Unmet
+    } else {
+        Outcome::Met
+    };
+    // A decisive member explains the outcome; otherwise every member does.
+    let explaining = || {
+        members
+            .iter()
+            .filter(move |f| !decisive || f.outcome == settles)
+    };
+    let mut out = detail.finding(
+        outcome,
+        why!(
+            detail,
+            "{}",
+            explaining()
+                .map(|f| f.explanation.as_ref())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    );
+    if out.explained {
+        out.values = explaining()
+            .flat_map(|f| f.values.iter().cloned())
+            .collect();
+    }
+    if unknown {
+        for f in members.iter().filter(|f| f.outcome == Outcome::Unknown) {
             for m in &f.missing {
-                if !missing.contains(m) {
-                    missing.push(m.clone());
+                if !out.missing.contains(m) {
+                    out.missing.push(m);
                 }
             }
         }
-        values.extend(f.values);
-        explanations.push(f.explanation);
     }
-    if !decisive.is_empty() {
-        let mut out = Finding::new(
-            settles,
-            decisive
-                .iter()
-                .map(|f| f.explanation.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        );
-        out.values = decisive.into_iter().flat_map(|f| f.values).collect();
-        return out;
-    }
-    let mut out = Finding::new(
-        if unknown {
-            Outcome::Unknown
-        } else if any {
-            Outcome::Unmet
-        } else {
-            Outcome::Met
-        },
-        explanations.join("; "),
-    );
-    out.values = values;
-    out.missing = if unknown { missing } else { Vec::new() };
     out
 }
 
-fn unresectable_or_metastatic(p: &Patient) -> Finding {
+fn unresectable_or_metastatic(detail: Detail, p: &Patient) -> Finding {
     match (p.extent.extent, p.extent.resectable_with_curative_intent) {
-        (Some(e @ (Extent::Metastatic | Extent::LocallyAdvancedUnresectable)), _) => {
-            Finding::decided(true, format!("disease is {e}")).value(EXTENT, e.label())
-        }
+        (Some(e @ (Extent::Metastatic | Extent::LocallyAdvancedUnresectable)), _) => detail
+            .decided(true, why!(detail, "disease is {e}"))
+            .value(EXTENT, e.label()),
         (extent, Some(false)) => {
-            let f = Finding::decided(true, "the MDT judges the disease unresectable")
+            let f = detail
+                .decided(true, "the MDT judges the disease unresectable")
                 .value(RESECTABLE, "no");
             match extent {
                 Some(e) => f.value(EXTENT, e.label()),
                 None => f,
             }
         }
-        (Some(e), Some(true)) => Finding::decided(
-            false,
-            format!("{e} disease judged resectable with curative intent"),
-        )
-        .value(EXTENT, e.label())
-        .value(RESECTABLE, "yes"),
-        (Some(e), None) => Finding::unknown(
-            &[RESECTABLE],
-            format!("{e} disease: resectability not recorded"),
-        )
-        .value(EXTENT, e.label()),
-        (None, _) => Finding::unknown(&[EXTENT, RESECTABLE], "extent of disease not recorded"),
+        (Some(e), Some(true)) => detail
+            .decided(
+                false,
+                why!(detail, "{e} disease judged resectable with curative intent"),
+            )
+            .value(EXTENT, e.label())
+            .value(RESECTABLE, "yes"),
+        (Some(e), None) => detail
+            .unknown(
+                &[RESECTABLE],
+                why!(detail, "{e} disease: resectability not recorded"),
+            )
+            .value(EXTENT, e.label()),
+        (None, _) => detail.unknown(&[EXTENT, RESECTABLE], "extent of disease not recorded"),
     }
 }
 
-fn pregnant_or_breastfeeding(p: &Patient) -> Finding {
+fn pregnant_or_breastfeeding(detail: Detail, p: &Patient) -> Finding {
     let d = &p.demographics;
     if d.pregnant == Some(true) {
-        return Finding::decided(true, "pregnant").value(PREGNANT, "yes");
+        return detail.decided(true, "pregnant").value(PREGNANT, "yes");
     }
     if d.breastfeeding == Some(true) {
-        return Finding::decided(true, "breastfeeding").value(BREASTFEEDING, "yes");
+        return detail
+            .decided(true, "breastfeeding")
+            .value(BREASTFEEDING, "yes");
     }
     if d.sex == Some(Sex::Male) {
-        return Finding::decided(false, "not applicable (male)")
+        return detail
+            .decided(false, "not applicable (male)")
             .value("patient.demographics.sex", "male");
     }
     match (d.pregnant, d.breastfeeding) {
-        (Some(false), Some(false)) => Finding::decided(false, "neither pregnant nor breastfeeding")
+        (Some(false), Some(false)) => detail
+            .decided(false, "neither pregnant nor breastfeeding")
             .value(PREGNANT, "no")
             .value(BREASTFEEDING, "no"),
         (pregnant, breastfeeding) => {
-            let missing: Vec<&str> = [
+            let missing: Vec<&'static str> = [
                 (pregnant.is_none(), PREGNANT),
                 (breastfeeding.is_none(), BREASTFEEDING),
             ]
@@ -1149,7 +1274,7 @@ fn pregnant_or_breastfeeding(p: &Patient) -> Finding {
             .filter(|(m, _)| *m)
             .map(|(_, p)| p)
             .collect();
-            Finding::unknown(&missing, "pregnancy or breastfeeding not recorded")
+            detail.unknown(&missing, "pregnancy or breastfeeding not recorded")
         }
     }
 }

@@ -1,147 +1,181 @@
 //! Eligibility and funding decisions: the active policy applied to one patient on one date.
+//!
+//! Answers borrow from the policy and the patient's facts: the policy's own words are never
+//! copied, and a criterion's finding is made once per patient and shared by every answer.
+
+use std::borrow::Cow;
+use std::fmt::Write;
 
 use chrono::NaiveDate;
 
-use super::criteria::{Facts, Finding, Outcome};
+use super::criteria::{Detail, Facts, Finding, Outcome};
 use super::policy::{
     FundingRoute, Period, Policy, PriorApproval, RegistryStatus, Role, Selector, Severity, Status,
 };
 use crate::domain::{Nation, Patient, Therapy};
 
 /// A criterion and what it found.
-#[derive(Debug, Clone)]
-pub struct CriterionReport {
+#[derive(Debug, Clone, Copy)]
+pub struct CriterionReport<'a> {
     pub criterion: usize,
-    pub finding: std::sync::Arc<Finding>,
+    pub finding: &'a Finding,
 }
 
-/// A safety finding for specialist review.
-#[derive(Debug, Clone)]
-pub struct FlagReport {
+/// Why a safety flag was raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagKind {
+    /// An absolute contraindication that is not recorded: exclude it before treatment.
+    ContraindicationNotRecorded,
+    /// A safety limit is met: specialist review.
+    SafetyLimit,
+}
+
+/// A safety finding for specialist review; its words come from the policy and the finding.
+#[derive(Debug, Clone, Copy)]
+pub struct FlagReport<'a> {
     pub criterion: usize,
     pub severity: Severity,
-    pub message: String,
-    pub field: String,
-    pub value: String,
-    pub threshold: String,
-}
-
-/// The MDT that decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MdtRef {
-    pub id: String,
-    pub name: String,
+    pub kind: FlagKind,
+    pub finding: &'a Finding,
 }
 
 #[derive(Debug, Clone)]
-pub struct EligibilityAnswer {
+pub struct EligibilityAnswer<'a> {
     pub therapy: Therapy,
     pub status: Status,
     pub summary: String,
-    pub criteria: Vec<CriterionReport>,
-    pub missing: Vec<String>,
-    pub flags: Vec<FlagReport>,
-    pub mdt: MdtRef,
+    pub criteria: Vec<CriterionReport<'a>>,
+    pub missing: Vec<&'static str>,
+    pub flags: Vec<FlagReport<'a>>,
+    /// The deciding MDT (an index into the policy's MDTs).
+    pub mdt: usize,
 }
 
 #[derive(Debug, Clone)]
-pub struct CommissionerOnDate {
-    pub id: String,
-    pub name: String,
+pub struct CommissionerOnDate<'a> {
+    pub id: &'a str,
+    pub name: Cow<'a, str>,
     pub source: usize,
 }
 
 #[derive(Debug, Clone)]
-pub struct SiteOnDate {
+pub struct SiteOnDate<'a> {
     pub site: usize,
     pub period: Period,
-    pub note: String,
+    pub note: &'a str,
     pub source: usize,
 }
 
 #[derive(Debug, Clone)]
-pub struct FundingAnswer {
+pub struct FundingAnswer<'a> {
     pub therapy: Therapy,
     pub route: FundingRoute,
-    pub summary: String,
+    pub summary: Cow<'a, str>,
     pub nation: Option<Nation>,
-    pub commissioner: Option<CommissionerOnDate>,
+    pub commissioner: Option<CommissionerOnDate<'a>>,
     pub prior_approval: Option<PriorApproval>,
-    pub mdt: MdtRef,
-    pub sites: Vec<SiteOnDate>,
-    pub criteria: Vec<CriterionReport>,
+    /// The deciding MDT (an index into the policy's MDTs).
+    pub mdt: usize,
+    pub sites: Vec<SiteOnDate<'a>>,
+    pub criteria: Vec<CriterionReport<'a>>,
     pub source: Option<usize>,
     pub next_if_refused: Option<FundingRoute>,
-    pub missing: Vec<String>,
-    pub route_id: String,
-    pub notes: Vec<String>,
+    pub missing: Vec<&'static str>,
+    pub route_id: &'a str,
+    /// Explained answers only: BASIC answers carry no notes.
+    pub notes: Vec<Cow<'a, str>>,
 }
 
 /// Adds `items` to `into`, keeping first-seen order and no repeats.
-fn merge(into: &mut Vec<String>, items: &[String]) {
+fn merge(into: &mut Vec<&'static str>, items: &[&'static str]) {
     for item in items {
         if !into.contains(item) {
-            into.push(item.clone());
+            into.push(item);
         }
     }
 }
 
-/// All MET, some UNMET, or undecided (with the reports of the unknown ones).
+/// All MET, some UNMET, or undecided (with what would settle the unknown ones).
 enum Conjunction {
     AllMet,
     SomeUnmet,
-    Undecided(Vec<String>),
+    Undecided(Vec<&'static str>),
 }
 
 impl Policy {
-    /// Derives what every criterion may need, once per patient and date.
-    pub fn facts<'a>(&self, patient: &'a Patient, as_of: NaiveDate) -> Facts<'a> {
+    /// Derives what every criterion may need, once per patient and date; answers built from
+    /// these facts say as much as `detail` asks.
+    pub fn facts<'a>(&self, patient: &'a Patient, as_of: NaiveDate, detail: Detail) -> Facts<'a> {
         Facts {
             patient,
             as_of,
             age: patient.age_on(as_of),
             grade: self.grading.assess(patient),
             registry_enrolments: Vec::new(),
-            findings: (0..self.criteria.len())
-                .map(|_| std::sync::OnceLock::new())
-                .collect(),
+            detail,
+            findings: self.finding_cells(),
+            explained: std::cell::OnceCell::new(),
         }
     }
 
-    /// Evaluates one criterion (composites evaluate their members), once per patient and date.
-    pub fn finding(&self, criterion: usize, facts: &Facts) -> std::sync::Arc<Finding> {
-        let evaluate = || {
-            std::sync::Arc::new(self.criteria[criterion].check.evaluate(facts, &|member| {
-                Finding::clone(&self.finding(member, facts))
-            }))
+    /// One empty cell per criterion.
+    fn finding_cells(&self) -> Vec<std::cell::OnceCell<Finding>> {
+        (0..self.criteria.len())
+            .map(|_| std::cell::OnceCell::new())
+            .collect()
+    }
+
+    /// One criterion's finding at the facts' detail (composites evaluate their members), made
+    /// once per patient and date.
+    pub fn finding<'f>(&self, criterion: usize, facts: &'f Facts) -> &'f Finding {
+        self.finding_at(criterion, facts, facts.detail)
+    }
+
+    /// One criterion's finding with its values and explanation, whatever the facts' detail.
+    pub fn explained<'f>(&self, criterion: usize, facts: &'f Facts) -> &'f Finding {
+        self.finding_at(criterion, facts, Detail::EXPLAINED)
+    }
+
+    fn finding_at<'f>(&self, criterion: usize, facts: &'f Facts, detail: Detail) -> &'f Finding {
+        let cells = if detail == facts.detail {
+            &facts.findings
+        } else {
+            facts.explained.get_or_init(|| self.finding_cells())
         };
-        match facts.findings.get(criterion) {
-            Some(cell) => std::sync::Arc::clone(cell.get_or_init(evaluate)),
-            None => evaluate(),
+        match (cells.get(criterion), self.criteria.get(criterion)) {
+            (Some(cell), Some(c)) => cell.get_or_init(|| {
+                c.check.evaluate(facts, detail, &|member| {
+                    self.finding_at(member, facts, detail)
+                })
+            }),
+            _ => Facts::not_in_policy(),
         }
     }
 
-    fn report(&self, criterion: usize, facts: &Facts) -> CriterionReport {
+    fn report<'f>(&self, criterion: usize, facts: &'f Facts) -> CriterionReport<'f> {
         CriterionReport {
             criterion,
             finding: self.finding(criterion, facts),
         }
     }
 
-    fn conjunction(
+    fn conjunction<'f>(
         &self,
         when: &[usize],
-        facts: &Facts,
-        reports: &mut Vec<CriterionReport>,
+        facts: &'f Facts,
+        reports: &mut Vec<CriterionReport<'f>>,
     ) -> Conjunction {
         let mut missing = Vec::new();
-        let mut unmet = false;
+        let (mut unmet, mut unknown) = (false, false);
         for &c in when {
             let report = self.report(c, facts);
             match report.finding.outcome {
                 Outcome::Met => {}
                 Outcome::Unmet => unmet = true,
-                Outcome::Unknown => merge(&mut missing, &report.finding.missing),
+                Outcome::Unknown => {
+                    unknown = true;
+                    merge(&mut missing, &report.finding.missing);
+                }
             }
             if !reports.iter().any(|r| r.criterion == c) {
                 reports.push(report);
@@ -149,10 +183,10 @@ impl Policy {
         }
         if unmet {
             Conjunction::SomeUnmet
-        } else if missing.is_empty() {
-            Conjunction::AllMet
-        } else {
+        } else if unknown {
             Conjunction::Undecided(missing)
+        } else {
+            Conjunction::AllMet
         }
     }
 
@@ -161,32 +195,21 @@ impl Policy {
         selectors
             .iter()
             .find(|s| {
-                matches!(
-                    self.conjunction(&s.when, facts, &mut Vec::new()),
-                    Conjunction::AllMet
-                )
+                s.when
+                    .iter()
+                    .all(|&c| self.finding(c, facts).outcome == Outcome::Met)
             })
             .map(|s| s.target)
     }
 
-    fn mdt_ref(&self, index: usize) -> MdtRef {
-        let m = &self.mdts[index];
-        MdtRef {
-            id: m.id.clone(),
-            name: m.name.clone(),
-        }
-    }
-
     /// The deciding MDT: the therapy's own rule, else the geographic rule, else the fallback.
-    fn deciding_mdt(&self, therapy: Therapy, facts: &Facts) -> MdtRef {
+    fn deciding_mdt(&self, therapy: Therapy, facts: &Facts) -> usize {
         let own = self
             .therapies
             .get(&therapy)
             .and_then(|t| self.select(&t.mdt, facts));
-        self.mdt_ref(
-            own.or_else(|| self.select(&self.mdt_rules, facts))
-                .unwrap_or(self.fallback_mdt),
-        )
+        own.or_else(|| self.select(&self.mdt_rules, facts))
+            .unwrap_or(self.fallback_mdt)
     }
 
     fn not_decided(&self, therapy: Therapy) -> String {
@@ -197,7 +220,7 @@ impl Policy {
     }
 
     /// Can the patient be considered for `therapy`? (clinical README, positions 1-3)
-    pub fn eligibility(&self, facts: &Facts, therapy: Therapy) -> EligibilityAnswer {
+    pub fn eligibility<'a>(&'a self, facts: &'a Facts, therapy: Therapy) -> EligibilityAnswer<'a> {
         let mdt = self.deciding_mdt(therapy, facts);
         let Some(rules) = self.therapies.get(&therapy) else {
             return EligibilityAnswer {
@@ -212,55 +235,56 @@ impl Policy {
         };
         let mut criteria = Vec::with_capacity(rules.eligibility.len());
         let mut missing = Vec::new();
-        let mut unmet = Vec::new();
-        let mut contraindicated = Vec::new();
+        let (mut unmet, mut contraindicated) = (false, false);
         let mut flags = Vec::new();
         for &c in &rules.eligibility {
             let report = self.report(c, facts);
             let criterion = &self.criteria[c];
-            let f = &report.finding;
+            let f = report.finding;
             match (criterion.role, f.outcome) {
-                (Role::Required, Outcome::Unmet) => unmet.push(format!("{} ({})", criterion.description, f.explanation)),
+                (Role::Required, Outcome::Unmet) => unmet = true,
                 (Role::Required, Outcome::Unknown) => merge(&mut missing, &f.missing),
-                (Role::Contraindication, Outcome::Met) => {
-                    contraindicated.push(format!("{} ({})", criterion.description, f.explanation))
-                }
+                (Role::Contraindication, Outcome::Met) => contraindicated = true,
                 (Role::Contraindication, Outcome::Unknown) => flags.push(FlagReport {
                     criterion: c,
                     severity: Severity::Review,
-                    message: format!("{}: not recorded. An absolute contraindication: exclude it before treatment.", criterion.description),
-                    field: f.missing.join(", "),
-                    value: "not recorded".into(),
-                    threshold: String::new(),
+                    kind: FlagKind::ContraindicationNotRecorded,
+                    finding: f,
                 }),
-                (Role::Safety, Outcome::Met) => {
-                    let (field, value) = f.values.first().cloned().unwrap_or_default();
-                    flags.push(FlagReport {
-                        criterion: c,
-                        severity: criterion.severity.unwrap_or(Severity::Review),
-                        message: criterion.flag.clone(),
-                        field,
-                        value,
-                        threshold: criterion.check.threshold_text(),
-                    });
-                }
+                (Role::Safety, Outcome::Met) => flags.push(FlagReport {
+                    criterion: c,
+                    severity: criterion.severity.unwrap_or(Severity::Review),
+                    kind: FlagKind::SafetyLimit,
+                    finding: f,
+                }),
                 _ => {}
             }
             criteria.push(report);
         }
-        let (status, summary) = if !contraindicated.is_empty() {
-            (
-                Status::NotEligible,
-                format!(
-                    "Not eligible for {therapy}: absolute contraindication: {}.",
-                    contraindicated.join("; ")
-                ),
-            )
-        } else if !unmet.is_empty() {
-            (
-                Status::NotEligible,
-                format!("Not eligible for {therapy}: {}.", unmet.join("; ")),
-            )
+        // The summary quotes why: each decisive criterion, in the clinic's words.
+        let quote = |summary: &mut String, role: Role, outcome: Outcome| {
+            let decisive = criteria.iter().filter(|r| {
+                self.criteria[r.criterion].role == role && r.finding.outcome == outcome
+            });
+            for (i, r) in decisive.enumerate() {
+                let _ = write!(
+                    summary,
+                    "{}{} ({})",
+                    if i == 0 { "" } else { "; " },
+                    self.criteria[r.criterion].description,
+                    self.explained(r.criterion, facts).explanation
+                );
+            }
+            summary.push('.');
+        };
+        let (status, summary) = if contraindicated {
+            let mut summary = format!("Not eligible for {therapy}: absolute contraindication: ");
+            quote(&mut summary, Role::Contraindication, Outcome::Met);
+            (Status::NotEligible, summary)
+        } else if unmet {
+            let mut summary = format!("Not eligible for {therapy}: ");
+            quote(&mut summary, Role::Required, Outcome::Unmet);
+            (Status::NotEligible, summary)
         } else if !missing.is_empty() {
             (
                 Status::Indeterminate,
@@ -274,17 +298,18 @@ impl Policy {
                 .iter()
                 .filter(|f| f.severity != Severity::Info)
                 .count();
-            let flagged = if review > 0 {
-                format!(" {review} safety flag(s) need specialist review.")
-            } else {
-                String::new()
-            };
+            let name = &self.mdts[mdt].name;
             (
                 Status::Eligible,
-                format!(
-                    "Can be considered for {therapy}: every required criterion is met. Deciding MDT: {}.{flagged}",
-                    mdt.name
-                ),
+                if review > 0 {
+                    format!(
+                        "Can be considered for {therapy}: every required criterion is met. Deciding MDT: {name}. {review} safety flag(s) need specialist review."
+                    )
+                } else {
+                    format!(
+                        "Can be considered for {therapy}: every required criterion is met. Deciding MDT: {name}."
+                    )
+                },
             )
         };
         if status != Status::Indeterminate {
@@ -301,27 +326,29 @@ impl Policy {
         }
     }
 
-    fn commissioner_on(&self, index: usize, day: NaiveDate) -> CommissionerOnDate {
+    fn commissioner_on(&self, index: usize, day: NaiveDate) -> CommissionerOnDate<'_> {
         let c = &self.commissioners[index];
         let name = c
             .periods
             .iter()
             .find(|(p, _)| p.contains(day))
-            .map(|(_, n)| n.clone())
-            .unwrap_or_else(|| format!("no commissioner recorded for '{}' on {day}", c.id));
+            .map(|(_, n)| Cow::Borrowed(n.as_str()))
+            .unwrap_or_else(|| {
+                Cow::Owned(format!("no commissioner recorded for '{}' on {day}", c.id))
+            });
         CommissionerOnDate {
-            id: c.id.clone(),
+            id: &c.id,
             name,
             source: c.source,
         }
     }
 
-    fn delivery_on(
-        &self,
+    fn delivery_on<'a>(
+        &'a self,
         therapy: Therapy,
-        facts: &Facts,
-        notes: &mut Vec<String>,
-    ) -> Vec<SiteOnDate> {
+        facts: &'a Facts,
+        notes: &mut Vec<Cow<'a, str>>,
+    ) -> Vec<SiteOnDate<'a>> {
         let Some(rules) = self.therapies.get(&therapy) else {
             return Vec::new();
         };
@@ -337,7 +364,7 @@ impl Policy {
                             p.sites.iter().map(|&site| SiteOnDate {
                                 site,
                                 period: p.period,
-                                note: p.note.clone(),
+                                note: &p.note,
                                 source: p.source,
                             })
                         })
@@ -347,11 +374,11 @@ impl Policy {
                 Conjunction::SomeUnmet => {}
             }
         }
-        if !undecided.is_empty() {
-            notes.push(format!(
+        if !undecided.is_empty() && facts.detail.explains() {
+            notes.push(Cow::Owned(format!(
                 "The delivery site depends on: {}.",
                 undecided.join(", ")
-            ));
+            )));
         }
         Vec::new()
     }
@@ -359,33 +386,34 @@ impl Policy {
     /// How would `therapy` be funded for this patient on the as-of date? Routes are tried in
     /// policy order; the first whose criteria are all MET is the answer. A route that can be
     /// neither ruled in nor out makes the answer UNDETERMINED, naming what would settle it.
-    pub fn funding(&self, facts: &Facts, therapy: Therapy) -> FundingAnswer {
+    pub fn funding<'a>(&'a self, facts: &'a Facts, therapy: Therapy) -> FundingAnswer<'a> {
         let nation = facts.patient.demographics.nation;
+        let explains = facts.detail.explains();
         let mut answer = FundingAnswer {
             therapy,
             route: FundingRoute::Undetermined,
-            summary: String::new(),
+            summary: Cow::Borrowed(""),
             nation,
             commissioner: None,
             prior_approval: None,
             mdt: self.deciding_mdt(therapy, facts),
             sites: Vec::new(),
-            criteria: Vec::new(),
+            criteria: Vec::with_capacity(8),
             source: None,
             next_if_refused: None,
             missing: Vec::new(),
-            route_id: String::new(),
+            route_id: "",
             notes: Vec::new(),
         };
         let Some(rules) = self.therapies.get(&therapy) else {
-            answer.summary = self.not_decided(therapy);
+            answer.summary = Cow::Owned(self.not_decided(therapy));
             return answer;
         };
         let Some(nation) = nation else {
-            answer.missing.push("patient.demographics.nation".into());
-            answer.summary = format!(
+            answer.missing.push("patient.demographics.nation");
+            answer.summary = Cow::Owned(format!(
                 "Funding for {therapy} cannot be classified: the nation decides the commissioner and is not recorded."
-            );
+            ));
             return answer;
         };
         let as_of = facts.as_of;
@@ -404,13 +432,13 @@ impl Policy {
             match self.conjunction(&route.when, facts, &mut answer.criteria) {
                 Conjunction::SomeUnmet => continue,
                 Conjunction::Undecided(missing) => {
-                    answer.route_id = route.id.clone();
+                    answer.route_id = &route.id;
                     answer.source = Some(route.source);
-                    answer.summary = format!(
+                    answer.summary = Cow::Owned(format!(
                         "Funding for {therapy} cannot be classified until these are recorded: {} (they decide whether route '{}' applies).",
                         missing.join(", "),
                         route.id
-                    );
+                    ));
                     answer.missing = missing;
                     answer.sites = self.delivery_on(therapy, facts, &mut answer.notes);
                     return answer;
@@ -420,21 +448,22 @@ impl Policy {
             answer.route = match registry {
                 Some((registry, Some(state))) => {
                     let enrolled = facts.registry_enrolments.contains(&registry.id);
-                    let line = if enrolled {
-                        format!(
-                            "The patient is actively enrolled in {}: funded within the audit.",
-                            registry.name
-                        )
-                    } else {
-                        let verb = match state.status {
-                            RegistryStatus::Open => "is open to new patients",
-                            RegistryStatus::ClosedToNewPatients => "is closed to new patients",
-                        };
-                        format!("{} {verb} on {as_of}. {}", registry.name, state.note)
-                            .trim_end()
-                            .to_string()
-                    };
-                    answer.notes.push(line);
+                    if explains {
+                        answer.notes.push(Cow::Owned(if enrolled {
+                            format!(
+                                "The patient is actively enrolled in {}: funded within the audit.",
+                                registry.name
+                            )
+                        } else {
+                            let verb = match state.status {
+                                RegistryStatus::Open => "is open to new patients",
+                                RegistryStatus::ClosedToNewPatients => "is closed to new patients",
+                            };
+                            format!("{} {verb} on {as_of}. {}", registry.name, state.note)
+                                .trim_end()
+                                .to_string()
+                        }));
+                    }
                     if enrolled {
                         FundingRoute::WithinAuditRegistry
                     } else {
@@ -443,14 +472,14 @@ impl Policy {
                 }
                 _ => FundingRoute::from(route.kind),
             };
-            answer.route_id = route.id.clone();
-            answer.summary = route.summary.clone();
+            answer.route_id = &route.id;
+            answer.summary = Cow::Borrowed(&route.summary);
             answer.commissioner = Some(self.commissioner_on(route.commissioner, as_of));
             answer.prior_approval = Some(route.prior_approval);
             answer.next_if_refused = Some(route.next_if_refused);
             answer.source = Some(route.source);
             if let Some(mdt) = route.mdt {
-                answer.mdt = self.mdt_ref(mdt);
+                answer.mdt = mdt;
             }
             answer.sites = match &route.sites {
                 Some(sites) => sites
@@ -458,21 +487,28 @@ impl Policy {
                     .map(|&site| SiteOnDate {
                         site,
                         period: Period::default(),
-                        note: String::new(),
+                        note: "",
                         source: route.source,
                     })
                     .collect(),
                 None => self.delivery_on(therapy, facts, &mut answer.notes),
             };
-            answer.notes.extend(route.notes.iter().cloned());
-            answer.notes.extend(rules.notes.iter().cloned());
+            if explains {
+                answer.notes.extend(
+                    route
+                        .notes
+                        .iter()
+                        .chain(&rules.notes)
+                        .map(|n| Cow::Borrowed(n.as_str())),
+                );
+            }
             return answer;
         }
         // Policy validation guarantees a catch-all route per nation that has routes.
-        answer.summary = format!(
+        answer.summary = Cow::Owned(format!(
             "Policy {} has no {nation} funding route for {therapy}; the MDT decides.",
             self.version
-        );
+        ));
         answer
     }
 }

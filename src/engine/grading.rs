@@ -37,9 +37,9 @@ pub struct GradeAssessment {
     /// How the grade was reached, in words.
     pub basis: String,
     /// Patient values used: (field path, value).
-    pub values: Vec<(String, String)>,
+    pub values: Vec<(&'static str, super::criteria::Text)>,
     /// Inputs that would settle the grade when it is unknown.
-    pub missing: Vec<String>,
+    pub missing: Vec<&'static str>,
     /// Set when the stated grade disagrees with the measured values.
     pub conflict: Option<String>,
     /// Differentiation as stated, or implied by a WHO NET/NEC category.
@@ -77,13 +77,13 @@ impl GradingParameters {
         } else {
             let by_ki67 = t.ki67_percent.map(|k| {
                 let g = self.grade_by(k, self.ki67_g2_from_percent, self.ki67_g3_above_percent);
-                a.values.push((KI67.into(), format!("{k} %")));
+                a.values.push((KI67, format!("{k} %").into()));
                 reasons.push(format!("Ki-67 {k} % gives {g}"));
                 g
             });
             let by_mitoses = t.mitoses_per_2mm2.map(|m| {
                 let g = self.grade_by(m, self.mitoses_g2_from, self.mitoses_g3_above);
-                a.values.push((MITOSES.into(), format!("{m} per 2 mm²")));
+                a.values.push((MITOSES, format!("{m} per 2 mm²").into()));
                 reasons.push(format!("mitoses {m} per 2 mm² give {g}"));
                 g
             });
@@ -92,7 +92,7 @@ impl GradingParameters {
         // WHO 2019: a poorly differentiated neuroendocrine neoplasm is a carcinoma whatever its Ki-67.
         let measured = if t.differentiation == Some(Differentiation::Poor) {
             a.values
-                .push((DIFFERENTIATION.into(), Differentiation::Poor.label().into()));
+                .push((DIFFERENTIATION, Differentiation::Poor.label().into()));
             reasons.push("poorly differentiated morphology makes it NEC".into());
             Some(measured.map_or(WhoGrade::Nec, |g| g.max(WhoGrade::Nec)))
         } else {
@@ -101,7 +101,7 @@ impl GradingParameters {
 
         let stated = t.who_grade;
         if let Some(s) = stated {
-            a.values.push((WHO_GRADE.into(), s.label().into()));
+            a.values.push((WHO_GRADE, s.label().into()));
             reasons.push(format!("stated grade {s}"));
         }
         a.grade = stated.max(measured);
@@ -121,14 +121,9 @@ impl GradingParameters {
             None => {
                 a.basis = "no grade stated and nothing measured to grade from".into();
                 a.missing = if lung {
-                    vec![
-                        WHO_GRADE.into(),
-                        LUNG_CLASS.into(),
-                        MITOSES.into(),
-                        NECROSIS.into(),
-                    ]
+                    vec![WHO_GRADE, LUNG_CLASS, MITOSES, NECROSIS]
                 } else {
-                    vec![WHO_GRADE.into(), KI67.into(), MITOSES.into()]
+                    vec![WHO_GRADE, KI67, MITOSES]
                 };
             }
         }
@@ -164,17 +159,17 @@ impl GradingParameters {
     ) -> Option<WhoGrade> {
         let t = &patient.tumour;
         if let Some(class) = t.lung_classification {
-            a.values.push((LUNG_CLASS.into(), class.label().into()));
+            a.values.push((LUNG_CLASS, class.label().into()));
             let g = lung_class_grade(class);
             reasons.push(format!("{class} maps to {g}"));
             return Some(g);
         }
         let mitoses = t.mitoses_per_2mm2?;
         a.values
-            .push((MITOSES.into(), format!("{mitoses} per 2 mm²")));
+            .push((MITOSES, format!("{mitoses} per 2 mm²").into()));
         if let Some(n) = t.necrosis {
             a.values
-                .push((NECROSIS.into(), if n { "present" } else { "absent" }.into()));
+                .push((NECROSIS, if n { "present" } else { "absent" }.into()));
         }
         let class = if mitoses > self.lung_mitoses_carcinoma_above {
             LungClassification::LargeCellNec

@@ -5,6 +5,6 @@ pub mod evaluate;
 pub mod grading;
 pub mod policy;
 
-pub use criteria::{Facts, Finding, Outcome};
+pub use criteria::{Detail, Facts, Finding, Outcome, Text};
 pub use evaluate::{EligibilityAnswer, FundingAnswer};
 pub use policy::{Policy, PolicyError, PolicyIssue};

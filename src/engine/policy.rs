@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use super::criteria::Check;
+use super::criteria::{Check, Detail};
 use super::grading::GradingParameters;
 use crate::domain::{Nation, Patient, Therapy, dates};
 
@@ -700,9 +700,15 @@ impl Policy {
                 }
                 continue;
             }
-            let facts = self.facts(&case.patient, case.as_of);
+            // Each case is decided at both details: how much an answer says never changes it.
+            let outcome = self.facts(&case.patient, case.as_of, Detail::OUTCOME);
+            let explained = self.facts(&case.patient, case.as_of, Detail::EXPLAINED);
             for (line, expect) in &case.expectations {
-                for problem in self.check_expectation(&facts, expect) {
+                let problems = self
+                    .check_expectation(&outcome, expect)
+                    .into_iter()
+                    .chain(self.same_at_both_details(&outcome, &explained, expect.therapy));
+                for problem in problems {
                     failures.push(PolicyIssue {
                         file: self.file.clone(),
                         line: *line,
@@ -747,11 +753,11 @@ impl Policy {
             ));
         }
         if let Some(mdt) = &expect.mdt
-            && *mdt != funding.mdt.id
+            && *mdt != self.mdts[funding.mdt].id
         {
             problems.push(format!(
                 "expected deciding MDT '{mdt}', got '{}'",
-                funding.mdt.id
+                self.mdts[funding.mdt].id
             ));
         }
         if let Some(sites) = &expect.sites {
@@ -768,13 +774,45 @@ impl Policy {
             let got = funding
                 .commissioner
                 .as_ref()
-                .map(|c| c.name.as_str())
+                .map(|c| c.name.as_ref())
                 .unwrap_or("");
             if got != name {
                 problems.push(format!("expected commissioner '{name}', got '{got}'"));
             }
         }
         problems
+    }
+
+    /// A BASIC answer and a FULL one must agree on everything BASIC shows.
+    fn same_at_both_details(
+        &self,
+        outcome: &super::criteria::Facts,
+        explained: &super::criteria::Facts,
+        therapy: Therapy,
+    ) -> Option<String> {
+        let (a, b) = (
+            self.eligibility(outcome, therapy),
+            self.eligibility(explained, therapy),
+        );
+        let (f, g) = (
+            self.funding(outcome, therapy),
+            self.funding(explained, therapy),
+        );
+        let same = a.status == b.status
+            && a.summary == b.summary
+            && a.missing == b.missing
+            && a.mdt == b.mdt
+            && f.route == g.route
+            && f.summary == g.summary
+            && f.missing == g.missing
+            && f.route_id == g.route_id
+            && f.mdt == g.mdt;
+        (!same).then(|| {
+            format!(
+                "the BASIC and FULL answers differ: '{}' / '{}' against '{}' / '{}'",
+                a.summary, f.summary, b.summary, g.summary
+            )
+        })
     }
 }
 

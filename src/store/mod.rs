@@ -40,6 +40,8 @@ pub enum StoreError {
     LogOff,
     #[error("the decision log write failed: {0}")]
     Write(String),
+    #[error("stored decision {0} cannot be decompressed: {1}")]
+    Unreadable(String, String),
 }
 
 impl From<MigrateError> for StoreError {
@@ -65,10 +67,63 @@ pub struct NewDecision {
     pub policy_hash: String,
     pub as_of: String,
     pub patient_pseudonym: Option<String>,
-    /// The encoded `netpathway.v1.DecisionRecord`.
-    pub record: Vec<u8>,
+    /// The encoded `netpathway.v1.DecisionRecord`, as it will be stored.
+    pub record: Record,
     /// (therapy, eligibility status, funding route) per therapy answered; 0 where not applicable.
     pub outcomes: Vec<(i32, i32, i32)>,
+}
+
+/// How a record's bytes are stored (the `record_codec` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordCodec {
+    /// The encoded protobuf as it is (records written before compression, and tests).
+    Plain = 0,
+    /// The encoded protobuf compressed with zstd.
+    Zstd = 1,
+}
+
+/// A decision record's bytes as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub codec: RecordCodec,
+    pub bytes: Vec<u8>,
+}
+
+/// zstd level 1: FULL records (tens of KB of repeated criterion text and citations) shrink about
+/// eight-fold at a few hundred MB/s, so the log writes and fsyncs an eighth of the pages.
+const ZSTD_LEVEL: i32 = 1;
+
+impl Record {
+    /// Stored as given.
+    pub fn plain(bytes: Vec<u8>) -> Record {
+        Record {
+            codec: RecordCodec::Plain,
+            bytes,
+        }
+    }
+
+    /// Compressed; stored plain in the unlikely case that compression fails.
+    pub fn compressed(bytes: Vec<u8>) -> Record {
+        match zstd::bulk::compress(&bytes, ZSTD_LEVEL) {
+            Ok(compressed) => Record {
+                codec: RecordCodec::Zstd,
+                bytes: compressed,
+            },
+            Err(_) => Record::plain(bytes),
+        }
+    }
+}
+
+/// A stored record's encoded protobuf, decompressed.
+fn unpack(decision_id: &str, codec: i32, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    const PLAIN: i32 = RecordCodec::Plain as i32;
+    const ZSTD: i32 = RecordCodec::Zstd as i32;
+    let unreadable = |why: String| StoreError::Unreadable(decision_id.to_string(), why);
+    match codec {
+        PLAIN => Ok(bytes),
+        ZSTD => zstd::stream::decode_all(bytes.as_slice()).map_err(|e| unreadable(e.to_string())),
+        other => Err(unreadable(format!("unknown record codec {other}"))),
+    }
 }
 
 /// A stored decision.
@@ -154,17 +209,30 @@ macro_rules! on_pool {
     };
 }
 
-type DecisionRow = (String, String, i32, i64, Vec<u8>);
+type DecisionRow = (String, String, i32, i64, Vec<u8>, i32);
 
-fn decision(row: DecisionRow) -> StoredDecision {
-    let (decision_id, request_hash, kind, received_at_ms, record) = row;
-    StoredDecision {
+/// The columns of a `DecisionRow`, in its order.
+macro_rules! decision_columns {
+    () => {
+        "decision_id, request_hash, kind, received_at_ms, record, record_codec"
+    };
+}
+
+/// Records per INSERT: 11 parameters each, well under SQLite's 32,766 and PostgreSQL's 65,535.
+const DECISIONS_PER_STATEMENT: usize = 256;
+/// Outcome rows per INSERT: 4 parameters each.
+const OUTCOMES_PER_STATEMENT: usize = 1024;
+
+fn decision(row: DecisionRow) -> Result<StoredDecision, StoreError> {
+    let (decision_id, request_hash, kind, received_at_ms, record, codec) = row;
+    let record = unpack(&decision_id, codec, record)?;
+    Ok(StoredDecision {
         decision_id,
         request_hash,
         kind,
         received_at_ms,
         record,
-    }
+    })
 }
 
 /// The enrolment columns, in `EnrolmentTuple` order, as a literal so queries stay `&'static str`.
@@ -285,61 +353,95 @@ impl Store {
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for d in batch {
-                let inserted = sqlx::query(
-                    "INSERT INTO decisions (decision_id, request_id, request_hash, kind, received_at_ms, caller, policy_version, policy_hash, as_of, patient_pseudonym, record) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (request_id) DO NOTHING",
-                )
-                .bind(&d.decision_id)
-                .bind(&d.request_id)
-                .bind(&d.request_hash)
-                .bind(d.kind)
-                .bind(d.received_at_ms)
-                .bind(&d.caller)
-                .bind(&d.policy_version)
-                .bind(&d.policy_hash)
-                .bind(&d.as_of)
-                .bind(&d.patient_pseudonym)
-                .bind(&d.record)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    let existing: DecisionRow = sqlx::query_as(
-                        "SELECT decision_id, request_hash, kind, received_at_ms, record FROM decisions WHERE request_id = $1",
-                    )
-                    .bind(&d.request_id)
-                    .fetch_one(&mut *tx)
+            // A few multi-row statements per batch, not one per record and outcome: each
+            // statement is a round trip to the database (or to SQLite's worker thread).
+            let mut inserted = std::collections::HashSet::with_capacity(batch.len());
+            for chunk in batch.chunks(DECISIONS_PER_STATEMENT) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO decisions (decision_id, request_id, request_hash, kind, received_at_ms, caller, policy_version, policy_hash, as_of, patient_pseudonym, record, record_codec) ",
+                );
+                insert.push_values(chunk, |mut row, d| {
+                    row.push_bind(&d.decision_id)
+                        .push_bind(&d.request_id)
+                        .push_bind(&d.request_hash)
+                        .push_bind(d.kind)
+                        .push_bind(d.received_at_ms)
+                        .push_bind(&d.caller)
+                        .push_bind(&d.policy_version)
+                        .push_bind(&d.policy_hash)
+                        .push_bind(&d.as_of)
+                        .push_bind(&d.patient_pseudonym)
+                        .push_bind(&d.record.bytes)
+                        .push_bind(d.record.codec as i32);
+                });
+                insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING decision_id");
+                // Not kept prepared: each batch size is its own statement, and a connection's
+                // cache of them would grow by megabytes.
+                let written: Vec<(String,)> = insert
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
                     .await?;
-                    outcomes.push(WriteOutcome::RequestIdTaken(decision(existing)));
+                inserted.extend(written.into_iter().map(|(id,)| id));
+            }
+            let rows: Vec<(&str, &(i32, i32, i32))> = batch
+                .iter()
+                .filter(|d| inserted.contains(&d.decision_id))
+                .flat_map(|d| d.outcomes.iter().map(move |o| (d.decision_id.as_str(), o)))
+                .collect();
+            for chunk in rows.chunks(OUTCOMES_PER_STATEMENT) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO decision_outcomes (decision_id, therapy, status, route) ",
+                );
+                insert.push_values(chunk, |mut row, (id, (therapy, status, route))| {
+                    row.push_bind(*id)
+                        .push_bind(*therapy)
+                        .push_bind(*status)
+                        .push_bind(*route);
+                });
+                insert.build().persistent(false).execute(&mut *tx).await?;
+            }
+            // `None`: written; otherwise the stored decision that holds the request_id.
+            let mut outcomes: Vec<Option<DecisionRow>> = Vec::with_capacity(batch.len());
+            for d in batch {
+                if inserted.contains(&d.decision_id) {
+                    outcomes.push(None);
                     continue;
                 }
-                for (therapy, status, route) in &d.outcomes {
-                    sqlx::query("INSERT INTO decision_outcomes (decision_id, therapy, status, route) VALUES ($1, $2, $3, $4)")
-                        .bind(&d.decision_id)
-                        .bind(therapy)
-                        .bind(status)
-                        .bind(route)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                outcomes.push(WriteOutcome::Written);
+                // Only a record with a request_id can conflict: a retry raced its first call.
+                let existing: DecisionRow = sqlx::query_as(concat!(
+                    "SELECT ",
+                    decision_columns!(),
+                    " FROM decisions WHERE request_id = $1"
+                ))
+                .bind(&d.request_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                outcomes.push(Some(existing));
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(outcomes)
+        })?
+        .into_iter()
+        .map(|row| match row {
+            None => Ok(WriteOutcome::Written),
+            Some(existing) => decision(existing).map(WriteOutcome::RequestIdTaken),
         })
-        .map_err(StoreError::from)
+        .collect()
     }
 
     pub async fn decision(&self, decision_id: &str) -> Result<Option<StoredDecision>, StoreError> {
         let row: Option<DecisionRow> = on_pool!(self, |pool| {
-            sqlx::query_as("SELECT decision_id, request_hash, kind, received_at_ms, record FROM decisions WHERE decision_id = $1")
-                .bind(decision_id)
-                .fetch_optional(pool)
-                .await
+            sqlx::query_as(concat!(
+                "SELECT ",
+                decision_columns!(),
+                " FROM decisions WHERE decision_id = $1"
+            ))
+            .bind(decision_id)
+            .fetch_optional(pool)
+            .await
         })?;
-        Ok(row.map(decision))
+        row.map(decision).transpose()
     }
 
     pub async fn decision_by_request_id(
@@ -347,12 +449,16 @@ impl Store {
         request_id: &str,
     ) -> Result<Option<StoredDecision>, StoreError> {
         let row: Option<DecisionRow> = on_pool!(self, |pool| {
-            sqlx::query_as("SELECT decision_id, request_hash, kind, received_at_ms, record FROM decisions WHERE request_id = $1")
-                .bind(request_id)
-                .fetch_optional(pool)
-                .await
+            sqlx::query_as(concat!(
+                "SELECT ",
+                decision_columns!(),
+                " FROM decisions WHERE request_id = $1"
+            ))
+            .bind(request_id)
+            .fetch_optional(pool)
+            .await
         })?;
-        Ok(row.map(decision))
+        row.map(decision).transpose()
     }
 
     /// Decisions matching `filter`, newest first, after `cursor`, at most `limit`.
@@ -366,7 +472,7 @@ impl Store {
             cursor.map_or((None, None), |c| (Some(c.at_ms), Some(c.id.clone())));
         let rows: Vec<DecisionRow> = on_pool!(self, |pool| {
             sqlx::query_as(
-                "SELECT d.decision_id, d.request_hash, d.kind, d.received_at_ms, d.record FROM decisions d \
+                "SELECT d.decision_id, d.request_hash, d.kind, d.received_at_ms, d.record, d.record_codec FROM decisions d \
                  WHERE ($1 IS NULL OR d.patient_pseudonym = $1) \
                    AND ($2 IS NULL OR d.received_at_ms >= $2) \
                    AND ($3 IS NULL OR d.received_at_ms < $3) \
@@ -387,7 +493,7 @@ impl Store {
             .fetch_all(pool)
             .await
         })?;
-        Ok(rows.into_iter().map(decision).collect())
+        rows.into_iter().map(decision).collect()
     }
 
     /// Enrols a patient. With a capacity, the count of active new enrolments and the insert
