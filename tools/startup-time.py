@@ -5,16 +5,26 @@ asks grpc.health.v1 Check to confirm. Needs `cargo build --release` and grpcurl
 (target/tools/venv/bin/grpcurl, or GRPCURL)."""
 import os, subprocess, time, socket, tempfile
 GRPCURL = os.environ.get("GRPCURL", "target/tools/venv/bin/grpcurl")
+def listening():
+    try:
+        socket.create_connection(("127.0.0.1", 50071), timeout=0.05).close()
+        return True
+    except OSError:
+        return False
+
 for run in range(3):
+    if listening():
+        raise SystemExit("127.0.0.1:50071 is already taken: stop whatever listens there first")
     d = tempfile.mkdtemp()
     t0 = time.monotonic()
     p = subprocess.Popen(["target/release/net-pathway", "--listen", "127.0.0.1:50071", "--admin-listen", "off", "--data-dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", 50071), timeout=0.05).close(); break
-        except OSError:
+    try:
+        while not listening():
+            if p.poll() is not None:
+                raise SystemExit(f"net-pathway exited with {p.returncode} before listening")
             time.sleep(0.001)
-    t1 = time.monotonic()
-    out = subprocess.run([GRPCURL, "-plaintext", "127.0.0.1:50071", "grpc.health.v1.Health/Check"], capture_output=True, text=True).stdout
-    print(f"start to listening: {1000*(t1-t0):.0f} ms (fresh data dir); health: {out.strip().replace(chr(10),' ')}")
-    p.terminate(); p.wait()
+        t1 = time.monotonic()
+        out = subprocess.run([GRPCURL, "-plaintext", "127.0.0.1:50071", "grpc.health.v1.Health/Check"], capture_output=True, text=True).stdout
+        print(f"start to listening: {1000*(t1-t0):.0f} ms (fresh data dir); health: {out.strip().replace(chr(10),' ')}")
+    finally:
+        p.terminate(); p.wait()
