@@ -13,7 +13,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[path = "shared/mod.rs"]
 mod shared;
-use shared::{cohort, decide_all};
+use shared::{bundled_policy, cohort, decide_all};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -37,13 +37,7 @@ fn report(policy: &Policy, detail: Detail, view: &str) {
 }
 
 fn main() {
-    let policy = match Policy::bundled() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("the bundled policy does not load: {e}");
-            std::process::exit(2);
-        }
-    };
+    let policy = bundled_policy();
     report(&policy, Detail::OUTCOME, "BASIC");
     report(&policy, Detail::EXPLAINED, "FULL");
 }

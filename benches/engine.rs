@@ -17,7 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "shared/mod.rs"]
 mod shared;
-use shared::{cohort, decide_all};
+use shared::{bundled_policy, cohort, decide_all};
 
 fn benches(c: &mut Criterion, policy: &Policy) {
     let patients = cohort(policy);
@@ -61,13 +61,7 @@ fn benches(c: &mut Criterion, policy: &Policy) {
 }
 
 fn main() {
-    let policy = match Policy::bundled() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("the bundled policy does not load: {e}");
-            std::process::exit(2);
-        }
-    };
+    let policy = bundled_policy();
     let mut criterion = Criterion::default().configure_from_args();
     benches(&mut criterion, &policy);
     criterion.final_summary();

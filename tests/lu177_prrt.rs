@@ -758,6 +758,51 @@ async fn basic_view_answers_status_and_route_only() {
 }
 
 #[tokio::test]
+async fn a_basic_answer_says_why_exactly_as_the_full_one_does() {
+    // Krenning 1: uptake below the liver, so PRRT cannot target the tumour (TA539 needs
+    // SSTR-positive disease; the policy asks for Krenning ≥ 3, reference §0.3). BASIC explains
+    // only what its summary quotes; it must quote the same reason as FULL.
+    let s = server().await;
+    let patient = ta539_small_bowel().england().krenning(1);
+    let ask = |view: pb::EvaluationView| pb::EvaluateEligibilityRequest {
+        patient: Some(patient.profile()),
+        view: view as i32,
+        ..Default::default()
+    };
+    let basic = s
+        .client
+        .evaluate_eligibility(ask(pb::EvaluationView::Basic))
+        .await
+        .expect("basic");
+    let full = s
+        .client
+        .evaluate_eligibility(ask(pb::EvaluationView::Full))
+        .await
+        .expect("full");
+    assert_eq!(basic.therapies.len(), full.therapies.len());
+    for (b, f) in basic.therapies.iter().zip(&full.therapies) {
+        assert_eq!(b.therapy, f.therapy);
+        assert_eq!(
+            (b.status, &b.summary, &b.missing_inputs),
+            (f.status, &f.summary, &f.missing_inputs),
+            "{:?}",
+            b.therapy()
+        );
+    }
+    let lu = basic
+        .therapies
+        .iter()
+        .find(|t| t.therapy() == LU177)
+        .expect("Lu-177");
+    assert_eq!(lu.status(), Status::NotEligible);
+    assert!(
+        lu.summary.contains("Krenning score 1; needs ≥ 3"),
+        "the BASIC summary quotes the unmet criterion's finding: {}",
+        lu.summary
+    );
+}
+
+#[tokio::test]
 async fn every_criterion_cites_its_source_and_the_answer_names_the_policy() {
     let s = server().await;
     let response = s

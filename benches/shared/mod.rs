@@ -32,3 +32,14 @@ pub fn cohort(policy: &Policy) -> Vec<(Patient, chrono::NaiveDate)> {
         .map(|c| (c.patient.clone(), c.as_of))
         .collect()
 }
+
+/// The bundled policy; a bench cannot run without it, so it exits with the reason.
+pub fn bundled_policy() -> Policy {
+    match Policy::bundled() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("the bundled policy does not load: {e}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -72,6 +72,7 @@ pub struct FundingAnswer<'a> {
     pub route: FundingRoute,
     pub summary: Cow<'a, str>,
     pub nation: Option<Nation>,
+    /// Explained answers only, like `sites` and `notes`: BASIC answers do not show them.
     pub commissioner: Option<CommissionerOnDate<'a>>,
     pub prior_approval: Option<PriorApproval>,
     /// The deciding MDT (an index into the policy's MDTs).
@@ -267,50 +268,66 @@ impl Policy {
                 self.criteria[r.criterion].role == role && r.finding.outcome == outcome
             });
             for (i, r) in decisive.enumerate() {
-                let _ = write!(
-                    summary,
-                    "{}{} ({})",
-                    if i == 0 { "" } else { "; " },
-                    self.criteria[r.criterion].description,
-                    self.explained(r.criterion, facts).explanation
-                );
+                if i > 0 {
+                    summary.push_str("; ");
+                }
+                summary.push_str(&self.criteria[r.criterion].description);
+                summary.push_str(" (");
+                summary.push_str(&self.explained(r.criterion, facts).explanation);
+                summary.push(')');
             }
             summary.push('.');
         };
+        // Built by appending: a decision makes one summary per therapy, and `format!` costs
+        // more than the decision's criteria.
+        let sentence = |parts: &[&str]| {
+            let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 96);
+            parts.iter().for_each(|p| text.push_str(p));
+            text
+        };
+        let therapy_name = therapy.label();
         let (status, summary) = if contraindicated {
-            let mut summary = format!("Not eligible for {therapy}: absolute contraindication: ");
+            let mut summary = sentence(&[
+                "Not eligible for ",
+                therapy_name,
+                ": absolute contraindication: ",
+            ]);
             quote(&mut summary, Role::Contraindication, Outcome::Met);
             (Status::NotEligible, summary)
         } else if unmet {
-            let mut summary = format!("Not eligible for {therapy}: ");
+            let mut summary = sentence(&["Not eligible for ", therapy_name, ": "]);
             quote(&mut summary, Role::Required, Outcome::Unmet);
             (Status::NotEligible, summary)
         } else if !missing.is_empty() {
-            (
-                Status::Indeterminate,
-                format!(
-                    "Cannot decide {therapy} until these are recorded: {}.",
-                    missing.join(", ")
-                ),
-            )
+            let mut summary = sentence(&[
+                "Cannot decide ",
+                therapy_name,
+                " until these are recorded: ",
+            ]);
+            for (i, m) in missing.iter().enumerate() {
+                if i > 0 {
+                    summary.push_str(", ");
+                }
+                summary.push_str(m);
+            }
+            summary.push('.');
+            (Status::Indeterminate, summary)
         } else {
             let review = flags
                 .iter()
                 .filter(|f| f.severity != Severity::Info)
                 .count();
-            let name = &self.mdts[mdt].name;
-            (
-                Status::Eligible,
-                if review > 0 {
-                    format!(
-                        "Can be considered for {therapy}: every required criterion is met. Deciding MDT: {name}. {review} safety flag(s) need specialist review."
-                    )
-                } else {
-                    format!(
-                        "Can be considered for {therapy}: every required criterion is met. Deciding MDT: {name}."
-                    )
-                },
-            )
+            let mut summary = sentence(&[
+                "Can be considered for ",
+                therapy_name,
+                ": every required criterion is met. Deciding MDT: ",
+                &self.mdts[mdt].name,
+                ".",
+            ]);
+            if review > 0 {
+                let _ = write!(summary, " {review} safety flag(s) need specialist review.");
+            }
+            (Status::Eligible, summary)
         };
         if status != Status::Indeterminate {
             missing.clear();
@@ -343,6 +360,8 @@ impl Policy {
         }
     }
 
+    /// Where the therapy is delivered on the as-of date. Explained answers only: BASIC
+    /// answers show no sites.
     fn delivery_on<'a>(
         &'a self,
         therapy: Therapy,
@@ -352,6 +371,9 @@ impl Policy {
         let Some(rules) = self.therapies.get(&therapy) else {
             return Vec::new();
         };
+        if !facts.detail.explains() {
+            return Vec::new();
+        }
         let mut undecided = Vec::new();
         for d in &rules.delivery {
             match self.conjunction(&d.when, facts, &mut Vec::new()) {
@@ -474,7 +496,9 @@ impl Policy {
             };
             answer.route_id = &route.id;
             answer.summary = Cow::Borrowed(&route.summary);
-            answer.commissioner = Some(self.commissioner_on(route.commissioner, as_of));
+            if explains {
+                answer.commissioner = Some(self.commissioner_on(route.commissioner, as_of));
+            }
             answer.prior_approval = Some(route.prior_approval);
             answer.next_if_refused = Some(route.next_if_refused);
             answer.source = Some(route.source);
@@ -482,6 +506,7 @@ impl Policy {
                 answer.mdt = mdt;
             }
             answer.sites = match &route.sites {
+                Some(_) if !explains => Vec::new(),
                 Some(sites) => sites
                     .iter()
                     .map(|&site| SiteOnDate {

@@ -705,7 +705,7 @@ impl Policy {
             let explained = self.facts(&case.patient, case.as_of, Detail::EXPLAINED);
             for (line, expect) in &case.expectations {
                 let problems = self
-                    .check_expectation(&outcome, expect)
+                    .check_expectation(&explained, expect)
                     .into_iter()
                     .chain(self.same_at_both_details(&outcome, &explained, expect.therapy));
                 for problem in problems {
