@@ -17,8 +17,6 @@ impl EligibilityApi {
     }
 }
 
-/// `DecisionRecord.eligibility_response`.
-pub(super) const RESPONSE_FIELD: u32 = 11;
 const KIND: pb::DecisionKind = pb::DecisionKind::Eligibility;
 
 #[tonic::async_trait]
@@ -95,11 +93,7 @@ pub async fn decide(
             .map(|t| (t.therapy, t.status, 0))
             .collect()
     };
-    let recorded = record::RecordedResponse {
-        field: RESPONSE_FIELD,
-        message: &response,
-    };
-    match record::record_decision(state, deadline, build, recorded, fingerprint, outcomes).await? {
+    match record::record_decision(state, deadline, build, &response, fingerprint, outcomes).await? {
         Some(winner) => stored_response(winner),
         None => Ok(response),
     }

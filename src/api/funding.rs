@@ -17,8 +17,6 @@ impl FundingApi {
     }
 }
 
-/// `DecisionRecord.funding_response`.
-pub(super) const RESPONSE_FIELD: u32 = 12;
 const KIND: pb::DecisionKind = pb::DecisionKind::Funding;
 
 #[tonic::async_trait]
@@ -111,11 +109,7 @@ pub async fn decide(
             .map(|t| (t.therapy, 0, t.route))
             .collect()
     };
-    let recorded = record::RecordedResponse {
-        field: RESPONSE_FIELD,
-        message: &response,
-    };
-    match record::record_decision(state, deadline, build, recorded, fingerprint, outcomes).await? {
+    match record::record_decision(state, deadline, build, &response, fingerprint, outcomes).await? {
         Some(winner) => stored_response(winner),
         None => Ok(response),
     }

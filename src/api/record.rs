@@ -86,19 +86,28 @@ pub async fn prior(
     }
 }
 
-/// The response a record holds: its field number in `DecisionRecord` and the message.
-pub struct RecordedResponse<'a, M> {
-    pub field: u32,
-    pub message: &'a M,
+/// An answer a decision record holds, and its field number in `DecisionRecord`.
+pub trait RecordedAnswer: Message {
+    const RECORD_FIELD: u32;
+}
+
+/// `DecisionRecord.eligibility_response`.
+impl RecordedAnswer for pb::EvaluateEligibilityResponse {
+    const RECORD_FIELD: u32 = 11;
+}
+
+/// `DecisionRecord.funding_response`.
+impl RecordedAnswer for pb::ClassifyFundingResponse {
+    const RECORD_FIELD: u32 = 12;
 }
 
 /// Writes the record durably; returns the stored record instead when a concurrent call with the
 /// same request_id won the race. The response is encoded into the record as it was returned,
 /// without copying it into the record first.
-pub async fn persist<M: Message>(
+pub async fn persist<M: RecordedAnswer>(
     state: &AppState,
     record: &pb::DecisionRecord,
-    response: RecordedResponse<'_, M>,
+    response: &M,
     fingerprint: String,
     outcomes: Vec<(i32, i32, i32)>,
 ) -> Result<Option<pb::DecisionRecord>, Status> {
@@ -108,7 +117,7 @@ pub async fn persist<M: Message>(
         .map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
         .unwrap_or_default();
     let mut bytes = record.encode_to_vec();
-    prost::encoding::message::encode(response.field, response.message, &mut bytes);
+    prost::encoding::message::encode(M::RECORD_FIELD, response, &mut bytes);
     let new = NewDecision {
         decision_id: record.decision_id.clone(),
         request_id: (!record.request_id.is_empty()).then(|| record.request_id.clone()),
@@ -269,11 +278,11 @@ pub async fn validate<R: EvaluationRequest>(
 /// Checks the deadline, then writes the record (built without its response, which is added
 /// as `response`) unless the decision log is off. Returns the stored record when a concurrent
 /// call with the same request_id won the race.
-pub async fn record_decision<M: Message>(
+pub async fn record_decision<M: RecordedAnswer>(
     state: &AppState,
     deadline: Option<tokio::time::Instant>,
     build: impl FnOnce() -> pb::DecisionRecord,
-    response: RecordedResponse<'_, M>,
+    response: &M,
     fingerprint: String,
     outcomes: impl FnOnce() -> Vec<(i32, i32, i32)>,
 ) -> Result<Option<pb::DecisionRecord>, Status> {
@@ -326,17 +335,16 @@ fn stored<R: EvaluationRequest>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{eligibility, funding};
     use super::*;
 
     /// The record as `persist` encodes it: the record, then the response by field number.
-    fn with_response(field: u32, response: &impl Message) -> Option<pb::decision_record::Response> {
+    fn with_response<M: RecordedAnswer>(response: &M) -> Option<pb::decision_record::Response> {
         let mut bytes = pb::DecisionRecord {
             decision_id: "d1".into(),
             ..Default::default()
         }
         .encode_to_vec();
-        prost::encoding::message::encode(field, response, &mut bytes);
+        prost::encoding::message::encode(M::RECORD_FIELD, response, &mut bytes);
         pb::DecisionRecord::decode(bytes.as_slice()).ok()?.response
     }
 
@@ -349,7 +357,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            with_response(eligibility::RESPONSE_FIELD, &answer),
+            with_response(&answer),
             Some(pb::decision_record::Response::EligibilityResponse(answer))
         );
         let answer = pb::ClassifyFundingResponse {
@@ -357,7 +365,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            with_response(funding::RESPONSE_FIELD, &answer),
+            with_response(&answer),
             Some(pb::decision_record::Response::FundingResponse(answer))
         );
     }
