@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use common::*;
 use net_pathway::pb;
 use net_pathway::pb::screen_cohort_response::Result as Answer;
-use tonic_types::StatusExt;
 
 fn screening(id: &str, patient: &Patient) -> pb::ScreenCohortRequest {
     pb::ScreenCohortRequest {
@@ -94,11 +93,10 @@ async fn a_clinic_list_is_screened_and_an_invalid_profile_does_not_stop_the_stre
     };
     assert_eq!(error.code, tonic::Code::InvalidArgument as i32);
     let status = net_pathway::client::stream_error(error);
-    let fields: Vec<String> = status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default();
+    let fields: Vec<String> = net_pathway::client::field_violations(&status)
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
     assert_eq!(fields, ["patient.tumour.ki67_percent"], "{status:?}");
 
     // Non-GEP (bronchial): clinically eligible; funding only through the audit registry,
@@ -174,11 +172,10 @@ async fn a_missing_correlation_id_is_that_patients_error_with_every_violation() 
         panic!("refused")
     };
     let status = net_pathway::client::stream_error(error);
-    let fields: Vec<String> = status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default();
+    let fields: Vec<String> = net_pathway::client::field_violations(&status)
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
     assert_eq!(
         fields,
         ["correlation_id", "patient.tumour.ki67_percent"],
