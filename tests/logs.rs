@@ -96,14 +96,23 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
         .expect_err("bad token");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
-    server.kill().expect("stop");
-    let mut logs = String::new();
-    server
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut logs)
-        .expect("read logs");
+    // Stopped the way an orchestrator stops it: lines still queued for the log writer are
+    // written before the process exits.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(stopped.success());
+    // Read off the runtime's thread, so the client's connection can close and the server's
+    // drain can finish.
+    let mut stdout = server.stdout.take().expect("stdout");
+    let logs = tokio::task::spawn_blocking(move || {
+        let mut logs = String::new();
+        stdout.read_to_string(&mut logs).map(|_| logs)
+    })
+    .await
+    .expect("reader")
+    .expect("read logs");
     let _ = server.wait();
 
     let lines: Vec<serde_json::Value> = logs
@@ -115,6 +124,10 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
         .filter(|l| l["span"]["trace_id"] == TRACE_ID)
         .collect();
     assert!(!of_call.is_empty(), "the call logged nothing: {logs}");
+    assert!(
+        lines.last().is_some_and(|l| l["message"] == "stopped"),
+        "the last line written is the server stopping: {logs}"
+    );
     for line in &of_call {
         assert_eq!(line["span"]["decision_id"], decision_id.as_str(), "{line}");
         assert_eq!(line["span"]["caller"], "mdt-workflow", "{line}");
