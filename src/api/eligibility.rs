@@ -3,7 +3,8 @@
 use tonic::{Request, Response, Status};
 
 use super::record;
-use super::{AppState, convert, decision_id};
+use super::{AppState, Evaluation, convert, decision_id};
+use crate::engine::{Facts, Policy};
 use crate::pb;
 use crate::pb::eligibility_service_server::EligibilityService;
 
@@ -35,12 +36,47 @@ impl EligibilityService for EligibilityApi {
     }
 }
 
-/// Decides eligibility for a validated request and records it (unary calls and cohort
-/// screening alike). A retried request_id gets its stored answer.
+/// Decides eligibility for a validated request and records it. A retried request_id gets its
+/// stored answer.
 pub async fn decide(
     state: &AppState,
     caller: &crate::auth::Caller,
+    mut validated: record::Validated<pb::EvaluateEligibilityRequest>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<pb::EvaluateEligibilityResponse, Status> {
+    if let Some(prior) = validated.prior.take() {
+        return stored_response(prior);
+    }
+    let policy = state.policy.current();
+    let e = &validated.evaluation;
+    let response = answer(&policy, &policy.facts(&e.patient, e.as_of, e.detail()), e);
+    record(state, caller, validated, response, deadline).await
+}
+
+/// The eligibility answer for the requested therapies, from the patient's facts (cohort
+/// screening makes the facts once for eligibility and funding).
+pub fn answer(policy: &Policy, facts: &Facts, e: &Evaluation) -> pb::EvaluateEligibilityResponse {
+    pb::EvaluateEligibilityResponse {
+        decision_id: decision_id(),
+        request_id: e.request_id.clone(),
+        policy: Some(convert::policy_reference(policy)),
+        as_of_date: Some(convert::date(e.as_of)),
+        therapies: e
+            .therapies
+            .iter()
+            .map(|t| convert::eligibility(policy, policy.eligibility(facts, *t), e.full))
+            .collect(),
+        derived: e.full.then(|| convert::derived(facts)),
+    }
+}
+
+/// Counts the answer in the metrics and records it (unless the decision log is off); returns
+/// the stored answer instead when a concurrent retry of the same request_id won.
+pub async fn record(
+    state: &AppState,
+    caller: &crate::auth::Caller,
     validated: record::Validated<pb::EvaluateEligibilityRequest>,
+    response: pb::EvaluateEligibilityResponse,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::EvaluateEligibilityResponse, Status> {
     let record::Validated {
@@ -48,25 +84,8 @@ pub async fn decide(
         evaluation: e,
         stored_request,
         fingerprint,
-        prior,
+        prior: _,
     } = validated;
-    if let Some(prior) = prior {
-        return stored_response(prior);
-    }
-    let policy = state.policy.current();
-    let facts = policy.facts(&e.patient, e.as_of, e.detail());
-    let response = pb::EvaluateEligibilityResponse {
-        decision_id: decision_id(),
-        request_id: e.request_id.clone(),
-        policy: Some(convert::policy_reference(&policy)),
-        as_of_date: Some(convert::date(e.as_of)),
-        therapies: e
-            .therapies
-            .iter()
-            .map(|t| convert::eligibility(&policy, policy.eligibility(&facts, *t), e.full))
-            .collect(),
-        derived: e.full.then(|| convert::derived(&facts)),
-    };
     for t in &response.therapies {
         state.metrics.eligibility(t.therapy(), t.status());
     }

@@ -3,7 +3,8 @@
 use tonic::{Request, Response, Status};
 
 use super::record::{self, unavailable};
-use super::{AppState, convert, decision_id};
+use super::{AppState, Evaluation, convert, decision_id};
+use crate::engine::{Facts, Policy};
 use crate::pb;
 use crate::pb::funding_service_server::FundingService;
 
@@ -35,12 +36,105 @@ impl FundingService for FundingApi {
     }
 }
 
-/// Classifies funding for a validated request and records it (unary calls and cohort
-/// screening alike). A retried request_id gets its stored answer.
+/// Classifies funding for a validated request and records it. A retried request_id gets its
+/// stored answer.
 pub async fn decide(
     state: &AppState,
     caller: &crate::auth::Caller,
+    mut validated: record::Validated<pb::ClassifyFundingRequest>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<pb::ClassifyFundingResponse, Status> {
+    if let Some(prior) = validated.prior.take() {
+        return stored_response(prior);
+    }
+    let policy = state.policy.current();
+    let registries =
+        Registries::consult(state, &policy, validated.evaluation.pseudonym.as_deref()).await?;
+    let e = &validated.evaluation;
+    let mut facts = policy.facts(&e.patient, e.as_of, e.detail());
+    facts.registry_enrolments = registries.enrolled;
+    let response = answer(&policy, &facts, e);
+    drop(facts);
+    record(
+        state,
+        caller,
+        validated,
+        response,
+        registries.observations,
+        deadline,
+    )
+    .await
+}
+
+/// The audit registries a funding answer depends on, as the store says for this patient.
+pub struct Registries {
+    /// Registries (policy ids) the patient is actively enrolled in: the facts' enrolments.
+    pub enrolled: Vec<String>,
+    /// What was observed, per registry in the policy: stored with the decision.
+    pub observations: Vec<pb::RegistryObservation>,
+}
+
+impl Registries {
+    /// Consults the registry store for an identified patient; an anonymous patient has none.
+    pub async fn consult(
+        state: &AppState,
+        policy: &Policy,
+        pseudonym: Option<&str>,
+    ) -> Result<Registries, Status> {
+        let Some(pseudonym) = pseudonym else {
+            return Ok(Registries {
+                enrolled: Vec::new(),
+                observations: Vec::new(),
+            });
+        };
+        // Boxed: the store's future is large, and only identified patients wait on it.
+        let enrolments = Box::pin(state.log.store().active_enrolments(pseudonym))
+            .await
+            .map_err(unavailable)?;
+        let observations = policy
+            .registries
+            .iter()
+            .map(|registry| {
+                let active = enrolments.iter().find(|en| en.registry_id == registry.id);
+                pb::RegistryObservation {
+                    registry_id: registry.id.clone(),
+                    actively_enrolled: active.is_some(),
+                    enrolment_id: active.map(|en| en.enrolment_id.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Registries {
+            enrolled: enrolments.into_iter().map(|en| en.registry_id).collect(),
+            observations,
+        })
+    }
+}
+
+/// The funding answer for the requested therapies, from the patient's facts (their registry
+/// enrolments set from `Registries::consult`).
+pub fn answer(policy: &Policy, facts: &Facts, e: &Evaluation) -> pb::ClassifyFundingResponse {
+    pb::ClassifyFundingResponse {
+        decision_id: decision_id(),
+        request_id: e.request_id.clone(),
+        policy: Some(convert::policy_reference(policy)),
+        as_of_date: Some(convert::date(e.as_of)),
+        therapies: e
+            .therapies
+            .iter()
+            .map(|t| convert::funding(policy, policy.funding(facts, *t), e.full))
+            .collect(),
+    }
+}
+
+/// Counts the answer in the metrics and records it with the registry observations (unless the
+/// decision log is off); returns the stored answer instead when a concurrent retry of the same
+/// request_id won.
+pub async fn record(
+    state: &AppState,
+    caller: &crate::auth::Caller,
     validated: record::Validated<pb::ClassifyFundingRequest>,
+    response: pb::ClassifyFundingResponse,
+    observations: Vec<pb::RegistryObservation>,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::ClassifyFundingResponse, Status> {
     let record::Validated {
@@ -48,43 +142,8 @@ pub async fn decide(
         evaluation: e,
         stored_request,
         fingerprint,
-        prior,
+        prior: _,
     } = validated;
-    if let Some(prior) = prior {
-        return stored_response(prior);
-    }
-    let policy = state.policy.current();
-    let mut facts = policy.facts(&e.patient, e.as_of, e.detail());
-    // The audit registry is state the funding answer depends on: consult it for this patient.
-    let mut observations = Vec::new();
-    if let Some(pseudonym) = &e.pseudonym {
-        let enrolments = state
-            .log
-            .store()
-            .active_enrolments(pseudonym)
-            .await
-            .map_err(unavailable)?;
-        for registry in &policy.registries {
-            let active = enrolments.iter().find(|en| en.registry_id == registry.id);
-            observations.push(pb::RegistryObservation {
-                registry_id: registry.id.clone(),
-                actively_enrolled: active.is_some(),
-                enrolment_id: active.map(|en| en.enrolment_id.clone()).unwrap_or_default(),
-            });
-        }
-        facts.registry_enrolments = enrolments.into_iter().map(|en| en.registry_id).collect();
-    }
-    let response = pb::ClassifyFundingResponse {
-        decision_id: decision_id(),
-        request_id: e.request_id.clone(),
-        policy: Some(convert::policy_reference(&policy)),
-        as_of_date: Some(convert::date(e.as_of)),
-        therapies: e
-            .therapies
-            .iter()
-            .map(|t| convert::funding(&policy, policy.funding(&facts, *t), e.full))
-            .collect(),
-    };
     for t in &response.therapies {
         state.metrics.funding(t.therapy(), t.route());
     }

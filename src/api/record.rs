@@ -74,10 +74,8 @@ pub async fn prior(
     if request_id.is_empty() {
         return Ok(None);
     }
-    match state
-        .log
-        .store()
-        .decision_by_request_id(request_id)
+    // Boxed: the store's future is large, and only retried request_ids wait on it.
+    match Box::pin(state.log.store().decision_by_request_id(request_id))
         .await
         .map_err(unavailable)?
     {
@@ -292,7 +290,9 @@ pub async fn record_decision<M: RecordedAnswer>(
     if !state.log.enabled() {
         return Ok(None);
     }
-    persist(state, &build(), response, fingerprint, outcomes()).await
+    // Boxed so a caller's future stays small when the log is off; a written record costs far
+    // more than the allocation.
+    Box::pin(persist(state, &build(), response, fingerprint, outcomes())).await
 }
 
 /// A second request about the same patient, validated already as `first`: shares its

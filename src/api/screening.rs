@@ -148,10 +148,35 @@ async fn screen_one(
                 view: eligibility_request.view,
             };
             let for_funding = record::alongside(state, &validated, funding_request);
-            // Decided together, so both records share one group commit.
+            // One set of facts for both answers: eligibility and funding share most criteria,
+            // and eligibility never reads the registry enrolments funding needs.
+            let policy = state.policy.current();
+            let registries = funding::Registries::consult(
+                state,
+                &policy,
+                validated.evaluation.pseudonym.as_deref(),
+            )
+            .await?;
+            let (eligibility, funding) = {
+                let e = &validated.evaluation;
+                let mut facts = policy.facts(&e.patient, e.as_of, e.detail());
+                facts.registry_enrolments = registries.enrolled;
+                (
+                    eligibility::answer(&policy, &facts, e),
+                    funding::answer(&policy, &facts, e),
+                )
+            };
+            // Recorded together, so both records share one group commit.
             let (eligibility, funding) = tokio::join!(
-                eligibility::decide(state, caller, validated, None),
-                funding::decide(state, caller, for_funding, None)
+                eligibility::record(state, caller, validated, eligibility, None),
+                funding::record(
+                    state,
+                    caller,
+                    for_funding,
+                    funding,
+                    registries.observations,
+                    None
+                )
             );
             Ok(pb::ScreeningResult {
                 eligibility: Some(eligibility?),
