@@ -68,6 +68,10 @@ struct Args {
     /// Skip the health Check baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Write each request as a gRPC-framed body into this directory, for an independent load
+    /// generator such as h2load (`-d FILE`), and exit without calling the server.
+    #[arg(long, value_name = "DIR")]
+    write_frames: Option<PathBuf>,
 }
 
 const DEFAULT_MIX: &str = include_str!("../../examples/load/patient-mix.jsonl");
@@ -107,6 +111,48 @@ fn read_mix(args: &Args) -> Result<Vec<pb::EvaluateEligibilityRequest>, String> 
         return Err(format!("{name}: no patients"));
     }
     Ok(mix)
+}
+
+/// A gRPC length-prefixed message: one flag byte (uncompressed), a big-endian length, the bytes.
+fn grpc_frame(message: &impl prost::Message) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(0);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Writes the Check request and every mix patient's eligibility and funding request, framed.
+fn write_frames(
+    dir: &std::path::Path,
+    mix: &[pb::EvaluateEligibilityRequest],
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let write = |name: String, frame: Vec<u8>| {
+        let path = dir.join(name);
+        std::fs::write(&path, frame).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("{}", path.display());
+        Ok::<(), String>(())
+    };
+    write(
+        "health-check.grpc".into(),
+        grpc_frame(&tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        }),
+    )?;
+    for (i, request) in mix.iter().enumerate() {
+        write(format!("eligibility-{}.grpc", i + 1), grpc_frame(request))?;
+        let funding = pb::ClassifyFundingRequest {
+            request_id: String::new(),
+            patient: request.patient.clone(),
+            therapies: request.therapies.clone(),
+            as_of_date: request.as_of_date,
+            view: request.view,
+        };
+        write(format!("funding-{}.grpc", i + 1), grpc_frame(&funding))?;
+    }
+    Ok(())
 }
 
 /// What one phase measured.
@@ -319,6 +365,15 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(dir) = &args.write_frames {
+        return match write_frames(dir, &mix) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let options = ClientOptions {
         bearer_token: args.token.clone(),
         deadline: Duration::from_secs(30),
