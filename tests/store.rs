@@ -226,6 +226,63 @@ async fn listing_filters_and_pages_newest_first() {
     }
 }
 
+/// A night's cohort screening writes hundreds of records per group commit: several full-size
+/// statements and a shorter last one, each record with an outcome row per therapy. Every record
+/// and outcome is written, and a second batch reuses the statements kept prepared.
+#[tokio::test]
+async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let store = Store::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        // 150 records = 64 + 64 + 22; 14 outcomes each = 2,100 rows = 8 × 256 + 52.
+        let batch = |night: i64| -> Vec<NewDecision> {
+            (0..150)
+                .map(|i| {
+                    let outcomes = (1..=14).map(|therapy| (therapy, 1, 1 + i % 2)).collect();
+                    let id = format!("n{night}-d{i:03}");
+                    decision(&id, None, night * 10_000 + i as i64, None, outcomes)
+                })
+                .collect()
+        };
+        for night in 1..=2 {
+            let written = store
+                .write_decisions(&batch(night))
+                .await
+                .unwrap_or_else(|e| panic!("{backend}: night {night}: {e}"));
+            assert_eq!(written.len(), 150, "{backend}");
+            assert!(
+                written.iter().all(|w| matches!(w, WriteOutcome::Written)),
+                "{backend}"
+            );
+        }
+        let everything = DecisionFilter::default();
+        let all = store
+            .list_decisions(&everything, None, 500)
+            .await
+            .expect("list");
+        assert_eq!(all.len(), 300, "{backend}");
+        // Therapy 14's outcome row exists for every odd-numbered record of both nights.
+        let last_therapy_route_2 = DecisionFilter {
+            therapy: Some(14),
+            route: Some(2),
+            ..Default::default()
+        };
+        let found = store
+            .list_decisions(&last_therapy_route_2, None, 500)
+            .await
+            .expect("by outcome");
+        assert_eq!(found.len(), 150, "{backend}");
+        assert!(
+            found
+                .iter()
+                .all(|d| d.decision_id.ends_with(['1', '3', '5', '7', '9'])),
+            "{backend}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn capacity_holds_under_200_concurrent_enrolments() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -232,10 +232,11 @@ macro_rules! decision_columns {
     };
 }
 
-/// Records per INSERT: 11 parameters each, well under SQLite's 32,766 and PostgreSQL's 65,535.
-const DECISIONS_PER_STATEMENT: usize = 256;
-/// Outcome rows per INSERT: 4 parameters each.
-const OUTCOMES_PER_STATEMENT: usize = 1024;
+/// Records per INSERT: 12 parameters each. A full chunk is one statement shape, prepared once
+/// per connection and kept; only a batch's last, shorter chunk is parsed afresh.
+const DECISIONS_PER_STATEMENT: usize = 64;
+/// Outcome rows per INSERT: 4 parameters each; kept prepared like the records'.
+const OUTCOMES_PER_STATEMENT: usize = 256;
 
 fn decision(row: DecisionRow) -> Result<StoredDecision, StoreError> {
     let (decision_id, request_hash, kind, received_at_ms, record, codec) = row;
@@ -389,11 +390,11 @@ impl Store {
                         .push_bind(d.record.codec as i32);
                 });
                 insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING decision_id");
-                // Not kept prepared: each batch size is its own statement, and a connection's
-                // cache of them would grow by megabytes.
+                // Only the full-size shape is kept prepared: caching every shorter one would
+                // grow each connection by megabytes.
                 let written: Vec<(String,)> = insert
                     .build_query_as()
-                    .persistent(false)
+                    .persistent(chunk.len() == DECISIONS_PER_STATEMENT)
                     .fetch_all(&mut *tx)
                     .await?;
                 inserted.extend(written.into_iter().map(|(id,)| id));
@@ -413,7 +414,11 @@ impl Store {
                         .push_bind(*status)
                         .push_bind(*route);
                 });
-                insert.build().persistent(false).execute(&mut *tx).await?;
+                insert
+                    .build()
+                    .persistent(chunk.len() == OUTCOMES_PER_STATEMENT)
+                    .execute(&mut *tx)
+                    .await?;
             }
             // `None`: written; otherwise the stored decision that holds the request_id.
             let mut outcomes: Vec<Option<DecisionRow>> = Vec::with_capacity(batch.len());
