@@ -45,7 +45,7 @@ pub async fn decide(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::EvaluateEligibilityResponse, Status> {
     if let Some(prior) = validated.prior.take() {
-        return stored_response(prior);
+        return stored_response(*prior);
     }
     let policy = state.policy.current();
     let e = &validated.evaluation;
@@ -99,7 +99,7 @@ pub async fn record(
         kind: KIND as i32,
         patient_pseudonym: e.pseudonym.unwrap_or_default(),
         request: Some(pb::decision_record::Request::EligibilityRequest(
-            stored_request,
+            *stored_request,
         )),
         // Added by record_decision, encoded as returned.
         response: None,

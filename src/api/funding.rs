@@ -45,7 +45,7 @@ pub async fn decide(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::ClassifyFundingResponse, Status> {
     if let Some(prior) = validated.prior.take() {
-        return stored_response(prior);
+        return stored_response(*prior);
     }
     let policy = state.policy.current();
     let registries =
@@ -156,7 +156,9 @@ pub async fn record(
         as_of_date: response.as_of_date,
         kind: KIND as i32,
         patient_pseudonym: e.pseudonym.unwrap_or_default(),
-        request: Some(pb::decision_record::Request::FundingRequest(stored_request)),
+        request: Some(pb::decision_record::Request::FundingRequest(
+            *stored_request,
+        )),
         // Added by record_decision, encoded as returned.
         response: None,
         registry_observations: observations,

@@ -241,11 +241,12 @@ pub fn admit<T>(state: &AppState, request: &tonic::Request<T>) -> Result<Admitte
 pub struct Validated<R> {
     pub received_ms: i64,
     pub evaluation: Evaluation,
-    /// The request without its identifiers (the pseudonym stands in).
-    pub stored_request: R,
+    /// The request without its identifiers (the pseudonym stands in). Boxed, like `prior`, so
+    /// the futures that carry a validated request stay small.
+    pub stored_request: Box<R>,
     /// Empty when the decision log is off.
     pub fingerprint: String,
-    pub prior: Option<pb::DecisionRecord>,
+    pub prior: Option<Box<pb::DecisionRecord>>,
 }
 
 /// Validates the request and looks up a stored answer for a retried request_id.
@@ -257,7 +258,9 @@ pub async fn validate<R: EvaluationRequest>(
     let evaluation = request.evaluation(state, None)?;
     let (stored_request, fingerprint) = stored(state, request, evaluation.pseudonym.as_deref());
     let prior = if state.log.enabled() {
-        prior(state, &evaluation.request_id, R::KIND, &fingerprint).await?
+        prior(state, &evaluation.request_id, R::KIND, &fingerprint)
+            .await?
+            .map(Box::new)
     } else {
         None
     };
@@ -320,8 +323,8 @@ fn stored<R: EvaluationRequest>(
     state: &AppState,
     request: R,
     pseudonym: Option<&str>,
-) -> (R, String) {
-    let mut stored_request = request;
+) -> (Box<R>, String) {
+    let mut stored_request = Box::new(request);
     if let Some(p) = stored_request.patient_mut() {
         p.identifiers = None;
     }
