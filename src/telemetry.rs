@@ -6,7 +6,7 @@ use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberI
 use crate::config::LogFormat;
 
 /// Log lines are written by a background thread in batches: one `write` per batch instead of
-/// one per line, which took a tenth of the server's CPU at 30k calls/s. Lines are never
+/// one per line (the per-call line had cost a tenth of the server's CPU). Lines are never
 /// dropped (a full queue makes the caller wait); lines still queued are written when the
 /// returned guard drops, so the caller keeps it until the process ends. A SIGKILL can lose the
 /// last lines queued; decisions are in the decision log, not here.
