@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::record;
+use super::record::{self, RecordedAnswer};
 use super::{AppState, Evaluation, convert, decision_id};
 use crate::engine::{Facts, Policy};
 use crate::pb;
@@ -17,8 +17,6 @@ impl EligibilityApi {
         EligibilityApi { state }
     }
 }
-
-const KIND: pb::DecisionKind = pb::DecisionKind::Eligibility;
 
 #[tonic::async_trait]
 impl EligibilityService for EligibilityApi {
@@ -45,7 +43,7 @@ pub async fn decide(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::EvaluateEligibilityResponse, Status> {
     if let Some(prior) = validated.prior.take() {
-        return stored_response(*prior);
+        return pb::EvaluateEligibilityResponse::from_record(*prior);
     }
     let policy = state.policy.current();
     let e = &validated.evaluation;
@@ -79,51 +77,8 @@ pub async fn record(
     response: pb::EvaluateEligibilityResponse,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::EvaluateEligibilityResponse, Status> {
-    let record::Validated {
-        received_ms,
-        evaluation: e,
-        stored_request,
-        fingerprint,
-        prior: _,
-    } = validated;
     for t in &response.therapies {
         state.metrics.eligibility(t.therapy(), t.status());
     }
-    let build = || pb::DecisionRecord {
-        decision_id: response.decision_id.clone(),
-        request_id: e.request_id,
-        received_time: Some(record::timestamp(received_ms)),
-        caller: caller.identity.clone(),
-        policy: response.policy.clone(),
-        as_of_date: response.as_of_date,
-        kind: KIND as i32,
-        patient_pseudonym: e.pseudonym.unwrap_or_default(),
-        request: Some(pb::decision_record::Request::EligibilityRequest(
-            *stored_request,
-        )),
-        // Added by record_decision, encoded as returned.
-        response: None,
-        registry_observations: Vec::new(),
-    };
-    let outcomes = || {
-        response
-            .therapies
-            .iter()
-            .map(|t| (t.therapy, t.status, 0))
-            .collect()
-    };
-    match record::record_decision(state, deadline, build, &response, fingerprint, outcomes).await? {
-        Some(winner) => stored_response(winner),
-        None => Ok(response),
-    }
-}
-
-fn stored_response(record: pb::DecisionRecord) -> Result<pb::EvaluateEligibilityResponse, Status> {
-    match record.response {
-        Some(pb::decision_record::Response::EligibilityResponse(r)) => Ok(r),
-        _ => Err(Status::internal(format!(
-            "stored decision {} has no eligibility response",
-            record.decision_id
-        ))),
-    }
+    record::record_answer(state, caller, validated, response, Vec::new(), deadline).await
 }

@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::record::{self, unavailable};
+use super::record::{self, RecordedAnswer, unavailable};
 use super::{AppState, Evaluation, convert, decision_id};
 use crate::engine::{Facts, Policy};
 use crate::pb;
@@ -17,8 +17,6 @@ impl FundingApi {
         FundingApi { state }
     }
 }
-
-const KIND: pb::DecisionKind = pb::DecisionKind::Funding;
 
 #[tonic::async_trait]
 impl FundingService for FundingApi {
@@ -45,7 +43,7 @@ pub async fn decide(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::ClassifyFundingResponse, Status> {
     if let Some(prior) = validated.prior.take() {
-        return stored_response(*prior);
+        return pb::ClassifyFundingResponse::from_record(*prior);
     }
     let policy = state.policy.current();
     let registries =
@@ -137,51 +135,8 @@ pub async fn record(
     observations: Vec<pb::RegistryObservation>,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::ClassifyFundingResponse, Status> {
-    let record::Validated {
-        received_ms,
-        evaluation: e,
-        stored_request,
-        fingerprint,
-        prior: _,
-    } = validated;
     for t in &response.therapies {
         state.metrics.funding(t.therapy(), t.route());
     }
-    let build = || pb::DecisionRecord {
-        decision_id: response.decision_id.clone(),
-        request_id: e.request_id,
-        received_time: Some(record::timestamp(received_ms)),
-        caller: caller.identity.clone(),
-        policy: response.policy.clone(),
-        as_of_date: response.as_of_date,
-        kind: KIND as i32,
-        patient_pseudonym: e.pseudonym.unwrap_or_default(),
-        request: Some(pb::decision_record::Request::FundingRequest(
-            *stored_request,
-        )),
-        // Added by record_decision, encoded as returned.
-        response: None,
-        registry_observations: observations,
-    };
-    let outcomes = || {
-        response
-            .therapies
-            .iter()
-            .map(|t| (t.therapy, 0, t.route))
-            .collect()
-    };
-    match record::record_decision(state, deadline, build, &response, fingerprint, outcomes).await? {
-        Some(winner) => stored_response(winner),
-        None => Ok(response),
-    }
-}
-
-fn stored_response(record: pb::DecisionRecord) -> Result<pb::ClassifyFundingResponse, Status> {
-    match record.response {
-        Some(pb::decision_record::Response::FundingResponse(r)) => Ok(r),
-        _ => Err(Status::internal(format!(
-            "stored decision {} has no funding response",
-            record.decision_id
-        ))),
-    }
+    record::record_answer(state, caller, validated, response, observations, deadline).await
 }

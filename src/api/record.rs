@@ -84,19 +84,104 @@ pub async fn prior(
     }
 }
 
-/// An answer a decision record holds, and its field number in `DecisionRecord`.
-pub trait RecordedAnswer: Message {
+/// An answer a decision record holds: its field number in `DecisionRecord`, the request it
+/// answers, and what the record and the log's outcome index take from it.
+pub trait RecordedAnswer: Message + Sized {
     const RECORD_FIELD: u32;
+    type Request: EvaluationRequest;
+    fn decision_id(&self) -> &str;
+    fn policy(&self) -> Option<&pb::PolicyReference>;
+    fn as_of_date(&self) -> Option<crate::google::r#type::Date>;
+    /// Each therapy's (therapy, eligibility status, funding route); 0 where it does not apply.
+    fn outcomes(&self) -> Vec<(i32, i32, i32)>;
+    /// The answer a stored record holds (a retry's, or a concurrent call's that won).
+    fn from_record(record: pb::DecisionRecord) -> Result<Self, Status>;
 }
 
-/// `DecisionRecord.eligibility_response`.
-impl RecordedAnswer for pb::EvaluateEligibilityResponse {
-    const RECORD_FIELD: u32 = 11;
+macro_rules! recorded_answer {
+    ($response:ident, $request:ident, $field:literal, $variant:ident, |$t:ident| $outcome:expr) => {
+        impl RecordedAnswer for pb::$response {
+            const RECORD_FIELD: u32 = $field;
+            type Request = pb::$request;
+            fn decision_id(&self) -> &str {
+                &self.decision_id
+            }
+            fn policy(&self) -> Option<&pb::PolicyReference> {
+                self.policy.as_ref()
+            }
+            fn as_of_date(&self) -> Option<crate::google::r#type::Date> {
+                self.as_of_date
+            }
+            fn outcomes(&self) -> Vec<(i32, i32, i32)> {
+                self.therapies.iter().map(|$t| $outcome).collect()
+            }
+            fn from_record(record: pb::DecisionRecord) -> Result<Self, Status> {
+                match record.response {
+                    Some(pb::decision_record::Response::$variant(r)) => Ok(r),
+                    _ => Err(Status::internal(format!(
+                        "stored decision {} has no {} answer",
+                        record.decision_id,
+                        stringify!($response)
+                    ))),
+                }
+            }
+        }
+    };
 }
 
-/// `DecisionRecord.funding_response`.
-impl RecordedAnswer for pb::ClassifyFundingResponse {
-    const RECORD_FIELD: u32 = 12;
+// `DecisionRecord.eligibility_response` is field 11, `funding_response` field 12.
+recorded_answer!(
+    EvaluateEligibilityResponse,
+    EvaluateEligibilityRequest,
+    11,
+    EligibilityResponse,
+    |t| (t.therapy, t.status, 0)
+);
+recorded_answer!(
+    ClassifyFundingResponse,
+    ClassifyFundingRequest,
+    12,
+    FundingResponse,
+    |t| (t.therapy, 0, t.route)
+);
+
+/// Records an answer (unless the decision log is off) with the registry observations it
+/// depended on. Returns the stored answer instead when a concurrent call with the same
+/// request_id won the race.
+pub async fn record_answer<M: RecordedAnswer>(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    validated: Validated<M::Request>,
+    response: M,
+    registry_observations: Vec<pb::RegistryObservation>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<M, Status> {
+    let Validated {
+        received_ms,
+        evaluation: e,
+        stored_request,
+        fingerprint,
+        prior: _,
+    } = validated;
+    let build = || pb::DecisionRecord {
+        decision_id: response.decision_id().to_string(),
+        request_id: e.request_id,
+        received_time: Some(timestamp(received_ms)),
+        caller: caller.identity.clone(),
+        policy: response.policy().cloned(),
+        as_of_date: response.as_of_date(),
+        kind: <M::Request as EvaluationRequest>::KIND as i32,
+        patient_pseudonym: e.pseudonym.unwrap_or_default(),
+        request: Some(stored_request.into_record_request()),
+        // Added by record_decision, encoded as returned.
+        response: None,
+        registry_observations,
+    };
+    let outcomes = || response.outcomes();
+    match record_decision(state, deadline, build, &response, fingerprint, outcomes).await? {
+        Some(winner) => M::from_record(winner),
+        None => Ok(response),
+    }
 }
 
 /// Writes the record durably; returns the stored record instead when a concurrent call with the
@@ -161,6 +246,8 @@ pub trait EvaluationRequest: Message + Clone + Sized {
         i32,
     );
     fn patient_mut(&mut self) -> Option<&mut pb::PatientProfile>;
+    /// As a decision record holds it.
+    fn into_record_request(self) -> pb::decision_record::Request;
 
     /// Validates the request against its own as-of date, or `as_of` when given (replay).
     fn evaluation(
@@ -181,7 +268,7 @@ pub trait EvaluationRequest: Message + Clone + Sized {
 }
 
 macro_rules! evaluation_request {
-    ($request:ident, $kind:ident) => {
+    ($request:ident, $kind:ident, $variant:ident) => {
         impl EvaluationRequest for pb::$request {
             const KIND: pb::DecisionKind = pb::DecisionKind::$kind;
             fn parts(
@@ -204,12 +291,15 @@ macro_rules! evaluation_request {
             fn patient_mut(&mut self) -> Option<&mut pb::PatientProfile> {
                 self.patient.as_mut()
             }
+            fn into_record_request(self) -> pb::decision_record::Request {
+                pb::decision_record::Request::$variant(self)
+            }
         }
     };
 }
 
-evaluation_request!(EvaluateEligibilityRequest, Eligibility);
-evaluation_request!(ClassifyFundingRequest, Funding);
+evaluation_request!(EvaluateEligibilityRequest, Eligibility, EligibilityRequest);
+evaluation_request!(ClassifyFundingRequest, Funding, FundingRequest);
 
 /// An admitted call: who is asking, its admission permit and its deadline.
 pub struct Admitted {
