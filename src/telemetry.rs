@@ -17,6 +17,9 @@ pub fn init(format: LogFormat) -> LogFlushGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        // At most about 2 MB of lines wait for a slow log collector (the default, 128,000
+        // lines, could hold tens of MB); past that, callers wait.
+        .buffered_lines_limit(8_192)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::with_capacity(
             64 * 1024,
