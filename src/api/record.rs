@@ -145,9 +145,9 @@ recorded_answer!(
     |t| (t.therapy, 0, t.route)
 );
 
-/// Records an answer (unless the decision log is off) with the registry observations it
-/// depended on. Returns the stored answer instead when a concurrent call with the same
-/// request_id won the race.
+/// Checks the deadline, then records an answer (unless the decision log is off) with the
+/// registry observations it depended on. Returns the stored answer instead when a concurrent
+/// call with the same request_id won the race.
 pub async fn record_answer<M: RecordedAnswer>(
     state: &AppState,
     caller: &crate::auth::Caller,
@@ -163,7 +163,13 @@ pub async fn record_answer<M: RecordedAnswer>(
         fingerprint,
         prior: _,
     } = validated;
-    let build = || pb::DecisionRecord {
+    if let Some(deadline) = deadline {
+        super::in_time(deadline)?;
+    }
+    if !state.log.enabled() {
+        return Ok(response);
+    }
+    let record = pb::DecisionRecord {
         decision_id: response.decision_id().to_string(),
         request_id: e.request_id,
         received_time: Some(timestamp(received_ms)),
@@ -173,12 +179,13 @@ pub async fn record_answer<M: RecordedAnswer>(
         kind: <M::Request as EvaluationRequest>::KIND as i32,
         patient_pseudonym: e.pseudonym.unwrap_or_default(),
         request: Some(stored_request.into_record_request()),
-        // Added by record_decision, encoded as returned.
+        // Added by persist, encoded as returned.
         response: None,
         registry_observations,
     };
-    let outcomes = || response.outcomes();
-    match record_decision(state, deadline, build, &response, fingerprint, outcomes).await? {
+    // Boxed so a caller's future stays small when the log is off; a written record costs far
+    // more than the allocation.
+    match Box::pin(persist(state, &record, &response, fingerprint)).await? {
         Some(winner) => M::from_record(winner),
         None => Ok(response),
     }
@@ -192,7 +199,6 @@ pub async fn persist<M: RecordedAnswer>(
     record: &pb::DecisionRecord,
     response: &M,
     fingerprint: String,
-    outcomes: Vec<(i32, i32, i32)>,
 ) -> Result<Option<pb::DecisionRecord>, Status> {
     let policy = record.policy.clone().unwrap_or_default();
     let as_of = record
@@ -217,7 +223,7 @@ pub async fn persist<M: RecordedAnswer>(
             .then(|| record.patient_pseudonym.clone()),
         // Compressed here, on the caller's task, so the single writer only writes.
         record: Record::compressed(bytes),
-        outcomes,
+        outcomes: response.outcomes(),
     };
     let started = std::time::Instant::now();
     let written = state.log.record(new).await.map_err(unavailable)?;
@@ -364,28 +370,6 @@ pub async fn validate<R: EvaluationRequest>(
         fingerprint,
         prior,
     })
-}
-
-/// Checks the deadline, then writes the record (built without its response, which is added
-/// as `response`) unless the decision log is off. Returns the stored record when a concurrent
-/// call with the same request_id won the race.
-pub async fn record_decision<M: RecordedAnswer>(
-    state: &AppState,
-    deadline: Option<tokio::time::Instant>,
-    build: impl FnOnce() -> pb::DecisionRecord,
-    response: &M,
-    fingerprint: String,
-    outcomes: impl FnOnce() -> Vec<(i32, i32, i32)>,
-) -> Result<Option<pb::DecisionRecord>, Status> {
-    if let Some(deadline) = deadline {
-        super::in_time(deadline)?;
-    }
-    if !state.log.enabled() {
-        return Ok(None);
-    }
-    // Boxed so a caller's future stays small when the log is off; a written record costs far
-    // more than the allocation.
-    Box::pin(persist(state, &build(), response, fingerprint, outcomes())).await
 }
 
 /// A second request about the same patient, validated already as `first`: shares its
