@@ -125,6 +125,24 @@ async fn a_bronchial_net_is_closed_to_new_patients_until_recorded_as_already_agr
     );
     assert!(newest.registry_observations[0].actively_enrolled);
 
+    // Replayed while the enrolment is active, the decision still funds within the registry:
+    // replay consults the registry for the recorded patient, as the decision did.
+    let replay = s
+        .client
+        .replay_decision(pb::ReplayDecisionRequest {
+            decision_id: newest.decision_id.clone(),
+        })
+        .await
+        .expect("replay");
+    let lu = &replay.therapies[0];
+    assert_eq!(
+        lu.current_route(),
+        Route::WithinAuditRegistry,
+        "{}",
+        lu.explanation
+    );
+    assert!(!lu.changed);
+
     // Another bronchial NET patient, never agreed, stays closed.
     assert_eq!(
         lu177_route(&s, with_nhs_number(bronchial_net(), "4010232137"))

@@ -4,6 +4,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::convert::{Bridge, Reader};
+use super::funding::Registries;
 use super::record::{EvaluationRequest, unavailable};
 use super::{
     AppState, convert, invalid_argument, page, page_size, patient_pseudonym, read_page_token,
@@ -220,18 +221,11 @@ impl DecisionLogService for DecisionLogApi {
                     Some(pb::decision_record::Response::FundingResponse(then)),
                 ) => {
                     let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
+                    let pseudonym =
+                        Some(record.patient_pseudonym.as_str()).filter(|p| !p.is_empty());
+                    let registries = Registries::consult(&self.state, &policy, pseudonym).await?;
                     let mut facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
-                    if !record.patient_pseudonym.is_empty() {
-                        let enrolments = self
-                            .state
-                            .log
-                            .store()
-                            .active_enrolments(&record.patient_pseudonym)
-                            .await
-                            .map_err(unavailable)?;
-                        facts.registry_enrolments =
-                            enrolments.into_iter().map(|en| en.registry_id).collect();
-                    }
+                    facts.registry_enrolments = registries.enrolled;
                     then.therapies
                         .iter()
                         .filter_map(|before| {
