@@ -113,6 +113,17 @@ fn read_mix(args: &Args) -> Result<Vec<pb::EvaluateEligibilityRequest>, String> 
     Ok(mix)
 }
 
+/// The same patient, therapies, date and view, asked of the funding service.
+fn funding_request(request: pb::EvaluateEligibilityRequest) -> pb::ClassifyFundingRequest {
+    pb::ClassifyFundingRequest {
+        request_id: request.request_id,
+        patient: request.patient,
+        therapies: request.therapies,
+        as_of_date: request.as_of_date,
+        view: request.view,
+    }
+}
+
 /// A gRPC length-prefixed message: one flag byte (uncompressed), a big-endian length, the bytes.
 fn grpc_frame(message: &impl prost::Message) -> Vec<u8> {
     let body = message.encode_to_vec();
@@ -143,14 +154,10 @@ fn write_frames(
     )?;
     for (i, request) in mix.iter().enumerate() {
         write(format!("eligibility-{}.grpc", i + 1), grpc_frame(request))?;
-        let funding = pb::ClassifyFundingRequest {
-            request_id: String::new(),
-            patient: request.patient.clone(),
-            therapies: request.therapies.clone(),
-            as_of_date: request.as_of_date,
-            view: request.view,
-        };
-        write(format!("funding-{}.grpc", i + 1), grpc_frame(&funding))?;
+        write(
+            format!("funding-{}.grpc", i + 1),
+            grpc_frame(&funding_request(request.clone())),
+        )?;
     }
     Ok(())
 }
@@ -442,13 +449,7 @@ async fn main() -> std::process::ExitCode {
                         client.evaluate_eligibility(request).await.map(|_| ())
                     } else {
                         client
-                            .classify_funding(pb::ClassifyFundingRequest {
-                                request_id: String::new(),
-                                patient: request.patient,
-                                therapies: request.therapies,
-                                as_of_date: request.as_of_date,
-                                view: request.view,
-                            })
+                            .classify_funding(funding_request(request))
                             .await
                             .map(|_| ())
                     }
