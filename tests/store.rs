@@ -206,6 +206,17 @@ async fn listing_filters_and_pages_newest_first() {
             "{backend}"
         );
 
+        // Every decision holds "01" (therapy 3's status, some routes), but none answered therapy 1.
+        let therapy_1 = DecisionFilter {
+            therapy: Some(1),
+            ..Default::default()
+        };
+        let found = store
+            .list_decisions(&therapy_1, None, 50)
+            .await
+            .expect("by therapy");
+        assert!(found.is_empty(), "{backend}: {found:?}");
+
         let window = DecisionFilter {
             start_ms: Some(1_002),
             end_ms: Some(1_004),
@@ -226,9 +237,9 @@ async fn listing_filters_and_pages_newest_first() {
     }
 }
 
-/// A night's cohort screening writes hundreds of records per group commit: several full-size
-/// statements and a shorter last one, each record with an outcome row per therapy. Every record
-/// and outcome is written, and a second batch reuses the statements kept prepared.
+/// A night's cohort screening writes hundreds of records per group commit: a full-size
+/// statement and a shorter last one, each record with an outcome per therapy. Every record and
+/// outcome is written, and a second batch reuses the statement kept prepared.
 #[tokio::test]
 async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -236,9 +247,9 @@ async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
         let store = Store::open(&url)
             .await
             .unwrap_or_else(|e| panic!("{backend}: {e}"));
-        // 150 records = 64 + 64 + 22; 14 outcomes each = 2,100 rows = 8 × 256 + 52.
+        // 300 records = 256 + 44, 14 outcomes each.
         let batch = |night: i64| -> Vec<NewDecision> {
-            (0..150)
+            (0..300)
                 .map(|i| {
                     let outcomes = (1..=14).map(|therapy| (therapy, 1, 1 + i % 2)).collect();
                     let id = format!("n{night}-d{i:03}");
@@ -251,7 +262,7 @@ async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
                 .write_decisions(&batch(night))
                 .await
                 .unwrap_or_else(|e| panic!("{backend}: night {night}: {e}"));
-            assert_eq!(written.len(), 150, "{backend}");
+            assert_eq!(written.len(), 300, "{backend}");
             assert!(
                 written.iter().all(|w| matches!(w, WriteOutcome::Written)),
                 "{backend}"
@@ -259,27 +270,89 @@ async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
         }
         let everything = DecisionFilter::default();
         let all = store
-            .list_decisions(&everything, None, 500)
+            .list_decisions(&everything, None, 1_000)
             .await
             .expect("list");
-        assert_eq!(all.len(), 300, "{backend}");
-        // Therapy 14's outcome row exists for every odd-numbered record of both nights.
+        assert_eq!(all.len(), 600, "{backend}");
+        // Therapy 14's outcome exists for every odd-numbered record of both nights.
         let last_therapy_route_2 = DecisionFilter {
             therapy: Some(14),
             route: Some(2),
             ..Default::default()
         };
         let found = store
-            .list_decisions(&last_therapy_route_2, None, 500)
+            .list_decisions(&last_therapy_route_2, None, 1_000)
             .await
             .expect("by outcome");
-        assert_eq!(found.len(), 150, "{backend}");
+        assert_eq!(found.len(), 300, "{backend}");
         assert!(
             found
                 .iter()
                 .all(|d| d.decision_id.ends_with(['1', '3', '5', '7', '9'])),
             "{backend}"
         );
+    }
+}
+
+/// A decision log written before outcomes moved into the decision's row (migration 0004) keeps
+/// its outcomes: listing by therapy, status and route finds the same decisions after the upgrade.
+#[tokio::test]
+async fn outcomes_written_before_the_upgrade_are_still_found() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        // The schema as the previous release left it, with one decision and two outcome rows.
+        let insert_old = [
+            "INSERT INTO decisions (decision_id, request_id, request_hash, kind, received_at_ms, caller, policy_version, policy_hash, as_of, patient_pseudonym, record) \
+             VALUES ('old-1', NULL, 'h', 1, 1000, 'anonymous', 'v', 'sha256:v', '2026-11-01', NULL, $1)",
+            "INSERT INTO decision_outcomes (decision_id, therapy, status, route) VALUES ('old-1', 3, 2, 0), ('old-1', 12, 1, 0)",
+        ];
+        // Migrations 0001 to 0003 on either backend, then the old rows.
+        macro_rules! previous_release {
+            ($pool:expr, $migrations:literal) => {{
+                let pool = $pool;
+                sqlx::migrate!($migrations)
+                    .run_to(3, &pool)
+                    .await
+                    .expect("schema 3");
+                for sql in insert_old {
+                    sqlx::query(sql)
+                        .bind(b"old".to_vec())
+                        .execute(&pool)
+                        .await
+                        .expect("old rows");
+                }
+                pool.close().await;
+            }};
+        }
+        if backend == "sqlite" {
+            let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+                .expect("url")
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await;
+            previous_release!(pool.expect("connect"), "migrations/sqlite");
+        } else {
+            let pool = sqlx::PgPool::connect(&url).await;
+            previous_release!(pool.expect("connect"), "migrations/postgres");
+        }
+        let store = Store::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let listed = |therapy: i32, status: Option<i32>| {
+            let store = store.clone();
+            async move {
+                let filter = DecisionFilter {
+                    therapy: Some(therapy),
+                    status,
+                    ..Default::default()
+                };
+                let found = store.list_decisions(&filter, None, 10).await.expect("list");
+                found.into_iter().map(|d| d.decision_id).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed(3, Some(2)).await, ["old-1"], "{backend}");
+        assert_eq!(listed(12, None).await, ["old-1"], "{backend}");
+        assert!(listed(3, Some(1)).await.is_empty(), "{backend}");
+        assert!(listed(4, None).await.is_empty(), "{backend}");
     }
 }
 
