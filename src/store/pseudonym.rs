@@ -91,8 +91,7 @@ impl Pseudonymiser {
         mac.update(domain.as_bytes());
         mac.update(b"\0");
         mac.update(value.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        lower_hex(&mac.finalize().into_bytes())
     }
 
     /// Pseudonym of a validated NHS number (digits only).
@@ -110,12 +109,20 @@ impl Pseudonymiser {
         let mut mac = self.mac.clone();
         mac.update(b"request\0");
         mac.update(bytes);
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        lower_hex(&mac.finalize().into_bytes())
     }
+}
+
+/// Lower-case hex, two digits per byte: a formatted write per byte had been about 1 % of the
+/// server's CPU with the decision log on.
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    hex
 }
 
 /// Validates an NHS number: 10 digits (spaces ignored) whose modulus 11 check digit is right.
@@ -193,5 +200,20 @@ mod tests {
         assert_eq!(a.nhs_number("9434765919"), a.nhs_number("9434765919"));
         assert_ne!(a.nhs_number("9434765919"), b.nhs_number("9434765919"));
         assert!(!a.nhs_number("9434765919").contains("9434765919"));
+    }
+
+    /// Pseudonyms already in a decision log must not change: HMAC-SHA256 in lower-case hex, as
+    /// Python's hmac module computes it for the same key and message.
+    #[test]
+    fn pseudonyms_and_fingerprints_match_an_independent_hmac() {
+        let p = Pseudonymiser::new(&[1; 32]).expect("key");
+        assert_eq!(
+            p.nhs_number("9434765919"),
+            "nhs:fad33886b892ebdfb65df312dd0226e7cd64864ffe746b9b3a1cdbd3f7e02c30"
+        );
+        assert_eq!(
+            p.fingerprint(b"abc"),
+            "6a0e64aaf9e08541f08c5754c75ad212fb0a6f0708ea9e8c37adbc5fd0d811ba"
+        );
     }
 }
