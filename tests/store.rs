@@ -237,8 +237,8 @@ async fn listing_filters_and_pages_newest_first() {
     }
 }
 
-/// A night's cohort screening writes hundreds of records per group commit: a full-size
-/// statement and a shorter last one, each record with an outcome per therapy. Every record and
+/// A night's cohort screening writes hundreds of records per group commit: full-size
+/// statements and a shorter last one, each record with an outcome per therapy. Every record and
 /// outcome is written, and a second batch reuses the statement kept prepared.
 #[tokio::test]
 async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
@@ -247,7 +247,7 @@ async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
         let store = Store::open(&url)
             .await
             .unwrap_or_else(|e| panic!("{backend}: {e}"));
-        // 300 records = 256 + 44, 14 outcomes each.
+        // 300 records = 128 + 128 + 44, 14 outcomes each.
         let batch = |night: i64| -> Vec<NewDecision> {
             (0..300)
                 .map(|i| {
