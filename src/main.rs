@@ -148,7 +148,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
         ));
     }
     let log = match config.decision_log {
-        net_pathway::config::Switch::On => DecisionLog::start(store),
+        net_pathway::config::Switch::On => DecisionLog::start(store).await?,
         net_pathway::config::Switch::Off => {
             tracing::warn!(
                 "decision log OFF (--decision-log off): decisions are answered but not recorded; for benchmarks and research only"

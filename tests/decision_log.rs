@@ -457,10 +457,13 @@ async fn replay_shows_what_a_policy_change_would_change_and_why() {
 #[tokio::test]
 async fn when_the_decision_log_cannot_be_written_no_decision_is_returned() {
     let s = server().await;
+    // The database refuses every record: the decision log's table is no longer there.
+    let gone = "ALTER TABLE decisions RENAME TO decisions_elsewhere";
     match &s.store {
-        Store::Sqlite(pool) => pool.close().await,
-        Store::Postgres(pool) => pool.close().await,
+        Store::Sqlite(pool) => sqlx::query(gone).execute(pool).await.map(|_| ()),
+        Store::Postgres(pool) => sqlx::query(gone).execute(pool).await.map(|_| ()),
     }
+    .expect("rename");
     let status = s
         .client
         .classify_funding(funding_request("", ta539_small_bowel().england().profile()))

@@ -70,7 +70,9 @@ async fn tls_server_with(
         .expect("store");
     let state = AppState::new(
         ActivePolicy::new(Policy::bundled().expect("policy")),
-        DecisionLog::start(store.clone()),
+        DecisionLog::start(store.clone())
+            .await
+            .expect("decision log writer"),
         Pseudonymiser::new(&TEST_KEY).expect("key"),
         Limits::default(),
     )

@@ -36,6 +36,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("the decision log writer has stopped")]
     WriterStopped,
+    #[error("the decision log writer thread could not start: {0}")]
+    WriterThread(String),
     #[error("the decision log is switched off")]
     LogOff,
     #[error("the decision log write failed: {0}")]
@@ -110,6 +112,12 @@ impl Record {
                 *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
             }
             slot.as_mut()?.compress(&bytes).ok()
+        });
+        // zstd sizes its output for the worst case, about the input's size: a record waiting
+        // for its group commit would otherwise hold three times the bytes it stores.
+        let compressed = compressed.map(|mut c| {
+            c.shrink_to_fit();
+            c
         });
         match compressed {
             Some(compressed) => Record {
@@ -375,6 +383,29 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
         Ok(store)
+    }
+
+    /// The same database on one connection of its own, for the decision log's writer. Taking
+    /// whichever pooled connection was free, the writer had filled every connection's page cache
+    /// and kept its INSERT prepared on each: 20 MB more at peak under cohort screening.
+    pub async fn single_connection(&self) -> Result<Store, StoreError> {
+        Ok(match self {
+            Store::Sqlite(pool) => Store::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    // A file connection cannot go stale: no ping before each group commit.
+                    .test_before_acquire(false)
+                    .connect_with((*pool.connect_options()).clone())
+                    .await?,
+            ),
+            Store::Postgres(pool) => Store::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with((*pool.connect_options()).clone())
+                    .await?,
+            ),
+        })
     }
 
     /// The default embedded database in `data_dir`.

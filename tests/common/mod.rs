@@ -133,6 +133,8 @@ async fn start(
     let active = ActivePolicy::new(policy);
     let log = if decision_log {
         DecisionLog::start(store.clone())
+            .await
+            .expect("decision log writer")
     } else {
         DecisionLog::off(store.clone())
     };
