@@ -175,6 +175,7 @@ async fn decisions_are_found_by_nhs_number_and_the_database_holds_no_nhs_number_
         let stored_patient = match &d.request {
             Some(pb::decision_record::Request::FundingRequest(r)) => r.patient.clone(),
             Some(pb::decision_record::Request::EligibilityRequest(r)) => r.patient.clone(),
+            Some(pb::decision_record::Request::ScreeningRequest(r)) => r.patient.clone(),
             None => None,
         };
         assert_eq!(

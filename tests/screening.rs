@@ -1,5 +1,5 @@
 //! Cohort screening over one bidirectional stream: answers tagged by correlation id, errors
-//! kept with their patient, decisions recorded like unary ones, and the per-stream limit.
+//! kept with their patient, each patient recorded as one decision, and the per-stream limit.
 
 mod common;
 
@@ -114,47 +114,111 @@ async fn a_clinic_list_is_screened_and_an_invalid_profile_does_not_stop_the_stre
     );
 }
 
+/// A screened patient is one decision: the record holds the patient (identifiers replaced by
+/// the pseudonym, the correlation id not kept) and both answers exactly as sent, and the
+/// decision log finds it by eligibility status and funding route together.
 #[tokio::test]
-async fn each_screened_patient_is_recorded_like_the_unary_calls_would_record_them() {
+async fn each_screened_patient_is_one_decision_holding_both_answers() {
     let server = server().await;
-    let (answers, _) = screen(
-        &server,
-        vec![screening("mdt-list-7", &ta539_small_bowel().england())],
-    )
-    .await;
+    // Small-bowel NET, G2, progressive, Krenning 4, England: eligible for Lu-177 and routinely
+    // commissioned through NICE TA539.
+    let mut patient = screening("mdt-list-7", &ta539_small_bowel().england());
+    if let Some(profile) = patient.patient.as_mut() {
+        profile.identifiers = Some(pb::PatientIdentifiers {
+            // NHS Digital's published example of a valid NHS number.
+            nhs_number: "9434765919".into(),
+            ..Default::default()
+        });
+    }
+    let (answers, _) = screen(&server, vec![patient]).await;
     let Answer::Screened(result) = &answers["mdt-list-7"] else {
-        panic!("screened")
+        panic!("screened: {:?}", answers["mdt-list-7"])
     };
     let eligibility = result.eligibility.as_ref().expect("eligibility");
     let funding = result.funding.as_ref().expect("funding");
-    assert_ne!(eligibility.decision_id, funding.decision_id);
-    for (decision_id, kind) in [
-        (&eligibility.decision_id, pb::DecisionKind::Eligibility),
-        (&funding.decision_id, pb::DecisionKind::Funding),
-    ] {
-        let record = server
-            .client
-            .get_decision(pb::GetDecisionRequest {
-                decision_id: decision_id.clone(),
-            })
-            .await
-            .expect("recorded")
-            .decision
-            .expect("record");
-        assert_eq!(record.kind(), kind);
-        assert_eq!(record.caller, "anonymous");
-    }
+    assert_eq!(eligibility.therapies[0].status(), Status::Eligible);
+    assert_eq!(
+        funding.therapies[0].route(),
+        Route::RoutinelyCommissionedNiceTa
+    );
+    assert_eq!(eligibility.decision_id, funding.decision_id, "one decision");
+
+    let record = server
+        .client
+        .get_decision(pb::GetDecisionRequest {
+            decision_id: eligibility.decision_id.clone(),
+        })
+        .await
+        .expect("recorded")
+        .decision
+        .expect("record");
+    assert_eq!(record.kind(), pb::DecisionKind::Screening);
+    assert_eq!(record.caller, "anonymous");
+    assert!(!record.patient_pseudonym.is_empty(), "pseudonymised");
+    let Some(pb::decision_record::Request::ScreeningRequest(stored)) = &record.request else {
+        panic!("a screening request: {:?}", record.request)
+    };
+    assert_eq!(
+        stored.correlation_id, "",
+        "the caller's label is not stored"
+    );
+    assert_eq!(
+        stored.patient.as_ref().and_then(|p| p.identifiers.as_ref()),
+        None,
+        "identifiers are not stored"
+    );
+    assert_eq!(
+        record.response,
+        Some(pb::decision_record::Response::ScreeningResult(
+            result.clone()
+        )),
+        "both answers exactly as sent"
+    );
+
+    let found = server
+        .client
+        .list_decisions(pb::ListDecisionsRequest {
+            therapy: Therapy::PrrtLu177Dotatate as i32,
+            eligibility_status: Status::Eligible as i32,
+            funding_route: Route::RoutinelyCommissionedNiceTa as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("listed");
+    let ids: Vec<&str> = found
+        .decisions
+        .iter()
+        .map(|d| d.decision_id.as_str())
+        .collect();
+    assert_eq!(ids, [eligibility.decision_id.as_str()]);
+    let not_found = server
+        .client
+        .list_decisions(pb::ListDecisionsRequest {
+            therapy: Therapy::PrrtLu177Dotatate as i32,
+            eligibility_status: Status::Eligible as i32,
+            funding_route: Route::AuditRegistryClosed as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("listed");
+    assert!(not_found.decisions.is_empty(), "{not_found:?}");
+
+    // Replayed under the same policy, nothing changed, and the therapy reports both answers.
     let replayed = server
         .client
         .replay_decision(pb::ReplayDecisionRequest {
             decision_id: funding.decision_id.clone(),
         })
         .await
-        .expect("a screened decision replays like a unary one");
-    assert!(
-        replayed.therapies.iter().all(|t| !t.changed),
-        "{replayed:?}"
-    );
+        .expect("a screened decision replays");
+    let [lu177] = replayed.therapies.as_slice() else {
+        panic!("one therapy: {replayed:?}")
+    };
+    assert!(!lu177.changed, "{lu177:?}");
+    assert_eq!(lu177.original_status(), Status::Eligible);
+    assert_eq!(lu177.current_status(), Status::Eligible);
+    assert_eq!(lu177.original_route(), Route::RoutinelyCommissionedNiceTa);
+    assert_eq!(lu177.current_route(), Route::RoutinelyCommissionedNiceTa);
 }
 
 #[tokio::test]

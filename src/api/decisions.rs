@@ -10,7 +10,7 @@ use super::{
     AppState, convert, invalid_argument, page, page_size, patient_pseudonym, read_page_token,
 };
 use crate::domain::Therapy;
-use crate::engine::Detail;
+use crate::engine::{Detail, Facts, Policy};
 use crate::pb;
 use crate::pb::decision_log_service_server::DecisionLogService;
 use crate::store::{Cursor, DecisionFilter, StoredDecision};
@@ -185,68 +185,40 @@ impl DecisionLogService for DecisionLogApi {
             }
             let record = load(&self.state, &id).await?;
             let policy = self.state.policy.current();
+            let as_of = record.as_of_date.as_ref();
             let therapies = match (&record.request, &record.response) {
                 (
                     Some(pb::decision_record::Request::EligibilityRequest(q)),
                     Some(pb::decision_record::Response::EligibilityResponse(then)),
                 ) => {
-                    let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
+                    let e = q.evaluation(&self.state, as_of)?;
                     let facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
-                    then.therapies
-                        .iter()
-                        .filter_map(|before| {
-                            let therapy =
-                                Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
-                            let now = convert::eligibility(
-                                &policy,
-                                policy.eligibility(&facts, therapy),
-                                true,
-                            );
-                            let changed_criteria = changed(&before.criteria, &now.criteria);
-                            Some(pb::TherapyReplay {
-                                therapy: before.therapy,
-                                changed: before.status != now.status
-                                    || !changed_criteria.is_empty(),
-                                original_status: before.status,
-                                current_status: now.status,
-                                explanation: now.summary,
-                                changed_criteria,
-                                ..Default::default()
-                            })
-                        })
-                        .collect()
+                    eligibility_replays(&policy, &facts, &then.therapies)
                 }
                 (
                     Some(pb::decision_record::Request::FundingRequest(q)),
                     Some(pb::decision_record::Response::FundingResponse(then)),
                 ) => {
-                    let e = q.evaluation(&self.state, record.as_of_date.as_ref())?;
-                    let pseudonym =
-                        Some(record.patient_pseudonym.as_str()).filter(|p| !p.is_empty());
-                    let registries = Registries::consult(&self.state, &policy, pseudonym).await?;
+                    let e = q.evaluation(&self.state, as_of)?;
                     let mut facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
-                    facts.registry_enrolments = registries.enrolled;
-                    then.therapies
-                        .iter()
-                        .filter_map(|before| {
-                            let therapy =
-                                Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
-                            let now =
-                                convert::funding(&policy, policy.funding(&facts, therapy), true);
-                            let changed_criteria = changed(&before.criteria, &now.criteria);
-                            Some(pb::TherapyReplay {
-                                therapy: before.therapy,
-                                changed: before.route != now.route
-                                    || before.route_id != now.route_id
-                                    || !changed_criteria.is_empty(),
-                                original_route: before.route,
-                                current_route: now.route,
-                                explanation: now.summary,
-                                changed_criteria,
-                                ..Default::default()
-                            })
-                        })
-                        .collect()
+                    facts.registry_enrolments =
+                        enrolled_now(&self.state, &policy, &record.patient_pseudonym).await?;
+                    funding_replays(&policy, &facts, &then.therapies)
+                }
+                (
+                    Some(pb::decision_record::Request::ScreeningRequest(q)),
+                    Some(pb::decision_record::Response::ScreeningResult(then)),
+                ) => {
+                    let e = q.evaluation(&self.state, as_of)?;
+                    let mut facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
+                    facts.registry_enrolments =
+                        enrolled_now(&self.state, &policy, &record.patient_pseudonym).await?;
+                    let eligibility = then.eligibility.as_ref().map_or(&[][..], |r| &r.therapies);
+                    let funding = then.funding.as_ref().map_or(&[][..], |r| &r.therapies);
+                    screened_together(
+                        eligibility_replays(&policy, &facts, eligibility),
+                        funding_replays(&policy, &facts, funding),
+                    )
                 }
                 _ => {
                     return Err(Status::internal(format!(
@@ -262,6 +234,99 @@ impl DecisionLogService for DecisionLogApi {
             }))
         })
     }
+}
+
+/// The registries the patient is enrolled in now: funding (and so screening) facts hold them.
+async fn enrolled_now(
+    state: &AppState,
+    policy: &Policy,
+    pseudonym: &str,
+) -> Result<Vec<String>, Status> {
+    let pseudonym = Some(pseudonym).filter(|p| !p.is_empty());
+    Ok(Registries::consult(state, policy, pseudonym)
+        .await?
+        .enrolled)
+}
+
+/// Each therapy's eligibility then and now.
+fn eligibility_replays(
+    policy: &Policy,
+    facts: &Facts,
+    then: &[pb::TherapyEligibility],
+) -> Vec<pb::TherapyReplay> {
+    then.iter()
+        .filter_map(|before| {
+            let therapy = Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
+            let now = convert::eligibility(policy, policy.eligibility(facts, therapy), true);
+            let changed_criteria = changed(&before.criteria, &now.criteria);
+            Some(pb::TherapyReplay {
+                therapy: before.therapy,
+                changed: before.status != now.status || !changed_criteria.is_empty(),
+                original_status: before.status,
+                current_status: now.status,
+                explanation: now.summary,
+                changed_criteria,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// Each therapy's funding then and now.
+fn funding_replays(
+    policy: &Policy,
+    facts: &Facts,
+    then: &[pb::TherapyFunding],
+) -> Vec<pb::TherapyReplay> {
+    then.iter()
+        .filter_map(|before| {
+            let therapy = Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
+            let now = convert::funding(policy, policy.funding(facts, therapy), true);
+            let changed_criteria = changed(&before.criteria, &now.criteria);
+            Some(pb::TherapyReplay {
+                therapy: before.therapy,
+                changed: before.route != now.route
+                    || before.route_id != now.route_id
+                    || !changed_criteria.is_empty(),
+                original_route: before.route,
+                current_route: now.route,
+                explanation: now.summary,
+                changed_criteria,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// A screened patient's therapies: each therapy's eligibility and funding replays as one.
+fn screened_together(
+    eligibility: Vec<pb::TherapyReplay>,
+    funding: Vec<pb::TherapyReplay>,
+) -> Vec<pb::TherapyReplay> {
+    let mut funding: Vec<Option<pb::TherapyReplay>> = funding.into_iter().map(Some).collect();
+    let mut therapies: Vec<pb::TherapyReplay> = eligibility
+        .into_iter()
+        .map(|mut e| {
+            let same = funding
+                .iter_mut()
+                .find(|f| f.as_ref().is_some_and(|f| f.therapy == e.therapy))
+                .and_then(Option::take);
+            if let Some(f) = same {
+                e.changed |= f.changed;
+                e.original_route = f.original_route;
+                e.current_route = f.current_route;
+                e.explanation = format!("{} {}", e.explanation, f.explanation);
+                for id in f.changed_criteria {
+                    if !e.changed_criteria.contains(&id) {
+                        e.changed_criteria.push(id);
+                    }
+                }
+            }
+            e
+        })
+        .collect();
+    therapies.extend(funding.into_iter().flatten());
+    therapies
 }
 
 /// Criteria whose outcome differs, or that one answer has and the other does not. An original

@@ -47,15 +47,22 @@ pub async fn decide(
     }
     let policy = state.policy.current();
     let e = &validated.evaluation;
-    let response = answer(&policy, &policy.facts(&e.patient, e.as_of, e.detail()), e);
+    let facts = policy.facts(&e.patient, e.as_of, e.detail());
+    let response = answer(&policy, &facts, e, decision_id());
+    drop(facts);
     record(state, caller, validated, response, deadline).await
 }
 
 /// The eligibility answer for the requested therapies, from the patient's facts (cohort
-/// screening makes the facts once for eligibility and funding).
-pub fn answer(policy: &Policy, facts: &Facts, e: &Evaluation) -> pb::EvaluateEligibilityResponse {
+/// screening makes the facts once for eligibility and funding, under one decision id).
+pub fn answer(
+    policy: &Policy,
+    facts: &Facts,
+    e: &Evaluation,
+    decision_id: String,
+) -> pb::EvaluateEligibilityResponse {
     pb::EvaluateEligibilityResponse {
-        decision_id: decision_id(),
+        decision_id,
         request_id: e.request_id.clone(),
         policy: Some(convert::policy_reference(policy)),
         as_of_date: Some(convert::date(e.as_of)),
@@ -77,8 +84,13 @@ pub async fn record(
     response: pb::EvaluateEligibilityResponse,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::EvaluateEligibilityResponse, Status> {
+    count(state, &response);
+    record::record_answer(state, caller, validated, response, Vec::new(), deadline).await
+}
+
+/// Counts each therapy's status in the metrics.
+pub fn count(state: &AppState, response: &pb::EvaluateEligibilityResponse) {
     for t in &response.therapies {
         state.metrics.eligibility(t.therapy(), t.status());
     }
-    record::record_answer(state, caller, validated, response, Vec::new(), deadline).await
 }

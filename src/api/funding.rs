@@ -51,7 +51,7 @@ pub async fn decide(
     let e = &validated.evaluation;
     let mut facts = policy.facts(&e.patient, e.as_of, e.detail());
     facts.registry_enrolments = registries.enrolled;
-    let response = answer(&policy, &facts, e);
+    let response = answer(&policy, &facts, e, decision_id());
     drop(facts);
     record(
         state,
@@ -110,9 +110,14 @@ impl Registries {
 
 /// The funding answer for the requested therapies, from the patient's facts (their registry
 /// enrolments set from `Registries::consult`).
-pub fn answer(policy: &Policy, facts: &Facts, e: &Evaluation) -> pb::ClassifyFundingResponse {
+pub fn answer(
+    policy: &Policy,
+    facts: &Facts,
+    e: &Evaluation,
+    decision_id: String,
+) -> pb::ClassifyFundingResponse {
     pb::ClassifyFundingResponse {
-        decision_id: decision_id(),
+        decision_id,
         request_id: e.request_id.clone(),
         policy: Some(convert::policy_reference(policy)),
         as_of_date: Some(convert::date(e.as_of)),
@@ -135,8 +140,13 @@ pub async fn record(
     observations: Vec<pb::RegistryObservation>,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<pb::ClassifyFundingResponse, Status> {
+    count(state, &response);
+    record::record_answer(state, caller, validated, response, observations, deadline).await
+}
+
+/// Counts each therapy's funding route in the metrics.
+pub fn count(state: &AppState, response: &pb::ClassifyFundingResponse) {
     for t in &response.therapies {
         state.metrics.funding(t.therapy(), t.route());
     }
-    record::record_answer(state, caller, validated, response, observations, deadline).await
 }

@@ -145,6 +145,52 @@ recorded_answer!(
     |t| (t.therapy, 0, t.route)
 );
 
+/// A screened patient's one record: `DecisionRecord.screening_result` is field 15. Both answers
+/// carry the record's decision id, policy and as-of date; the eligibility answer's are read.
+impl RecordedAnswer for pb::ScreeningResult {
+    const RECORD_FIELD: u32 = 15;
+    type Request = pb::ScreenCohortRequest;
+    fn decision_id(&self) -> &str {
+        self.eligibility.as_ref().map_or("", |e| &e.decision_id)
+    }
+    fn policy(&self) -> Option<&pb::PolicyReference> {
+        self.eligibility.as_ref()?.policy.as_ref()
+    }
+    fn as_of_date(&self) -> Option<crate::google::r#type::Date> {
+        self.eligibility.as_ref()?.as_of_date
+    }
+    /// Each therapy's status and route in one outcome, so a filter on both finds the patient.
+    fn outcomes(&self) -> Vec<(i32, i32, i32)> {
+        let routes = self.funding.as_ref().map_or(&[][..], |f| &f.therapies[..]);
+        let mut outcomes: Vec<(i32, i32, i32)> = self
+            .eligibility
+            .as_ref()
+            .map_or(&[][..], |e| &e.therapies[..])
+            .iter()
+            .map(|t| {
+                let route = routes.iter().find(|f| f.therapy == t.therapy);
+                (t.therapy, t.status, route.map_or(0, |f| f.route))
+            })
+            .collect();
+        // A therapy only the funding answer names (never, today) still gets its route.
+        for f in routes {
+            if !outcomes.iter().any(|o| o.0 == f.therapy) {
+                outcomes.push((f.therapy, 0, f.route));
+            }
+        }
+        outcomes
+    }
+    fn from_record(record: pb::DecisionRecord) -> Result<Self, Status> {
+        match record.response {
+            Some(pb::decision_record::Response::ScreeningResult(r)) => Ok(r),
+            _ => Err(Status::internal(format!(
+                "stored decision {} has no screening answer",
+                record.decision_id
+            ))),
+        }
+    }
+}
+
 /// Checks the deadline, then records an answer (unless the decision log is off) with the
 /// registry observations it depended on. Returns the stored answer instead when a concurrent
 /// call with the same request_id won the race.
@@ -307,6 +353,35 @@ macro_rules! evaluation_request {
 evaluation_request!(EvaluateEligibilityRequest, Eligibility, EligibilityRequest);
 evaluation_request!(ClassifyFundingRequest, Funding, FundingRequest);
 
+/// A screened patient: no request_id (stream patients are not retried by id); stored with its
+/// correlation_id cleared by the caller of `validate`.
+impl EvaluationRequest for pb::ScreenCohortRequest {
+    const KIND: pb::DecisionKind = pb::DecisionKind::Screening;
+    fn parts(
+        &self,
+    ) -> (
+        &str,
+        Option<&pb::PatientProfile>,
+        &[i32],
+        Option<&crate::google::r#type::Date>,
+        i32,
+    ) {
+        (
+            "",
+            self.patient.as_ref(),
+            &self.therapies,
+            self.as_of_date.as_ref(),
+            self.view,
+        )
+    }
+    fn patient_mut(&mut self) -> Option<&mut pb::PatientProfile> {
+        self.patient.as_mut()
+    }
+    fn into_record_request(self) -> pb::decision_record::Request {
+        pb::decision_record::Request::ScreeningRequest(self)
+    }
+}
+
 /// An admitted call: who is asking, its admission permit and its deadline.
 pub struct Admitted {
     /// Who is asking; recorded with the decision.
@@ -372,25 +447,6 @@ pub async fn validate<R: EvaluationRequest>(
     })
 }
 
-/// A second request about the same patient, validated already as `first`: shares its
-/// evaluation and gets its own fingerprint (cohort screening decides eligibility and funding
-/// from one validation). Stream requests carry no request_id, so there is no prior answer.
-pub fn alongside<R1: EvaluationRequest, R2: EvaluationRequest>(
-    state: &AppState,
-    first: &Validated<R1>,
-    request: R2,
-) -> Validated<R2> {
-    let (stored_request, fingerprint) =
-        stored(state, request, first.evaluation.pseudonym.as_deref());
-    Validated {
-        received_ms: first.received_ms,
-        evaluation: first.evaluation.clone(),
-        stored_request,
-        fingerprint,
-        prior: None,
-    }
-}
-
 /// The request as it will be stored (identifiers removed; the pseudonym stands in) and its
 /// fingerprint, which is computed only when the decision log is on.
 fn stored<R: EvaluationRequest>(
@@ -444,6 +500,17 @@ mod tests {
         assert_eq!(
             with_response(&answer),
             Some(pb::decision_record::Response::FundingResponse(answer))
+        );
+        let answer = pb::ScreeningResult {
+            eligibility: Some(pb::EvaluateEligibilityResponse {
+                decision_id: "d1".into(),
+                ..Default::default()
+            }),
+            funding: None,
+        };
+        assert_eq!(
+            with_response(&answer),
+            Some(pb::decision_record::Response::ScreeningResult(answer))
         );
     }
 }

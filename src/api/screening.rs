@@ -1,5 +1,6 @@
 //! ScreeningService: eligibility and funding for a stream of patients. Each patient is decided
-//! and recorded exactly as the unary RPCs would; errors stay with their patient.
+//! as the unary RPCs would decide, and recorded as one decision holding both answers; errors
+//! stay with their patient.
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -8,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AppState, eligibility, funding, record};
+use super::{AppState, decision_id, eligibility, funding, record};
 use crate::auth::{Caller, Role};
 use crate::domain::Violation;
 use crate::pb;
@@ -109,30 +110,19 @@ async fn screen(
     tracing::info!(received, screened, refused, "screening stream finished");
 }
 
-/// One patient: validated once, then eligibility and funding decided and recorded.
+/// One patient: validated once, eligibility and funding decided from one set of facts, and
+/// both answers recorded as one decision.
 async fn screen_one(
     state: &AppState,
     caller: &Caller,
-    request: pb::ScreenCohortRequest,
+    mut request: pb::ScreenCohortRequest,
 ) -> pb::ScreenCohortResponse {
     let span = tracing::info_span!("patient", decision_id = tracing::field::Empty);
-    let pb::ScreenCohortRequest {
-        correlation_id,
-        patient,
-        therapies,
-        as_of_date,
-        view,
-    } = request;
+    // The caller's label for the patient is echoed, not stored.
+    let correlation_id = std::mem::take(&mut request.correlation_id);
     let result = tracing::Instrument::instrument(
         async {
-            let eligibility_request = pb::EvaluateEligibilityRequest {
-                request_id: String::new(),
-                patient,
-                therapies,
-                as_of_date,
-                view,
-            };
-            let validated = record::validate(state, eligibility_request.clone()).await;
+            let validated = record::validate(state, request).await;
             let validated = match (validated, correlation_problem(&correlation_id)) {
                 (Ok(v), None) => v,
                 (Err(status), None) => return Err(status),
@@ -140,16 +130,6 @@ async fn screen_one(
                     return Err(with_correlation_problem(problem, result.err().as_ref()));
                 }
             };
-            let funding_request = pb::ClassifyFundingRequest {
-                request_id: String::new(),
-                patient: eligibility_request.patient,
-                therapies: eligibility_request.therapies,
-                as_of_date: eligibility_request.as_of_date,
-                view: eligibility_request.view,
-            };
-            let for_funding = record::alongside(state, &validated, funding_request);
-            // One set of facts for both answers: eligibility and funding share most criteria,
-            // and eligibility never reads the registry enrolments funding needs.
             let policy = state.policy.current();
             let registries = funding::Registries::consult(
                 state,
@@ -157,31 +137,33 @@ async fn screen_one(
                 validated.evaluation.pseudonym.as_deref(),
             )
             .await?;
-            let (eligibility, funding) = {
+            // One set of facts for both answers: eligibility and funding share most criteria,
+            // and eligibility never reads the registry enrolments funding needs.
+            let screened = {
                 let e = &validated.evaluation;
                 let mut facts = policy.facts(&e.patient, e.as_of, e.detail());
                 facts.registry_enrolments = registries.enrolled;
-                (
-                    eligibility::answer(&policy, &facts, e),
-                    funding::answer(&policy, &facts, e),
-                )
+                let id = decision_id();
+                pb::ScreeningResult {
+                    eligibility: Some(eligibility::answer(&policy, &facts, e, id.clone())),
+                    funding: Some(funding::answer(&policy, &facts, e, id)),
+                }
             };
-            // Recorded together, so both records share one group commit.
-            let (eligibility, funding) = tokio::join!(
-                eligibility::record(state, caller, validated, eligibility, None),
-                funding::record(
-                    state,
-                    caller,
-                    for_funding,
-                    funding,
-                    registries.observations,
-                    None
-                )
-            );
-            Ok(pb::ScreeningResult {
-                eligibility: Some(eligibility?),
-                funding: Some(funding?),
-            })
+            if let Some(answer) = &screened.eligibility {
+                eligibility::count(state, answer);
+            }
+            if let Some(answer) = &screened.funding {
+                funding::count(state, answer);
+            }
+            record::record_answer(
+                state,
+                caller,
+                validated,
+                screened,
+                registries.observations,
+                None,
+            )
+            .await
         },
         span,
     )
