@@ -320,7 +320,7 @@ pub trait EvaluationRequest: Message + Clone + Sized {
 }
 
 macro_rules! evaluation_request {
-    ($request:ident, $kind:ident, $variant:ident) => {
+    ($request:ident, $kind:ident, $variant:ident, |$r:ident| $request_id:expr) => {
         impl EvaluationRequest for pb::$request {
             const KIND: pb::DecisionKind = pb::DecisionKind::$kind;
             fn parts(
@@ -332,8 +332,9 @@ macro_rules! evaluation_request {
                 Option<&crate::google::r#type::Date>,
                 i32,
             ) {
+                let $r = self;
                 (
-                    &self.request_id,
+                    $request_id,
                     self.patient.as_ref(),
                     &self.therapies,
                     self.as_of_date.as_ref(),
@@ -350,37 +351,17 @@ macro_rules! evaluation_request {
     };
 }
 
-evaluation_request!(EvaluateEligibilityRequest, Eligibility, EligibilityRequest);
-evaluation_request!(ClassifyFundingRequest, Funding, FundingRequest);
-
-/// A screened patient: no request_id (stream patients are not retried by id); stored with its
-/// correlation_id cleared by the caller of `validate`.
-impl EvaluationRequest for pb::ScreenCohortRequest {
-    const KIND: pb::DecisionKind = pb::DecisionKind::Screening;
-    fn parts(
-        &self,
-    ) -> (
-        &str,
-        Option<&pb::PatientProfile>,
-        &[i32],
-        Option<&crate::google::r#type::Date>,
-        i32,
-    ) {
-        (
-            "",
-            self.patient.as_ref(),
-            &self.therapies,
-            self.as_of_date.as_ref(),
-            self.view,
-        )
-    }
-    fn patient_mut(&mut self) -> Option<&mut pb::PatientProfile> {
-        self.patient.as_mut()
-    }
-    fn into_record_request(self) -> pb::decision_record::Request {
-        pb::decision_record::Request::ScreeningRequest(self)
-    }
-}
+evaluation_request!(
+    EvaluateEligibilityRequest,
+    Eligibility,
+    EligibilityRequest,
+    |r| &r.request_id
+);
+evaluation_request!(ClassifyFundingRequest, Funding, FundingRequest, |r| &r
+    .request_id);
+// A screened patient has no request_id (stream patients are not retried by id); the caller of
+// `validate` clears its correlation_id, so that is not stored either.
+evaluation_request!(ScreenCohortRequest, Screening, ScreeningRequest, |_r| "");
 
 /// An admitted call: who is asking, its admission permit and its deadline.
 pub struct Admitted {
@@ -415,7 +396,7 @@ pub struct Validated<R> {
     /// The request without its identifiers (the pseudonym stands in). Boxed, like `prior`, so
     /// the futures that carry a validated request stay small.
     pub stored_request: Box<R>,
-    /// Empty when the decision log is off.
+    /// Empty when the decision log is off or the request has no request_id.
     pub fingerprint: String,
     pub prior: Option<Box<pb::DecisionRecord>>,
 }
@@ -448,7 +429,8 @@ pub async fn validate<R: EvaluationRequest>(
 }
 
 /// The request as it will be stored (identifiers removed; the pseudonym stands in) and its
-/// fingerprint, which is computed only when the decision log is on.
+/// fingerprint. Only a retry of a request_id is matched by fingerprint, so a request without
+/// one (every screened patient) is stored with none, and none is made when the log is off.
 fn stored<R: EvaluationRequest>(
     state: &AppState,
     request: R,
@@ -458,7 +440,7 @@ fn stored<R: EvaluationRequest>(
     if let Some(p) = stored_request.patient_mut() {
         p.identifiers = None;
     }
-    let fingerprint = if state.log.enabled() {
+    let fingerprint = if state.log.enabled() && !stored_request.parts().0.is_empty() {
         fingerprint(state, R::KIND, &stored_request.encode_to_vec(), pseudonym)
     } else {
         String::new()
