@@ -356,6 +356,56 @@ async fn outcomes_written_before_the_upgrade_are_still_found() {
     }
 }
 
+/// A new embedded database is made with 16 KB pages, which hold several records each; one
+/// made by an earlier build keeps its 4 KB pages and is written and read as before.
+#[tokio::test]
+async fn a_new_embedded_database_has_16_kb_pages_and_an_older_one_keeps_its_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let page_size = |pool: sqlx::SqlitePool| async move {
+        let (size,): (i64,) = sqlx::query_as("PRAGMA page_size")
+            .fetch_one(&pool)
+            .await
+            .expect("page size");
+        size
+    };
+    let new = Store::open(&Store::default_url(&dir.path().join("new")))
+        .await
+        .expect("new database");
+    let Store::Sqlite(pool) = &new else {
+        panic!("the default database is SQLite")
+    };
+    assert_eq!(
+        page_size(pool.clone()).await,
+        i64::from(net_pathway::store::SQLITE_PAGE_SIZE)
+    );
+    assert_eq!(net_pathway::store::SQLITE_PAGE_SIZE, 16_384);
+
+    // A database file as an earlier build made it: SQLite's default 4 KB pages.
+    let old_url = Store::default_url(&dir.path().join("old"));
+    std::fs::create_dir_all(dir.path().join("old")).expect("dir");
+    let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&old_url)
+        .expect("url")
+        .create_if_missing(true)
+        .page_size(4_096);
+    let earlier = sqlx::SqlitePool::connect_with(options)
+        .await
+        .expect("earlier");
+    sqlx::query("CREATE TABLE made_by_an_earlier_build (x INTEGER)")
+        .execute(&earlier)
+        .await
+        .expect("created");
+    earlier.close().await;
+    let old = Store::open(&old_url).await.expect("older database opens");
+    old.write_decisions(&[decision("d1", None, 1_000, None, vec![(3, 1, 1)])])
+        .await
+        .expect("written");
+    assert!(old.decision("d1").await.expect("read").is_some());
+    let Store::Sqlite(pool) = &old else {
+        panic!("SQLite")
+    };
+    assert_eq!(page_size(pool.clone()).await, 4_096);
+}
+
 #[tokio::test]
 async fn capacity_holds_under_200_concurrent_enrolments() {
     let dir = tempfile::tempdir().expect("temp dir");
