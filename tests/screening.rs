@@ -175,14 +175,16 @@ async fn each_screened_patient_is_one_decision_holding_both_answers() {
         "both answers exactly as sent"
     );
 
-    let found = server
-        .client
-        .list_decisions(pb::ListDecisionsRequest {
+    // Eligible for Lu-177 and on that route: found; eligible on another route: not.
+    let eligible_for_lu177_via = |route: Route| {
+        server.client.list_decisions(pb::ListDecisionsRequest {
             therapy: Therapy::PrrtLu177Dotatate as i32,
             eligibility_status: Status::Eligible as i32,
-            funding_route: Route::RoutinelyCommissionedNiceTa as i32,
+            funding_route: route as i32,
             ..Default::default()
         })
+    };
+    let found = eligible_for_lu177_via(Route::RoutinelyCommissionedNiceTa)
         .await
         .expect("listed");
     let ids: Vec<&str> = found
@@ -191,14 +193,7 @@ async fn each_screened_patient_is_one_decision_holding_both_answers() {
         .map(|d| d.decision_id.as_str())
         .collect();
     assert_eq!(ids, [eligibility.decision_id.as_str()]);
-    let not_found = server
-        .client
-        .list_decisions(pb::ListDecisionsRequest {
-            therapy: Therapy::PrrtLu177Dotatate as i32,
-            eligibility_status: Status::Eligible as i32,
-            funding_route: Route::AuditRegistryClosed as i32,
-            ..Default::default()
-        })
+    let not_found = eligible_for_lu177_via(Route::AuditRegistryClosed)
         .await
         .expect("listed");
     assert!(not_found.decisions.is_empty(), "{not_found:?}");
