@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{Bridge, Reader};
 use super::funding::Registries;
-use super::record::{EvaluationRequest, unavailable};
+use super::record::{EvaluationRequest, by_therapy, unavailable};
 use super::{
     AppState, convert, invalid_argument, page, page_size, patient_pseudonym, read_page_token,
 };
@@ -216,8 +216,8 @@ impl DecisionLogService for DecisionLogApi {
                     let eligibility = then.eligibility.as_ref().map_or(&[][..], |r| &r.therapies);
                     let funding = then.funding.as_ref().map_or(&[][..], |r| &r.therapies);
                     screened_together(
-                        eligibility_replays(&policy, &facts, eligibility),
-                        funding_replays(&policy, &facts, funding),
+                        &eligibility_replays(&policy, &facts, eligibility),
+                        &funding_replays(&policy, &facts, funding),
                     )
                 }
                 _ => {
@@ -300,33 +300,34 @@ fn funding_replays(
 
 /// A screened patient's therapies: each therapy's eligibility and funding replays as one.
 fn screened_together(
-    eligibility: Vec<pb::TherapyReplay>,
-    funding: Vec<pb::TherapyReplay>,
+    eligibility: &[pb::TherapyReplay],
+    funding: &[pb::TherapyReplay],
 ) -> Vec<pb::TherapyReplay> {
-    let mut funding: Vec<Option<pb::TherapyReplay>> = funding.into_iter().map(Some).collect();
-    let mut therapies: Vec<pb::TherapyReplay> = eligibility
+    let therapy = |t: &pb::TherapyReplay| t.therapy;
+    by_therapy(eligibility, therapy, funding, therapy)
         .into_iter()
-        .map(|mut e| {
-            let same = funding
-                .iter_mut()
-                .find(|f| f.as_ref().is_some_and(|f| f.therapy == e.therapy))
-                .and_then(Option::take);
-            if let Some(f) = same {
-                e.changed |= f.changed;
-                e.original_route = f.original_route;
-                e.current_route = f.current_route;
-                e.explanation = format!("{} {}", e.explanation, f.explanation);
-                for id in f.changed_criteria {
-                    if !e.changed_criteria.contains(&id) {
-                        e.changed_criteria.push(id);
+        .map(|(therapy, e, f)| {
+            let mut both = e.cloned().unwrap_or(pb::TherapyReplay {
+                therapy,
+                ..Default::default()
+            });
+            if let Some(f) = f {
+                both.changed |= f.changed;
+                both.original_route = f.original_route;
+                both.current_route = f.current_route;
+                both.explanation = match e {
+                    Some(_) => format!("{} {}", both.explanation, f.explanation),
+                    None => f.explanation.clone(),
+                };
+                for id in &f.changed_criteria {
+                    if !both.changed_criteria.contains(id) {
+                        both.changed_criteria.push(id.clone());
                     }
                 }
             }
-            e
+            both
         })
-        .collect();
-    therapies.extend(funding.into_iter().flatten());
-    therapies
+        .collect()
 }
 
 /// Criteria whose outcome differs, or that one answer has and the other does not. An original

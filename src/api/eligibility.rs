@@ -47,9 +47,12 @@ pub async fn decide(
     }
     let policy = state.policy.current();
     let e = &validated.evaluation;
-    let facts = policy.facts(&e.patient, e.as_of, e.detail());
-    let response = answer(&policy, &facts, e, decision_id());
-    drop(facts);
+    let response = answer(
+        &policy,
+        &policy.facts(&e.patient, e.as_of, e.detail()),
+        e,
+        decision_id(),
+    );
     record(state, caller, validated, response, deadline).await
 }
 

@@ -161,24 +161,12 @@ impl RecordedAnswer for pb::ScreeningResult {
     }
     /// Each therapy's status and route in one outcome, so a filter on both finds the patient.
     fn outcomes(&self) -> Vec<(i32, i32, i32)> {
-        let routes = self.funding.as_ref().map_or(&[][..], |f| &f.therapies[..]);
-        let mut outcomes: Vec<(i32, i32, i32)> = self
-            .eligibility
-            .as_ref()
-            .map_or(&[][..], |e| &e.therapies[..])
-            .iter()
-            .map(|t| {
-                let route = routes.iter().find(|f| f.therapy == t.therapy);
-                (t.therapy, t.status, route.map_or(0, |f| f.route))
-            })
-            .collect();
-        // A therapy only the funding answer names (never, today) still gets its route.
-        for f in routes {
-            if !outcomes.iter().any(|o| o.0 == f.therapy) {
-                outcomes.push((f.therapy, 0, f.route));
-            }
-        }
-        outcomes
+        let eligibility = self.eligibility.as_ref().map_or(&[][..], |e| &e.therapies);
+        let funding = self.funding.as_ref().map_or(&[][..], |f| &f.therapies);
+        by_therapy(eligibility, |e| e.therapy, funding, |f| f.therapy)
+            .into_iter()
+            .map(|(therapy, e, f)| (therapy, e.map_or(0, |e| e.status), f.map_or(0, |f| f.route)))
+            .collect()
     }
     fn from_record(record: pb::DecisionRecord) -> Result<Self, Status> {
         match record.response {
@@ -189,6 +177,36 @@ impl RecordedAnswer for pb::ScreeningResult {
             ))),
         }
     }
+}
+
+/// A screened patient's eligibility and funding items paired by therapy: eligibility's order,
+/// then any therapy only funding names (never, today, as both answer the same request).
+pub fn by_therapy<'a, E, F>(
+    eligibility: &'a [E],
+    therapy_of_e: fn(&E) -> i32,
+    funding: &'a [F],
+    therapy_of_f: fn(&F) -> i32,
+) -> Vec<(i32, Option<&'a E>, Option<&'a F>)> {
+    let mut pairs: Vec<(i32, Option<&E>, Option<&F>)> = eligibility
+        .iter()
+        .map(|e| {
+            let therapy = therapy_of_e(e);
+            (
+                therapy,
+                Some(e),
+                funding.iter().find(|f| therapy_of_f(f) == therapy),
+            )
+        })
+        .collect();
+    for f in funding {
+        if !pairs
+            .iter()
+            .any(|(therapy, _, _)| *therapy == therapy_of_f(f))
+        {
+            pairs.push((therapy_of_f(f), None, Some(f)));
+        }
+    }
+    pairs
 }
 
 /// Checks the deadline, then records an answer (unless the decision log is off) with the
@@ -461,6 +479,37 @@ mod tests {
         .encode_to_vec();
         prost::encoding::message::encode(M::RECORD_FIELD, response, &mut bytes);
         pb::DecisionRecord::decode(bytes.as_slice()).ok()?.response
+    }
+
+    /// A screened patient's outcomes pair each therapy's status with its route; a therapy only
+    /// the funding answer names keeps its route with no status.
+    #[test]
+    fn a_screening_records_outcomes_pair_status_and_route_by_therapy() {
+        let eligible = |therapy: i32| pb::TherapyEligibility {
+            therapy,
+            status: pb::EligibilityStatus::Eligible as i32,
+            ..Default::default()
+        };
+        let funded = |therapy: i32, route: pb::FundingRoute| pb::TherapyFunding {
+            therapy,
+            route: route as i32,
+            ..Default::default()
+        };
+        let screened = pb::ScreeningResult {
+            eligibility: Some(pb::EvaluateEligibilityResponse {
+                therapies: vec![eligible(3), eligible(1)],
+                ..Default::default()
+            }),
+            funding: Some(pb::ClassifyFundingResponse {
+                therapies: vec![
+                    funded(1, pb::FundingRoute::RoutinelyCommissioned),
+                    funded(3, pb::FundingRoute::RoutinelyCommissionedNiceTa),
+                    funded(4, pb::FundingRoute::AuditRegistryClosed),
+                ],
+                ..Default::default()
+            }),
+        };
+        assert_eq!(screened.outcomes(), [(3, 1, 1), (1, 1, 3), (4, 0, 5)]);
     }
 
     /// A response appended by field number reads back as the record's response: the field

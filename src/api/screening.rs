@@ -139,22 +139,22 @@ async fn screen_one(
             .await?;
             // One set of facts for both answers: eligibility and funding share most criteria,
             // and eligibility never reads the registry enrolments funding needs.
-            let screened = {
+            let (eligibility, funding) = {
                 let e = &validated.evaluation;
                 let mut facts = policy.facts(&e.patient, e.as_of, e.detail());
                 facts.registry_enrolments = registries.enrolled;
                 let id = decision_id();
-                pb::ScreeningResult {
-                    eligibility: Some(eligibility::answer(&policy, &facts, e, id.clone())),
-                    funding: Some(funding::answer(&policy, &facts, e, id)),
-                }
+                (
+                    eligibility::answer(&policy, &facts, e, id.clone()),
+                    funding::answer(&policy, &facts, e, id),
+                )
             };
-            if let Some(answer) = &screened.eligibility {
-                eligibility::count(state, answer);
-            }
-            if let Some(answer) = &screened.funding {
-                funding::count(state, answer);
-            }
+            eligibility::count(state, &eligibility);
+            funding::count(state, &funding);
+            let screened = pb::ScreeningResult {
+                eligibility: Some(eligibility),
+                funding: Some(funding),
+            };
             record::record_answer(
                 state,
                 caller,
