@@ -78,6 +78,17 @@ pub struct ServeConfig {
         default_value_t = 1_000_000
     )]
     pub max_patients_per_stream: u64,
+    /// Patients one ScreenCohort stream may have being decided or awaiting their record at once:
+    /// the stream's read-ahead, and so the size of the group commits it feeds.
+    #[arg(long, env = "NETPATHWAY_SCREENING_WINDOW", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub screening_window: u32,
+    /// Patients all ScreenCohort streams together may have in progress at once; further patients
+    /// wait in their stream (HTTP/2 flow control), so memory stays bounded however many streams
+    /// are open.
+    #[arg(long, env = "NETPATHWAY_MAX_SCREENING_PATIENTS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_screening_patients: u32,
     /// Directory for the embedded database and the generated pseudonym key.
     #[arg(long, env = "NETPATHWAY_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -186,6 +197,8 @@ impl ServeConfig {
             http2_keepalive: Duration::from_secs(self.http2_keepalive_seconds),
             health_check_interval: Duration::from_secs(self.health_check_seconds.max(1)),
             max_patients_per_stream: self.max_patients_per_stream,
+            screening_window: self.screening_window as usize,
+            max_screening_patients: self.max_screening_patients as usize,
         }
     }
 }

@@ -58,6 +58,7 @@ pub struct Metrics {
     log_write: HistogramVec,
     log_queue: IntGauge,
     log_enabled: IntGauge,
+    screening_in_progress: IntGauge,
     policy_info: IntGaugeVec,
 }
 
@@ -108,6 +109,10 @@ impl Metrics {
             "netpathway_decision_log_enabled",
             "1 when decisions are recorded; 0 when the decision log is switched off.",
         )?;
+        let screening_in_progress = IntGauge::new(
+            "netpathway_screening_patients_in_progress",
+            "Patients being screened across all ScreenCohort streams (at most --max-screening-patients).",
+        )?;
         let policy_info = IntGaugeVec::new(
             Opts::new("netpathway_policy_info", "The active policy (value 1)."),
             &["version", "content_hash"],
@@ -119,6 +124,7 @@ impl Metrics {
             Box::new(log_write.clone()),
             Box::new(log_queue.clone()),
             Box::new(log_enabled.clone()),
+            Box::new(screening_in_progress.clone()),
             Box::new(policy_info.clone()),
         ] {
             registry.register(collector)?;
@@ -135,6 +141,7 @@ impl Metrics {
             log_write,
             log_queue,
             log_enabled,
+            screening_in_progress,
             policy_info,
         })
     }
@@ -219,6 +226,13 @@ impl Metrics {
         self.log_queue
             .set(i64::try_from(state.log.queue_depth()).unwrap_or(i64::MAX));
         self.log_enabled.set(i64::from(state.log.enabled()));
+        let places_in_use = state
+            .limits
+            .max_screening_patients
+            .max(1)
+            .saturating_sub(state.screening_places.available_permits());
+        self.screening_in_progress
+            .set(i64::try_from(places_in_use).unwrap_or(i64::MAX));
         let mut buffer = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!("cannot encode metrics: {e}");

@@ -291,3 +291,44 @@ async fn with_the_decision_log_off_decisions_are_answered_but_not_recorded() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn streams_share_the_servers_screening_places_and_each_is_answered_in_full() {
+    // One place for the whole server: two clinic lists take turns rather than failing.
+    let server = server_configured(
+        net_pathway::api::Limits {
+            screening_window: 2,
+            max_screening_patients: 1,
+            ..test_limits()
+        },
+        true,
+    )
+    .await;
+    let list = |clinic: &str| {
+        (0..30)
+            .map(|i| screening(&format!("{clinic}-row-{i}"), &ta539_small_bowel().england()))
+            .collect::<Vec<_>>()
+    };
+    // A place never given back would stall the second list; the timeout turns that into a failure.
+    let both = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        tokio::join!(
+            screen(&server, list("cardiff")),
+            screen(&server, list("swansea"))
+        )
+    })
+    .await
+    .expect("both lists are answered");
+    for (answers, ending) in [both.0, both.1] {
+        assert!(ending.is_none(), "{ending:?}");
+        assert_eq!(answers.len(), 30);
+        assert!(answers.values().all(|a| matches!(a, Answer::Screened(_))));
+    }
+    let metrics = server
+        .state
+        .metrics
+        .render(&server.state, &Default::default());
+    assert!(
+        metrics.contains("netpathway_screening_patients_in_progress 0"),
+        "every place is given back: {metrics}"
+    );
+}

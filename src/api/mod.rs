@@ -69,6 +69,9 @@ pub struct AppState {
     pub limits: Limits,
     /// Permits for calls in progress; when none is free a call is shed.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Places for patients being screened, shared by every ScreenCohort stream; a stream waits
+    /// for a place rather than failing, which bounds memory however many streams are open.
+    pub screening_places: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Who may call what; open (anonymous, every role) unless configured.
     pub auth: crate::auth::Authenticator,
@@ -82,6 +85,9 @@ impl AppState {
         limits: Limits,
     ) -> Result<Self, prometheus::Error> {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls));
+        let screening_places = Arc::new(tokio::sync::Semaphore::new(
+            limits.max_screening_patients.max(1),
+        ));
         let metrics = Arc::new(crate::metrics::Metrics::new()?);
         Ok(AppState {
             policy,
@@ -89,6 +95,7 @@ impl AppState {
             pseudonymiser,
             limits,
             in_flight,
+            screening_places,
             metrics,
             auth: crate::auth::Authenticator::open(),
         })
@@ -151,6 +158,10 @@ pub struct Limits {
     pub health_check_interval: std::time::Duration,
     /// Patients one ScreenCohort stream may send.
     pub max_patients_per_stream: u64,
+    /// Patients one ScreenCohort stream may have being decided or recorded at once.
+    pub screening_window: usize,
+    /// Patients all ScreenCohort streams together may have being decided or recorded at once.
+    pub max_screening_patients: usize,
 }
 
 impl Default for Limits {
@@ -163,6 +174,8 @@ impl Default for Limits {
             http2_keepalive: std::time::Duration::from_secs(30),
             health_check_interval: std::time::Duration::from_secs(5),
             max_patients_per_stream: 1_000_000,
+            screening_window: 128,
+            max_screening_patients: 512,
         }
     }
 }

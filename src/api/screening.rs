@@ -15,9 +15,6 @@ use crate::domain::Violation;
 use crate::pb;
 use crate::pb::screening_service_server::ScreeningService;
 
-/// Patients decided at once per stream, and answers buffered towards the caller: the read-ahead
-/// window that gives the stream its flow control.
-const WINDOW: usize = 64;
 /// Longest correlation id accepted.
 const MAX_CORRELATION_ID: usize = 128;
 
@@ -45,7 +42,8 @@ impl ScreeningService for ScreeningApi {
             let caller = self.state.authorize(&request, Role::Evaluate)?;
             // One admission for the whole stream: it counts as one call in progress.
             let permit = self.state.admit()?;
-            let (answers, rx) = mpsc::channel(WINDOW);
+            // Answers buffered towards the caller: one window's worth.
+            let (answers, rx) = mpsc::channel(self.state.limits.screening_window.max(1));
             let stream = screen(self.state.clone(), caller, request.into_inner(), answers);
             tokio::spawn(tracing::Instrument::in_current_span(async move {
                 stream.await;
@@ -56,8 +54,10 @@ impl ScreeningService for ScreeningApi {
     }
 }
 
-/// Reads patients while fewer than WINDOW are being decided, sends each answer as it is ready,
-/// and stops at the caller's end of stream, the per-stream limit, or a caller who went away.
+/// Reads patients while the stream has fewer than its window in progress and the server has a
+/// screening place free, sends each answer as it is ready, and stops at the caller's end of
+/// stream, the per-stream limit, or a caller who went away. A patient holds its place until
+/// its answer is recorded.
 async fn screen(
     state: AppState,
     caller: Caller,
@@ -65,7 +65,12 @@ async fn screen(
     answers: mpsc::Sender<Result<pb::ScreenCohortResponse, Status>>,
 ) {
     let limit = state.limits.max_patients_per_stream;
+    let window = state.limits.screening_window.max(1);
     let mut deciding = FuturesUnordered::new();
+    // A place taken for the next patient before reading it, so a patient read is never one
+    // the server has no room for.
+    let mut place: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let (shared, who) = (&state, &caller);
     let (mut received, mut screened, mut refused) = (0u64, 0u64, 0u64);
     let mut reading = true;
     let mut ending: Option<Status> = None;
@@ -84,10 +89,24 @@ async fn screen(
                     return;
                 }
             }
-            next = patients.message(), if reading && deciding.len() < WINDOW => match next {
+            taken = std::sync::Arc::clone(&state.screening_places).acquire_owned(),
+                if reading && place.is_none() && deciding.len() < window =>
+            {
+                // The semaphore is never closed, so a failure cannot happen; stop reading if it did.
+                match taken {
+                    Ok(p) => place = Some(p),
+                    Err(_) => reading = false,
+                }
+            }
+            next = patients.message(), if reading && place.is_some() => match next {
                 Ok(Some(request)) if received < limit => {
                     received += 1;
-                    deciding.push(screen_one(&state, &caller, request));
+                    let held = place.take();
+                    deciding.push(async move {
+                        let answer = screen_one(shared, who, request).await;
+                        drop(held);
+                        answer
+                    });
                 }
                 Ok(Some(_)) => {
                     reading = false;
