@@ -332,3 +332,33 @@ async fn streams_share_the_servers_screening_places_and_each_is_answered_in_full
         "every place is given back: {metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_stream_whose_caller_sends_nothing_holds_no_place() {
+    // One place for the whole server, and a stream opened by a caller who has sent nothing yet.
+    let server = server_configured(
+        net_pathway::api::Limits {
+            screening_window: 4,
+            max_screening_patients: 1,
+            ..test_limits()
+        },
+        true,
+    )
+    .await;
+    let (idle_caller, nothing) = tokio::sync::mpsc::channel::<pb::ScreenCohortRequest>(1);
+    let _idle = server
+        .client
+        .screen_cohort(tokio_stream::wrappers::ReceiverStream::new(nothing))
+        .await
+        .expect("stream opens");
+    let list = (0..10)
+        .map(|i| screening(&format!("clinic-row-{i}"), &ta539_small_bowel().england()))
+        .collect();
+    let (answers, ending) =
+        tokio::time::timeout(std::time::Duration::from_secs(60), screen(&server, list))
+            .await
+            .expect("the list is answered while the other stream waits for its caller");
+    assert!(ending.is_none(), "{ending:?}");
+    assert_eq!(answers.len(), 10);
+    drop(idle_caller);
+}

@@ -54,10 +54,10 @@ impl ScreeningService for ScreeningApi {
     }
 }
 
-/// Reads patients while the stream has fewer than its window in progress and the server has a
-/// screening place free, sends each answer as it is ready, and stops at the caller's end of
-/// stream, the per-stream limit, or a caller who went away. A patient holds its place until
-/// its answer is recorded.
+/// Reads patients while the stream has fewer than its window in progress, starts each once the
+/// server has a screening place for it, sends each answer as it is ready, and stops at the
+/// caller's end of stream, the per-stream limit, or a caller who went away. A patient holds its
+/// place until its answer is recorded; a stream whose caller sends nothing holds none.
 async fn screen(
     state: AppState,
     caller: Caller,
@@ -67,9 +67,10 @@ async fn screen(
     let limit = state.limits.max_patients_per_stream;
     let window = state.limits.screening_window.max(1);
     let mut deciding = FuturesUnordered::new();
-    // A place taken for the next patient before reading it, so a patient read is never one
-    // the server has no room for.
-    let mut place: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    // The patient read and waiting for a place, and its place in the semaphore's queue, kept
+    // across turns of the loop so the stream does not lose its turn to other streams.
+    let mut waiting: Option<pb::ScreenCohortRequest> = None;
+    let mut queued = None;
     let (shared, who) = (&state, &caller);
     let (mut received, mut screened, mut refused) = (0u64, 0u64, 0u64);
     let mut reading = true;
@@ -89,24 +90,29 @@ async fn screen(
                     return;
                 }
             }
-            taken = std::sync::Arc::clone(&state.screening_places).acquire_owned(),
-                if reading && place.is_none() && deciding.len() < window =>
+            Some(taken) = futures_util::future::OptionFuture::from(queued.as_mut()),
+                if queued.is_some() =>
             {
-                // The semaphore is never closed, so a failure cannot happen; stop reading if it did.
-                match taken {
-                    Ok(p) => place = Some(p),
-                    Err(_) => reading = false,
+                queued = None;
+                // The semaphore is never closed; were it, the patient is dropped unanswered
+                // and the stream stops reading, rather than deciding without a place.
+                match (taken, waiting.take()) {
+                    (Ok(place), Some(request)) => deciding.push(async move {
+                        let answer = screen_one(shared, who, request).await;
+                        drop(place);
+                        answer
+                    }),
+                    _ => reading = false,
                 }
             }
-            next = patients.message(), if reading && place.is_some() => match next {
+            next = patients.message(),
+                if reading && waiting.is_none() && deciding.len() < window => match next {
                 Ok(Some(request)) if received < limit => {
                     received += 1;
-                    let held = place.take();
-                    deciding.push(async move {
-                        let answer = screen_one(shared, who, request).await;
-                        drop(held);
-                        answer
-                    });
+                    waiting = Some(request);
+                    queued = Some(Box::pin(
+                        std::sync::Arc::clone(&state.screening_places).acquire_owned(),
+                    ));
                 }
                 Ok(Some(_)) => {
                     reading = false;
