@@ -15,6 +15,9 @@ use crate::domain::Violation;
 use crate::pb;
 use crate::pb::screening_service_server::ScreeningService;
 
+/// Answers waiting for the caller to read them, per stream. They hold no screening place, so
+/// this bounds what a slow reader keeps in memory; the stream stops reading patients when full.
+const ANSWERS_BUFFERED: usize = 32;
 /// Longest correlation id accepted.
 const MAX_CORRELATION_ID: usize = 128;
 
@@ -42,8 +45,7 @@ impl ScreeningService for ScreeningApi {
             let caller = self.state.authorize(&request, Role::Evaluate)?;
             // One admission for the whole stream: it counts as one call in progress.
             let permit = self.state.admit()?;
-            // Answers buffered towards the caller: one window's worth.
-            let (answers, rx) = mpsc::channel(self.state.limits.screening_window.max(1));
+            let (answers, rx) = mpsc::channel(ANSWERS_BUFFERED);
             let stream = screen(self.state.clone(), caller, request.into_inner(), answers);
             tokio::spawn(tracing::Instrument::in_current_span(async move {
                 stream.await;

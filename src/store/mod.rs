@@ -171,7 +171,7 @@ fn unpack(decision_id: &str, codec: i32, bytes: Vec<u8>) -> Result<Vec<u8>, Stor
         ZSTD => zstd::stream::decode_all(bytes.as_slice()).map_err(|e| unreadable(e.to_string())),
         ZSTD_DICTIONARY_1 => {
             use std::io::Read;
-            let mut decoded = Vec::with_capacity(bytes.len() * 8);
+            let mut decoded = Vec::with_capacity(bytes.len().saturating_mul(8));
             zstd::stream::read::Decoder::with_prepared_dictionary(
                 bytes.as_slice(),
                 record_decoder_dictionary(),
