@@ -42,6 +42,28 @@ async fn screen(
     }
 }
 
+/// A server, decision log on, whose screening streams share `places`, each reading ahead
+/// `window` patients.
+async fn server_with_places(window: usize, places: usize) -> TestServer {
+    server_configured(
+        net_pathway::api::Limits {
+            screening_window: window,
+            max_screening_patients: places,
+            ..test_limits()
+        },
+        true,
+    )
+    .await
+}
+
+/// The server's metrics as Prometheus scrapes them.
+fn metrics_text(server: &TestServer) -> String {
+    server
+        .state
+        .metrics
+        .render(&server.state, &Default::default())
+}
+
 /// A bronchial NET: SSTR-positive, progressive, G2 (Ki-67 5 %), metastatic, England.
 fn bronchial_net() -> Patient {
     Patient::new()
@@ -282,10 +304,7 @@ async fn with_the_decision_log_off_decisions_are_answered_but_not_recorded() {
         .await
         .expect_err("not recorded");
     assert_eq!(missing.code(), tonic::Code::NotFound);
-    let metrics = server
-        .state
-        .metrics
-        .render(&server.state, &Default::default());
+    let metrics = metrics_text(&server);
     assert!(
         metrics.contains("netpathway_decision_log_enabled 0"),
         "{metrics}"
@@ -295,15 +314,7 @@ async fn with_the_decision_log_off_decisions_are_answered_but_not_recorded() {
 #[tokio::test]
 async fn streams_share_the_servers_screening_places_and_each_is_answered_in_full() {
     // One place for the whole server: two clinic lists take turns rather than failing.
-    let server = server_configured(
-        net_pathway::api::Limits {
-            screening_window: 2,
-            max_screening_patients: 1,
-            ..test_limits()
-        },
-        true,
-    )
-    .await;
+    let server = server_with_places(2, 1).await;
     let list = |clinic: &str| {
         (0..30)
             .map(|i| screening(&format!("{clinic}-row-{i}"), &ta539_small_bowel().england()))
@@ -323,10 +334,7 @@ async fn streams_share_the_servers_screening_places_and_each_is_answered_in_full
         assert_eq!(answers.len(), 30);
         assert!(answers.values().all(|a| matches!(a, Answer::Screened(_))));
     }
-    let metrics = server
-        .state
-        .metrics
-        .render(&server.state, &Default::default());
+    let metrics = metrics_text(&server);
     assert!(
         metrics.contains("netpathway_screening_patients_in_progress 0"),
         "every place is given back: {metrics}"
@@ -336,15 +344,7 @@ async fn streams_share_the_servers_screening_places_and_each_is_answered_in_full
 #[tokio::test]
 async fn a_stream_whose_caller_sends_nothing_holds_no_place() {
     // One place for the whole server, and a stream opened by a caller who has sent nothing yet.
-    let server = server_configured(
-        net_pathway::api::Limits {
-            screening_window: 4,
-            max_screening_patients: 1,
-            ..test_limits()
-        },
-        true,
-    )
-    .await;
+    let server = server_with_places(4, 1).await;
     let (idle_caller, nothing) = tokio::sync::mpsc::channel::<pb::ScreenCohortRequest>(1);
     let _idle = server
         .client
