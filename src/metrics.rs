@@ -226,13 +226,8 @@ impl Metrics {
         self.log_queue
             .set(i64::try_from(state.log.queue_depth()).unwrap_or(i64::MAX));
         self.log_enabled.set(i64::from(state.log.enabled()));
-        let places_in_use = state
-            .limits
-            .max_screening_patients
-            .max(1)
-            .saturating_sub(state.screening_places.available_permits());
         self.screening_in_progress
-            .set(i64::try_from(places_in_use).unwrap_or(i64::MAX));
+            .set(i64::try_from(state.screening_in_progress()).unwrap_or(i64::MAX));
         let mut buffer = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!("cannot encode metrics: {e}");

@@ -85,9 +85,7 @@ impl AppState {
         limits: Limits,
     ) -> Result<Self, prometheus::Error> {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls));
-        let screening_places = Arc::new(tokio::sync::Semaphore::new(
-            limits.max_screening_patients.max(1),
-        ));
+        let screening_places = Arc::new(tokio::sync::Semaphore::new(screening_capacity(&limits)));
         let metrics = Arc::new(crate::metrics::Metrics::new()?);
         Ok(AppState {
             policy,
@@ -121,6 +119,11 @@ impl AppState {
         caller
     }
 
+    /// Patients being screened now, across every ScreenCohort stream.
+    pub fn screening_in_progress(&self) -> usize {
+        screening_capacity(&self.limits).saturating_sub(self.screening_places.available_permits())
+    }
+
     /// Admits a call, or sheds it with RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying
     /// when to retry. The permit is held until the call finishes.
     pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
@@ -139,6 +142,11 @@ impl AppState {
                 )
             })
     }
+}
+
+/// Places for patients being screened: at least one, so a stream can always make progress.
+fn screening_capacity(limits: &Limits) -> usize {
+    limits.max_screening_patients.max(1)
 }
 
 /// Limits that keep one caller from harming the others. Each is a flag; see the README.
