@@ -72,6 +72,10 @@ struct Args {
     /// generator such as h2load (`-d FILE`), and exit without calling the server.
     #[arg(long, value_name = "DIR")]
     write_frames: Option<PathBuf>,
+    /// Patients in the pre-framed ScreenCohort body (`screen-cohort.grpc`): the mix in turn,
+    /// one stream's worth, sent whole and then half-closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    cohort_patients: u32,
 }
 
 const DEFAULT_MIX: &str = include_str!("../../examples/load/patient-mix.jsonl");
@@ -126,18 +130,40 @@ fn funding_request(request: pb::EvaluateEligibilityRequest) -> pb::ClassifyFundi
 
 /// A gRPC length-prefixed message: one flag byte (uncompressed), a big-endian length, the bytes.
 fn grpc_frame(message: &impl prost::Message) -> Vec<u8> {
-    let body = message.encode_to_vec();
-    let mut frame = Vec::with_capacity(5 + body.len());
-    frame.push(0);
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
+    let mut frame = Vec::new();
+    push_grpc_frame(&mut frame, message);
     frame
 }
 
-/// Writes the Check request and every mix patient's eligibility and funding request, framed.
+/// Appends one length-prefixed message to a body (a stream's body is its messages in turn).
+fn push_grpc_frame(body: &mut Vec<u8>, message: &impl prost::Message) {
+    let len = message.encoded_len();
+    body.reserve(5 + len);
+    body.push(0);
+    body.extend_from_slice(&(len as u32).to_be_bytes());
+    message.encode_raw(body);
+}
+
+/// A mix patient's therapies, date and view, asked in a screening stream under `correlation_id`.
+fn screening_request(
+    template: &pb::EvaluateEligibilityRequest,
+    correlation_id: String,
+) -> pb::ScreenCohortRequest {
+    pb::ScreenCohortRequest {
+        correlation_id,
+        patient: template.patient.clone(),
+        therapies: template.therapies.clone(),
+        as_of_date: template.as_of_date,
+        view: template.view,
+    }
+}
+
+/// Writes the Check request, every mix patient's eligibility and funding request, and one
+/// ScreenCohort stream of `cohort_patients` patients, framed.
 fn write_frames(
     dir: &std::path::Path,
     mix: &[pb::EvaluateEligibilityRequest],
+    cohort_patients: u32,
 ) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let write = |name: String, frame: Vec<u8>| {
@@ -159,7 +185,14 @@ fn write_frames(
             grpc_frame(&funding_request(request.clone())),
         )?;
     }
-    Ok(())
+    // One ScreenCohort stream's whole body: the server answers every patient, then the stream
+    // ends when the body does.
+    let mut body = Vec::new();
+    for n in 0..cohort_patients as usize {
+        let request = screening_request(&mix[n % mix.len()], (n + 1).to_string());
+        push_grpc_frame(&mut body, &request);
+    }
+    write("screen-cohort.grpc".into(), body)
 }
 
 /// What one phase measured.
@@ -299,14 +332,8 @@ async fn screen(
                                 break;
                             };
                             permit.forget();
-                            let template = &mix[(n as usize) % mix.len()];
-                            let request = pb::ScreenCohortRequest {
-                                correlation_id: n.to_string(),
-                                patient: template.patient.clone(),
-                                therapies: template.therapies.clone(),
-                                as_of_date: template.as_of_date,
-                                view: template.view,
-                            };
+                            let request =
+                                screening_request(&mix[(n as usize) % mix.len()], n.to_string());
                             if let Ok(mut map) = sent_at.lock() {
                                 map.insert(n, Instant::now());
                             }
@@ -373,7 +400,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     if let Some(dir) = &args.write_frames {
-        return match write_frames(dir, &mix) {
+        return match write_frames(dir, &mix, args.cohort_patients) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");
