@@ -396,3 +396,63 @@ async fn extreme_inputs_never_crash_the_server() {
         .await;
     assert_eq!(ok.status(), Status::Eligible);
 }
+
+/// Field paths are spelled out only when a field is wrong, so each kind of path is checked
+/// here: a patient field, an entry of a list (by its index), the request's therapy list, and a
+/// prior treatment's fields (by the treatment's index).
+#[tokio::test]
+async fn each_violation_names_its_exact_field_whatever_kind_of_field_it_is() {
+    let s = server().await;
+    let mut patient = ta539_small_bowel();
+    let profile = &mut patient.0;
+    profile
+        .tumour
+        .get_or_insert_with(Default::default)
+        .primary_site = 999;
+    profile
+        .imaging
+        .get_or_insert_with(Default::default)
+        .sstr_scan_date = Some(Date {
+        year: 2026,
+        month: 2,
+        day: 30,
+    });
+    profile
+        .extent
+        .get_or_insert_with(Default::default)
+        .extrahepatic_sites = vec![pb::ExtrahepaticSite::Bone as i32, 999];
+    let date = |year, month, day| Some(Date { year, month, day });
+    profile.prior_treatments.push(pb::PriorTreatment {
+        therapy: pb::Therapy::SsaLanreotide as i32,
+        start_date: date(2024, 2, 1),
+        ..Default::default()
+    });
+    profile.prior_treatments.push(pb::PriorTreatment {
+        therapy: pb::Therapy::PrrtLu177Dotatate as i32,
+        start_date: date(2025, 6, 1),
+        end_date: date(2025, 1, 1),
+        cycles: Some(101),
+        cumulative_activity_gbq: Some(61.0),
+        best_response: 999,
+    });
+    let mut req = request(patient);
+    req.therapies = vec![
+        pb::Therapy::Everolimus as i32,
+        999,
+        pb::Therapy::Everolimus as i32,
+    ];
+    assert_eq!(
+        violations(&s, req).await,
+        vec![
+            "therapies[1]",
+            "therapies[2]",
+            "patient.tumour.primary_site",
+            "patient.extent.extrahepatic_sites[1]",
+            "patient.imaging.sstr_scan_date",
+            "patient.prior_treatments[1].best_response",
+            "patient.prior_treatments[1].end_date",
+            "patient.prior_treatments[1].cycles",
+            "patient.prior_treatments[1].cumulative_activity_gbq",
+        ]
+    );
+}

@@ -2,7 +2,7 @@
 
 use chrono::{Datelike, NaiveDate};
 
-use crate::domain::{self, Patient, Violation};
+use crate::domain::{self, FieldName, Patient, Violation};
 use crate::engine::evaluate::{
     CriterionReport, EligibilityAnswer, FlagKind, FlagReport, FundingAnswer,
 };
@@ -67,34 +67,41 @@ pub struct Reader {
     pub violations: Vec<Violation>,
 }
 
+/// The path of a field of the request's patient, as a constant.
+macro_rules! at {
+    ($field:literal) => {
+        concat!("patient.", $field)
+    };
+}
+
 impl Reader {
     pub fn violation(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.violations.push(Violation::new(field, description));
     }
 
     /// An enum field: unknown numbers are violations; `_UNSPECIFIED` is "not known".
-    pub fn enumeration<D: Bridge>(&mut self, field: &str, raw: i32) -> Option<D> {
+    pub fn enumeration<D: Bridge>(&mut self, field: impl FieldName, raw: i32) -> Option<D> {
         match D::Proto::try_from(raw) {
             Ok(p) => D::from_proto(p),
             Err(_) => {
-                self.violation(field, format!("unknown enum value {raw}"));
+                self.violation(field.name(), format!("unknown enum value {raw}"));
                 None
             }
         }
     }
 
     /// One entry of a repeated enum field: it must be a known, specified value.
-    pub fn list_entry<D: Bridge>(&mut self, field: String, raw: i32) -> Option<D> {
+    pub fn list_entry<D: Bridge>(&mut self, field: impl FieldName, raw: i32) -> Option<D> {
         match D::Proto::try_from(raw) {
             Ok(p) => {
                 let value = D::from_proto(p);
                 if value.is_none() {
-                    self.violation(field, "must not be _UNSPECIFIED");
+                    self.violation(field.name(), "must not be _UNSPECIFIED");
                 }
                 value
             }
             Err(_) => {
-                self.violation(field, format!("unknown enum value {raw}"));
+                self.violation(field.name(), format!("unknown enum value {raw}"));
                 None
             }
         }
@@ -104,12 +111,12 @@ impl Reader {
     pub fn enumerations<D: Bridge>(&mut self, field: &str, raws: &[i32]) -> Vec<D> {
         raws.iter()
             .enumerate()
-            .filter_map(|(i, raw)| self.list_entry(format!("{field}[{i}]"), *raw))
+            .filter_map(|(i, raw)| self.list_entry(|| format!("{field}[{i}]"), *raw))
             .collect()
     }
 
     /// A full calendar date (year, month and day all set and valid).
-    pub fn date(&mut self, field: &str, date: Option<&ProtoDate>) -> Option<NaiveDate> {
+    pub fn date(&mut self, field: impl FieldName, date: Option<&ProtoDate>) -> Option<NaiveDate> {
         let d = date?;
         let valid = u32::try_from(d.month)
             .ok()
@@ -118,7 +125,7 @@ impl Reader {
             .filter(|_| (1..=9999).contains(&d.year));
         if valid.is_none() {
             self.violation(
-                field,
+                field.name(),
                 format!(
                     "must be a full, valid date (got year {}, month {}, day {})",
                     d.year, d.month, d.day
@@ -147,47 +154,46 @@ impl Reader {
         let fitness = p.fitness.unwrap_or_default();
         let labs = p.labs.unwrap_or_default();
         let mdt = p.mdt.unwrap_or_default();
-        let at = |f: &str| format!("patient.{f}");
         Patient {
             demographics: domain::Demographics {
-                nation: self.enumeration(&at("demographics.nation"), demographics.nation),
+                nation: self.enumeration(at!("demographics.nation"), demographics.nation),
                 welsh_region: self
-                    .enumeration(&at("demographics.welsh_region"), demographics.welsh_region),
+                    .enumeration(at!("demographics.welsh_region"), demographics.welsh_region),
                 date_of_birth: self.date(
-                    &at("demographics.date_of_birth"),
+                    at!("demographics.date_of_birth"),
                     demographics.date_of_birth.as_ref(),
                 ),
                 age_years: demographics.age_years,
-                sex: self.enumeration(&at("demographics.sex"), demographics.sex),
+                sex: self.enumeration(at!("demographics.sex"), demographics.sex),
                 pregnant: demographics.pregnant,
                 breastfeeding: demographics.breastfeeding,
             },
             tumour: domain::Tumour {
-                primary_site: self.enumeration(&at("tumour.primary_site"), tumour.primary_site),
+                primary_site: self.enumeration(at!("tumour.primary_site"), tumour.primary_site),
                 unknown_primary_gep_likely: tumour.unknown_primary_gep_likely,
                 differentiation: self
-                    .enumeration(&at("tumour.differentiation"), tumour.differentiation),
-                who_grade: self.enumeration(&at("tumour.who_grade"), tumour.who_grade),
+                    .enumeration(at!("tumour.differentiation"), tumour.differentiation),
+                who_grade: self.enumeration(at!("tumour.who_grade"), tumour.who_grade),
                 lung_classification: self.enumeration(
-                    &at("tumour.lung_classification"),
+                    at!("tumour.lung_classification"),
                     tumour.lung_classification,
                 ),
                 ki67_percent: tumour.ki67_percent,
                 mitoses_per_2mm2: tumour.mitoses_per_2mm2,
                 necrosis: tumour.necrosis,
                 grading_system: self
-                    .enumeration(&at("tumour.grading_system"), tumour.grading_system),
+                    .enumeration(at!("tumour.grading_system"), tumour.grading_system),
                 functional_syndrome: self.enumeration(
-                    &at("tumour.functional_syndrome"),
+                    at!("tumour.functional_syndrome"),
                     tumour.functional_syndrome,
                 ),
                 symptoms_controlled_on_ssa: tumour.symptoms_controlled_on_ssa,
             },
             extent: domain::DiseaseExtent {
-                extent: self.enumeration(&at("extent.extent"), extent.extent),
+                extent: self.enumeration(at!("extent.extent"), extent.extent),
                 resectable_with_curative_intent: extent.resectable_with_curative_intent,
                 resectability_mdt_date: self.date(
-                    &at("extent.resectability_mdt_date"),
+                    at!("extent.resectability_mdt_date"),
                     extent.resectability_mdt_date.as_ref(),
                 ),
                 liver_metastases: extent.liver_metastases,
@@ -196,16 +202,16 @@ impl Reader {
                 estimated_debulkable_percent: extent.estimated_debulkable_percent,
                 bilobar_liver_disease: extent.bilobar_liver_disease,
                 extrahepatic_sites: self
-                    .enumerations(&at("extent.extrahepatic_sites"), &extent.extrahepatic_sites),
+                    .enumerations(at!("extent.extrahepatic_sites"), &extent.extrahepatic_sites),
             },
             progression: domain::Progression {
                 progressive: progression.progressive,
                 baseline_scan_date: self.date(
-                    &at("progression.baseline_scan_date"),
+                    at!("progression.baseline_scan_date"),
                     progression.baseline_scan_date.as_ref(),
                 ),
                 progression_scan_date: self.date(
-                    &at("progression.progression_scan_date"),
+                    at!("progression.progression_scan_date"),
                     progression.progression_scan_date.as_ref(),
                 ),
                 assessed_by: self.text(&progression.assessed_by),
@@ -213,9 +219,9 @@ impl Reader {
             },
             imaging: domain::Imaging {
                 sstr_modality: self
-                    .enumeration(&at("imaging.sstr_modality"), imaging.sstr_modality),
+                    .enumeration(at!("imaging.sstr_modality"), imaging.sstr_modality),
                 sstr_scan_date: self.date(
-                    &at("imaging.sstr_scan_date"),
+                    at!("imaging.sstr_scan_date"),
                     imaging.sstr_scan_date.as_ref(),
                 ),
                 krenning_score: imaging.krenning_score,
@@ -223,7 +229,7 @@ impl Reader {
                 mibg_positive: imaging.mibg_positive,
                 mibg_uptake_score: imaging.mibg_uptake_score,
                 mibg_scan_date: self.date(
-                    &at("imaging.mibg_scan_date"),
+                    at!("imaging.mibg_scan_date"),
                     imaging.mibg_scan_date.as_ref(),
                 ),
             },
@@ -232,18 +238,19 @@ impl Reader {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, t)| {
-                    let field = |f: &str| format!("patient.prior_treatments[{i}].{f}");
-                    let therapy = self.enumeration(&field("therapy"), t.therapy);
+                    let field =
+                        |f: &'static str| move || format!("patient.prior_treatments[{i}].{f}");
+                    let therapy = self.enumeration(field("therapy"), t.therapy);
                     if therapy.is_none() && pb::Therapy::try_from(t.therapy).is_ok() {
-                        self.violation(field("therapy"), "is required");
+                        self.violation(field("therapy")(), "is required");
                     }
                     let treatment = domain::PriorTreatment {
                         therapy: therapy?,
-                        start_date: self.date(&field("start_date"), t.start_date.as_ref()),
-                        end_date: self.date(&field("end_date"), t.end_date.as_ref()),
+                        start_date: self.date(field("start_date"), t.start_date.as_ref()),
+                        end_date: self.date(field("end_date"), t.end_date.as_ref()),
                         cycles: t.cycles,
                         cumulative_activity_gbq: t.cumulative_activity_gbq,
-                        best_response: self.enumeration(&field("best_response"), t.best_response),
+                        best_response: self.enumeration(field("best_response"), t.best_response),
                     };
                     Some(treatment)
                 })
@@ -251,11 +258,11 @@ impl Reader {
             medication: domain::Medication {
                 on_long_acting_ssa: medication.on_long_acting_ssa,
                 ssa_last_dose_date: self.date(
-                    &at("medication.ssa_last_dose_date"),
+                    at!("medication.ssa_last_dose_date"),
                     medication.ssa_last_dose_date.as_ref(),
                 ),
                 mibg_interfering_drugs: self.enumerations(
-                    &at("medication.mibg_interfering_drugs"),
+                    at!("medication.mibg_interfering_drugs"),
                     &medication.mibg_interfering_drugs,
                 ),
             },
@@ -267,19 +274,19 @@ impl Reader {
                 prior_marrow_radiotherapy_percent: fitness.prior_marrow_radiotherapy_percent,
                 carcinoid_heart_disease: fitness.carcinoid_heart_disease,
                 echocardiogram_date: self.date(
-                    &at("fitness.echocardiogram_date"),
+                    at!("fitness.echocardiogram_date"),
                     fitness.echocardiogram_date.as_ref(),
                 ),
                 uncontrolled_hypertension: fitness.uncontrolled_hypertension,
                 lvef_percent: fitness.lvef_percent,
                 qt_prolongation_risk: fitness.qt_prolongation_risk,
-                child_pugh: self.enumeration(&at("fitness.child_pugh"), fitness.child_pugh),
+                child_pugh: self.enumeration(at!("fitness.child_pugh"), fitness.child_pugh),
                 portal_vein_thrombosis: fitness.portal_vein_thrombosis,
                 ascites: fitness.ascites,
                 biliary_enteric_anastomosis: fitness.biliary_enteric_anastomosis,
             },
             labs: domain::LaboratoryResults {
-                collected_date: self.date(&at("labs.collected_date"), labs.collected_date.as_ref()),
+                collected_date: self.date(at!("labs.collected_date"), labs.collected_date.as_ref()),
                 haemoglobin_g_per_l: labs.haemoglobin_g_per_l,
                 platelets_10e9_per_l: labs.platelets_10e9_per_l,
                 white_cell_count_10e9_per_l: labs.white_cell_count_10e9_per_l,
@@ -295,8 +302,8 @@ impl Reader {
             },
             mdt: domain::MdtContext {
                 discussed: mdt.discussed,
-                mdt: self.enumeration(&at("mdt.mdt"), mdt.mdt),
-                mdt_date: self.date(&at("mdt.mdt_date"), mdt.mdt_date.as_ref()),
+                mdt: self.enumeration(at!("mdt.mdt"), mdt.mdt),
+                mdt_date: self.date(at!("mdt.mdt_date"), mdt.mdt_date.as_ref()),
                 trial_or_registry_candidate: mdt.trial_or_registry_candidate,
             },
         }

@@ -413,12 +413,12 @@ pub fn read_evaluation(
 pub fn requested_therapies(r: &mut Reader, raw: &[i32]) -> Vec<Therapy> {
     let mut therapies: Vec<Therapy> = Vec::with_capacity(raw.len());
     for (i, value) in raw.iter().enumerate() {
-        let field = format!("therapies[{i}]");
-        let Some(therapy) = r.list_entry::<Therapy>(field.clone(), *value) else {
+        let field = || format!("therapies[{i}]");
+        let Some(therapy) = r.list_entry::<Therapy>(field, *value) else {
             continue;
         };
         if therapies.contains(&therapy) {
-            r.violation(field, format!("{therapy} is listed more than once"));
+            r.violation(field(), format!("{therapy} is listed more than once"));
         } else {
             therapies.push(therapy);
         }

@@ -10,7 +10,7 @@ mod validate;
 use chrono::NaiveDate;
 use serde::Deserialize;
 
-pub use validate::Violation;
+pub use validate::{FieldName, Violation};
 
 /// Every fact the service may use (reference §13), grouped as the proto groups them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
