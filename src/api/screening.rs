@@ -99,11 +99,11 @@ async fn screen(
                 // The semaphore is never closed; were it, the patient is dropped unanswered
                 // and the stream stops reading, rather than deciding without a place.
                 match (taken, waiting.take()) {
-                    (Ok(place), Some(request)) => deciding.push(async move {
-                        let answer = screen_one(shared, who, request).await;
-                        drop(place);
-                        answer
-                    }),
+                    // Boxed: the patient's future is several kilobytes, and the queue of
+                    // patients being decided would otherwise copy it on every push.
+                    (Ok(place), Some(request)) => {
+                        deciding.push(Box::pin(screen_one(shared, who, request, place)));
+                    }
                     _ => reading = false,
                 }
             }
@@ -138,11 +138,13 @@ async fn screen(
 }
 
 /// One patient: validated once, eligibility and funding decided from one set of facts, and
-/// both answers recorded as one decision.
+/// both answers recorded as one decision. The patient's screening place is given back once its
+/// answer is recorded.
 async fn screen_one(
     state: &AppState,
     caller: &Caller,
     mut request: pb::ScreenCohortRequest,
+    place: tokio::sync::OwnedSemaphorePermit,
 ) -> pb::ScreenCohortResponse {
     let span = tracing::info_span!("patient", decision_id = tracing::field::Empty);
     // The caller's label for the patient is echoed, not stored.
@@ -195,6 +197,7 @@ async fn screen_one(
         span,
     )
     .await;
+    drop(place);
     pb::ScreenCohortResponse {
         correlation_id,
         result: Some(match result {
