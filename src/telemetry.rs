@@ -56,7 +56,16 @@ pub fn trace_id(metadata: &tonic::metadata::MetadataMap) -> String {
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(traceparent_trace_id)
-        .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_string)
+        .map_or_else(new_trace_id, str::to_string)
+}
+
+/// 32 lowercase hex digits, written straight into a buffer rather than through the formatter.
+fn new_trace_id() -> String {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .simple()
+        .encode_lower(&mut buffer)
+        .to_owned()
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` (W3C Trace Context); an all-zero

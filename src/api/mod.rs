@@ -10,7 +10,8 @@ macro_rules! observed {
         let trace_id = crate::telemetry::trace_id($request.metadata());
         let span = tracing::info_span!(
             "call",
-            method = $method,
+            // Method and decision id are bare tokens: written as they are, not quoted and escaped.
+            method = %$method,
             trace_id = %trace_id,
             caller = tracing::field::Empty,
             decision_id = tracing::field::Empty,
@@ -457,9 +458,11 @@ impl Bridge for ViewChoice {
 /// A new decision id: UUIDv7, so ids sort by time.
 /// The id joins the call's span, so every later log line of the call carries it.
 pub fn decision_id() -> String {
-    let id = uuid::Uuid::now_v7().to_string();
-    tracing::Span::current().record("decision_id", id.as_str());
-    id
+    // Written straight into a buffer: `to_string` goes through the formatter, once per patient.
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id: &str = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
+    tracing::Span::current().record("decision_id", tracing::field::display(id));
+    id.to_owned()
 }
 
 /// Page size when a list request leaves it at 0 (AIP-158).

@@ -435,7 +435,10 @@ pub async fn validate<R: EvaluationRequest>(
         None
     };
     if let Some(record) = &prior {
-        tracing::Span::current().record("decision_id", record.decision_id.as_str());
+        tracing::Span::current().record(
+            "decision_id",
+            tracing::field::display(record.decision_id.as_str()),
+        );
     }
     Ok(Validated {
         received_ms,
