@@ -146,6 +146,9 @@ pub struct Facts<'a> {
     /// Explained findings made on demand when `detail` does not explain (a BASIC summary
     /// quotes why a required criterion is unmet).
     pub explained: std::cell::OnceCell<Vec<std::cell::OnceCell<Finding>>>,
+    /// The MDT the policy's geographic rules select for this patient, for every therapy
+    /// without a rule of its own: chosen once, not once per answer.
+    pub geographic_mdt: std::cell::OnceCell<Option<usize>>,
 }
 
 impl Facts<'_> {

@@ -116,6 +116,7 @@ impl Policy {
             detail,
             findings: self.finding_cells(),
             explained: std::cell::OnceCell::new(),
+            geographic_mdt: std::cell::OnceCell::new(),
         }
     }
 
@@ -209,8 +210,12 @@ impl Policy {
             .therapies
             .get(&therapy)
             .and_then(|t| self.select(&t.mdt, facts));
-        own.or_else(|| self.select(&self.mdt_rules, facts))
-            .unwrap_or(self.fallback_mdt)
+        own.or_else(|| {
+            *facts
+                .geographic_mdt
+                .get_or_init(|| self.select(&self.mdt_rules, facts))
+        })
+        .unwrap_or(self.fallback_mdt)
     }
 
     fn not_decided(&self, therapy: Therapy) -> String {
