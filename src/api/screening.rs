@@ -69,10 +69,9 @@ async fn screen(
     let limit = state.limits.max_patients_per_stream;
     let window = state.limits.screening_window.max(1);
     let mut deciding = FuturesUnordered::new();
-    // The patient read and waiting for a place, and its place in the semaphore's queue, kept
+    // The patient read and waiting for a place, with its turn in the semaphore's queue, kept
     // across turns of the loop so the stream does not lose its turn to other streams.
-    let mut waiting: Option<pb::ScreenCohortRequest> = None;
-    let mut queued = None;
+    let mut waiting = None;
     let (shared, who) = (&state, &caller);
     let (mut received, mut screened, mut refused) = (0u64, 0u64, 0u64);
     let mut reading = true;
@@ -92,16 +91,16 @@ async fn screen(
                     return;
                 }
             }
-            Some(taken) = futures_util::future::OptionFuture::from(queued.as_mut()),
-                if queued.is_some() =>
+            Some(taken) = futures_util::future::OptionFuture::from(
+                waiting.as_mut().map(|(_, turn)| turn)
+            ), if waiting.is_some() =>
             {
-                queued = None;
                 // The semaphore is never closed; were it, the patient is dropped unanswered
                 // and the stream stops reading, rather than deciding without a place.
                 match (taken, waiting.take()) {
                     // Boxed: the patient's future is several kilobytes, and the queue of
                     // patients being decided would otherwise copy it on every push.
-                    (Ok(place), Some(request)) => {
+                    (Ok(place), Some((request, _))) => {
                         deciding.push(Box::pin(screen_one(shared, who, request, place)));
                     }
                     _ => reading = false,
@@ -111,10 +110,8 @@ async fn screen(
                 if reading && waiting.is_none() && deciding.len() < window => match next {
                 Ok(Some(request)) if received < limit => {
                     received += 1;
-                    waiting = Some(request);
-                    queued = Some(Box::pin(
-                        std::sync::Arc::clone(&state.screening_places).acquire_owned(),
-                    ));
+                    let turn = std::sync::Arc::clone(&state.screening_places).acquire_owned();
+                    waiting = Some((request, Box::pin(turn)));
                 }
                 Ok(Some(_)) => {
                     reading = false;
