@@ -461,8 +461,13 @@ pub fn decision_id() -> String {
     // Written straight into a buffer: `to_string` goes through the formatter, once per patient.
     let mut buffer = uuid::Uuid::encode_buffer();
     let id: &str = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
-    tracing::Span::current().record("decision_id", tracing::field::display(id));
+    join_span(id);
     id.to_owned()
+}
+
+/// Records the decision id in the call's span, as a bare token (not quoted and escaped).
+fn join_span(decision_id: &str) {
+    tracing::Span::current().record("decision_id", tracing::field::display(decision_id));
 }
 
 /// Page size when a list request leaves it at 0 (AIP-158).

@@ -435,10 +435,7 @@ pub async fn validate<R: EvaluationRequest>(
         None
     };
     if let Some(record) = &prior {
-        tracing::Span::current().record(
-            "decision_id",
-            tracing::field::display(record.decision_id.as_str()),
-        );
+        super::join_span(&record.decision_id);
     }
     Ok(Validated {
         received_ms,
