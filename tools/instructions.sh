@@ -7,9 +7,10 @@
 #
 # Starts BIN_DIR/net-pathway under callgrind (decision log off unless LOG=on), sends the
 # pre-framed FRAME (from `net-pathway-load --write-frames`) N times with h2load on one
-# connection, one at a time, then starts it again with no requests, and prints (instructions with N - instructions with none) / (N x
-# PER_REQUEST): per call for a unary frame, per patient for screen-cohort.grpc with
-# PER_REQUEST=256. Start-up and policy load cancel out. Needs valgrind, curl and h2load.
+# connection, one at a time, then starts it again with no requests, and prints
+# (instructions with N - instructions with none) / (N x PER_REQUEST): per call for a unary
+# frame, per patient for screen-cohort.grpc with PER_REQUEST=256. Start-up and policy load
+# cancel out. Needs valgrind, curl and h2load.
 #
 # Instruction counts are not time: a memcpy or a cache miss costs more or less than its count
 # says. Use them to compare builds on the same work, and calls per second for the rate.
