@@ -460,8 +460,9 @@ fn flag(policy: &Policy, f: &FlagReport) -> pb::SafetyFlag {
     }
 }
 
-/// One therapy's eligibility for the wire; FULL adds the criteria, flags and deciding MDT
-/// (the facts behind a FULL answer are explained).
+/// One therapy's eligibility for the wire: BASIC is the status alone; FULL adds the summary,
+/// criteria, missing inputs, flags and deciding MDT (the facts behind a FULL answer are
+/// explained).
 pub fn eligibility(policy: &Policy, a: EligibilityAnswer, full: bool) -> pb::TherapyEligibility {
     let status = match a.status {
         Status::Eligible => pb::EligibilityStatus::Eligible,
@@ -471,36 +472,37 @@ pub fn eligibility(policy: &Policy, a: EligibilityAnswer, full: bool) -> pb::The
     let mut out = pb::TherapyEligibility {
         therapy: a.therapy.to_proto(),
         status: status as i32,
-        missing_inputs: paths(&a.missing),
         ..Default::default()
     };
     if full {
+        out.summary = a.summary;
         out.criteria = a.criteria.iter().map(|r| criterion(policy, r)).collect();
+        out.missing_inputs = paths(&a.missing);
         out.safety_flags = a.flags.iter().map(|f| flag(policy, f)).collect();
         out.deciding_mdt = mdt(policy, a.mdt);
     }
-    out.summary = a.summary;
     out
 }
 
-/// One therapy's funding for the wire; FULL adds the commissioner, prior approval, deciding
-/// MDT, delivery sites, criteria, source and notes.
+/// One therapy's funding for the wire: BASIC is the route, its rule, the nation and the route
+/// to try if refused; FULL adds the summary, missing inputs, commissioner, prior approval,
+/// deciding MDT, delivery sites, criteria, source and notes.
 pub fn funding(policy: &Policy, a: FundingAnswer, full: bool) -> pb::TherapyFunding {
     let mut out = pb::TherapyFunding {
         therapy: a.therapy.to_proto(),
         route: route(a.route) as i32,
-        summary: a.summary.into_owned(),
         nation: a
             .nation
             .map_or(pb::Nation::Unspecified as i32, |n| n.to_proto()),
         next_route_if_refused: a
             .next_if_refused
             .map_or(pb::FundingRoute::Unspecified, route) as i32,
-        missing_inputs: paths(&a.missing),
         route_id: a.route_id.to_string(),
         ..Default::default()
     };
     if full {
+        out.summary = a.summary.into_owned();
+        out.missing_inputs = paths(&a.missing);
         out.commissioner = a.commissioner.map(|c| pb::Commissioner {
             id: c.id.to_string(),
             name: c.name.into_owned(),

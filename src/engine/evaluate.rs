@@ -43,6 +43,7 @@ pub struct FlagReport<'a> {
 pub struct EligibilityAnswer<'a> {
     pub therapy: Therapy,
     pub status: Status,
+    /// Explained answers only: BASIC answers carry the status alone.
     pub summary: String,
     pub criteria: Vec<CriterionReport<'a>>,
     pub missing: Vec<&'static str>,
@@ -70,6 +71,7 @@ pub struct SiteOnDate<'a> {
 pub struct FundingAnswer<'a> {
     pub therapy: Therapy,
     pub route: FundingRoute,
+    /// Explained answers only, like `commissioner`: BASIC answers carry the route alone.
     pub summary: Cow<'a, str>,
     pub nation: Option<Nation>,
     /// Explained answers only, like `sites` and `notes`: BASIC answers do not show them.
@@ -218,11 +220,15 @@ impl Policy {
         .unwrap_or(self.fallback_mdt)
     }
 
-    fn not_decided(&self, therapy: Therapy) -> String {
-        format!(
+    /// The summary of a therapy the policy does not decide (explained answers only).
+    fn not_decided(&self, therapy: Therapy, facts: &Facts) -> Cow<'static, str> {
+        if !facts.detail.explains() {
+            return Cow::Borrowed("");
+        }
+        Cow::Owned(format!(
             "Policy {} does not yet decide {therapy}: no answer is given rather than a guess; the MDT decides.",
             self.version
-        )
+        ))
     }
 
     /// Can the patient be considered for `therapy`? (clinical README, positions 1-3)
@@ -232,7 +238,7 @@ impl Policy {
             return EligibilityAnswer {
                 therapy,
                 status: Status::Indeterminate,
-                summary: self.not_decided(therapy),
+                summary: self.not_decided(therapy, facts).into_owned(),
                 criteria: Vec::new(),
                 missing: Vec::new(),
                 flags: Vec::new(),
@@ -267,6 +273,49 @@ impl Policy {
             }
             criteria.push(report);
         }
+        let status = if contraindicated || unmet {
+            Status::NotEligible
+        } else if !missing.is_empty() {
+            Status::Indeterminate
+        } else {
+            Status::Eligible
+        };
+        if status != Status::Indeterminate {
+            missing.clear();
+        }
+        let mut answer = EligibilityAnswer {
+            therapy,
+            status,
+            summary: String::new(),
+            criteria,
+            missing,
+            flags,
+            mdt,
+        };
+        // BASIC answers carry the status only (AIP-157): the sentence that says why is written
+        // for explained answers alone.
+        if facts.detail.explains() {
+            answer.summary = self.eligibility_summary(facts, &answer, contraindicated);
+        }
+        answer
+    }
+
+    /// One sentence for a clinician: the status and, in the clinic's words, each criterion
+    /// that decided it.
+    fn eligibility_summary(
+        &self,
+        facts: &Facts,
+        answer: &EligibilityAnswer,
+        contraindicated: bool,
+    ) -> String {
+        let EligibilityAnswer {
+            therapy,
+            criteria,
+            missing,
+            flags,
+            mdt,
+            ..
+        } = answer;
         // The summary quotes why: each decisive criterion, in the clinic's words.
         let quote = |summary: &mut String, role: Role, outcome: Outcome| {
             let decisive = criteria.iter().filter(|r| {
@@ -291,18 +340,18 @@ impl Policy {
             text
         };
         let therapy_name = therapy.label();
-        let (status, summary) = if contraindicated {
+        if contraindicated {
             let mut summary = sentence(&[
                 "Not eligible for ",
                 therapy_name,
                 ": absolute contraindication: ",
             ]);
             quote(&mut summary, Role::Contraindication, Outcome::Met);
-            (Status::NotEligible, summary)
-        } else if unmet {
+            summary
+        } else if answer.status == Status::NotEligible {
             let mut summary = sentence(&["Not eligible for ", therapy_name, ": "]);
             quote(&mut summary, Role::Required, Outcome::Unmet);
-            (Status::NotEligible, summary)
+            summary
         } else if !missing.is_empty() {
             let mut summary = sentence(&[
                 "Cannot decide ",
@@ -316,7 +365,7 @@ impl Policy {
                 summary.push_str(m);
             }
             summary.push('.');
-            (Status::Indeterminate, summary)
+            summary
         } else {
             let review = flags
                 .iter()
@@ -326,25 +375,13 @@ impl Policy {
                 "Can be considered for ",
                 therapy_name,
                 ": every required criterion is met. Deciding MDT: ",
-                &self.mdts[mdt].name,
+                &self.mdts[*mdt].name,
                 ".",
             ]);
             if review > 0 {
                 let _ = write!(summary, " {review} safety flag(s) need specialist review.");
             }
-            (Status::Eligible, summary)
-        };
-        if status != Status::Indeterminate {
-            missing.clear();
-        }
-        EligibilityAnswer {
-            therapy,
-            status,
-            summary,
-            criteria,
-            missing,
-            flags,
-            mdt,
+            summary
         }
     }
 
@@ -433,14 +470,16 @@ impl Policy {
             notes: Vec::new(),
         };
         let Some(rules) = self.therapies.get(&therapy) else {
-            answer.summary = Cow::Owned(self.not_decided(therapy));
+            answer.summary = self.not_decided(therapy, facts);
             return answer;
         };
         let Some(nation) = nation else {
             answer.missing.push("patient.demographics.nation");
-            answer.summary = Cow::Owned(format!(
-                "Funding for {therapy} cannot be classified: the nation decides the commissioner and is not recorded."
-            ));
+            if explains {
+                answer.summary = Cow::Owned(format!(
+                    "Funding for {therapy} cannot be classified: the nation decides the commissioner and is not recorded."
+                ));
+            }
             return answer;
         };
         let as_of = facts.as_of;
@@ -461,11 +500,13 @@ impl Policy {
                 Conjunction::Undecided(missing) => {
                     answer.route_id = &route.id;
                     answer.source = Some(route.source);
-                    answer.summary = Cow::Owned(format!(
-                        "Funding for {therapy} cannot be classified until these are recorded: {} (they decide whether route '{}' applies).",
-                        missing.join(", "),
-                        route.id
-                    ));
+                    if explains {
+                        answer.summary = Cow::Owned(format!(
+                            "Funding for {therapy} cannot be classified until these are recorded: {} (they decide whether route '{}' applies).",
+                            missing.join(", "),
+                            route.id
+                        ));
+                    }
                     answer.missing = missing;
                     answer.sites = self.delivery_on(therapy, facts, &mut answer.notes);
                     return answer;
@@ -500,7 +541,9 @@ impl Policy {
                 _ => FundingRoute::from(route.kind),
             };
             answer.route_id = &route.id;
-            answer.summary = Cow::Borrowed(&route.summary);
+            if explains {
+                answer.summary = Cow::Borrowed(&route.summary);
+            }
             if explains {
                 answer.commissioner = Some(self.commissioner_on(route.commissioner, as_of));
             }
@@ -535,10 +578,12 @@ impl Policy {
             return answer;
         }
         // Policy validation guarantees a catch-all route per nation that has routes.
-        answer.summary = Cow::Owned(format!(
-            "Policy {} has no {nation} funding route for {therapy}; the MDT decides.",
-            self.version
-        ));
+        if explains {
+            answer.summary = Cow::Owned(format!(
+                "Policy {} has no {nation} funding route for {therapy}; the MDT decides.",
+                self.version
+            ));
+        }
         answer
     }
 }

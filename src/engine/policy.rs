@@ -798,19 +798,20 @@ impl Policy {
             self.funding(outcome, therapy),
             self.funding(explained, therapy),
         );
+        // BASIC shows the status, route and route rule; the rest is compared so that a BASIC
+        // decision recorded and replayed rests on the same findings as a FULL one.
         let same = a.status == b.status
-            && a.summary == b.summary
             && a.missing == b.missing
             && a.mdt == b.mdt
             && f.route == g.route
-            && f.summary == g.summary
+            && f.next_if_refused == g.next_if_refused
             && f.missing == g.missing
             && f.route_id == g.route_id
             && f.mdt == g.mdt;
         (!same).then(|| {
             format!(
-                "the BASIC and FULL answers differ: '{}' / '{}' against '{}' / '{}'",
-                a.summary, f.summary, b.summary, g.summary
+                "the BASIC and FULL answers differ: {:?} / {:?} ({}) against {:?} / {:?} ({}): {} / {}",
+                a.status, f.route, f.route_id, b.status, g.route, g.route_id, b.summary, g.summary
             )
         })
     }

@@ -98,8 +98,8 @@ pub struct Record {
 const ZSTD_LEVEL: i32 = 1;
 
 /// A zstd dictionary of the policy's words and the records' shape, trained on synthetic patients
-/// (tools/record-dictionary). With it a screened patient's record shrinks from about 1.9 KB to
-/// 0.4 KB and compresses about three times faster. It never changes: records compressed with
+/// (tools/record-dictionary). With it a screened patient's record shrank from about 1.9 KB to
+/// 0.4 KB and compressed about three times faster (0.3 KB since BASIC answers carry no summary). It never changes: records compressed with
 /// it need it to be read, so a new dictionary comes as a new file and a new codec.
 static RECORD_DICTIONARY_1: &[u8] = include_bytes!("record-dictionary-1.zdict");
 
@@ -403,10 +403,11 @@ impl Store {
                 // WAL with synchronous=FULL: a committed decision survives a crash or power loss.
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                // A new database's pages: a BASIC record (about 2 KB compressed) is just over half
-                // a 4 KB page, so 4 KB pages held one record each and wrote half of each page
-                // empty (3.9 KB per record in all; 2.6 KB at 16 KB). SQLite keeps an existing
-                // database's page size; the README says how to convert one.
+                // A new database's pages: 16 KB. Records of about 2 KB (before the record
+                // dictionary) were just over half a 4 KB page, so 4 KB pages held one record each
+                // and wrote half of each page empty (3.9 KB per record in all; 2.6 KB at 16 KB).
+                // SQLite keeps an existing database's page size; the README says how to convert
+                // one.
                 .page_size(SQLITE_PAGE_SIZE)
                 .busy_timeout(Duration::from_secs(10))
                 // A full INSERT's RETURNING rows fit the worker's row channel, so SQLite's
