@@ -10,7 +10,8 @@
 # connection, one at a time, then starts it again with no requests, and prints
 # (instructions with N - instructions with none) / (N x PER_REQUEST): per call for a unary
 # frame, per patient for screen-cohort.grpc with PER_REQUEST=256. Start-up and policy load
-# cancel out. Needs valgrind, curl and h2load.
+# cancel out. KEEP=FILE keeps the loaded run's callgrind output for `callgrind_annotate`.
+# Needs valgrind, curl and h2load.
 #
 # Instruction counts are not time: a memcpy or a cache miss costs more or less than its count
 # says. Use them to compare builds on the same work, and calls per second for the rate.
@@ -50,6 +51,7 @@ count() { # requests -> instructions
   kill -TERM "$server"
   wait "$server" 2>/dev/null || true
   sed -n 's/^summary: //p' "$out"
+  if [ "$1" -gt 0 ] && [ -n "${KEEP:-}" ]; then cp "$out" "$KEEP"; fi
   rm -rf "$data" "$out"*
 }
 
