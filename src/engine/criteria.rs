@@ -143,9 +143,6 @@ pub struct Facts<'a> {
     /// Each criterion's finding at `detail`, made at most once per patient and date:
     /// eligibility, funding, MDT selection and delivery sites share most criteria.
     pub findings: Vec<std::cell::OnceCell<Finding>>,
-    /// Explained findings made on demand when `detail` does not explain (a BASIC summary
-    /// quotes why a required criterion is unmet).
-    pub explained: std::cell::OnceCell<Vec<std::cell::OnceCell<Finding>>>,
     /// The MDT the policy's geographic rules select for this patient, for every therapy
     /// without a rule of its own: chosen once, not once per answer.
     pub geographic_mdt: std::cell::OnceCell<Option<usize>>,

@@ -116,41 +116,20 @@ impl Policy {
             grade: self.grading.assess(patient),
             registry_enrolments: Vec::new(),
             detail,
-            findings: self.finding_cells(),
-            explained: std::cell::OnceCell::new(),
+            findings: (0..self.criteria.len())
+                .map(|_| std::cell::OnceCell::new())
+                .collect(),
             geographic_mdt: std::cell::OnceCell::new(),
         }
-    }
-
-    /// One empty cell per criterion.
-    fn finding_cells(&self) -> Vec<std::cell::OnceCell<Finding>> {
-        (0..self.criteria.len())
-            .map(|_| std::cell::OnceCell::new())
-            .collect()
     }
 
     /// One criterion's finding at the facts' detail (composites evaluate their members), made
     /// once per patient and date.
     pub fn finding<'f>(&self, criterion: usize, facts: &'f Facts) -> &'f Finding {
-        self.finding_at(criterion, facts, facts.detail)
-    }
-
-    /// One criterion's finding with its values and explanation, whatever the facts' detail.
-    pub fn explained<'f>(&self, criterion: usize, facts: &'f Facts) -> &'f Finding {
-        self.finding_at(criterion, facts, Detail::EXPLAINED)
-    }
-
-    fn finding_at<'f>(&self, criterion: usize, facts: &'f Facts, detail: Detail) -> &'f Finding {
-        let cells = if detail == facts.detail {
-            &facts.findings
-        } else {
-            facts.explained.get_or_init(|| self.finding_cells())
-        };
-        match (cells.get(criterion), self.criteria.get(criterion)) {
+        match (facts.findings.get(criterion), self.criteria.get(criterion)) {
             (Some(cell), Some(c)) => cell.get_or_init(|| {
-                c.check.evaluate(facts, detail, &|member| {
-                    self.finding_at(member, facts, detail)
-                })
+                c.check
+                    .evaluate(facts, facts.detail, &|member| self.finding(member, facts))
             }),
             _ => Facts::not_in_policy(),
         }
@@ -295,19 +274,14 @@ impl Policy {
         // BASIC answers carry the status only (AIP-157): the sentence that says why is written
         // for explained answers alone.
         if facts.detail.explains() {
-            answer.summary = self.eligibility_summary(facts, &answer, contraindicated);
+            answer.summary = self.eligibility_summary(&answer, contraindicated);
         }
         answer
     }
 
     /// One sentence for a clinician: the status and, in the clinic's words, each criterion
     /// that decided it.
-    fn eligibility_summary(
-        &self,
-        facts: &Facts,
-        answer: &EligibilityAnswer,
-        contraindicated: bool,
-    ) -> String {
+    fn eligibility_summary(&self, answer: &EligibilityAnswer, contraindicated: bool) -> String {
         let EligibilityAnswer {
             therapy,
             criteria,
@@ -327,7 +301,8 @@ impl Policy {
                 }
                 summary.push_str(&self.criteria[r.criterion].description);
                 summary.push_str(" (");
-                summary.push_str(&self.explained(r.criterion, facts).explanation);
+                // The report's finding is explained: summaries are written for explained facts.
+                summary.push_str(&r.finding.explanation);
                 summary.push(')');
             }
             summary.push('.');
