@@ -99,8 +99,9 @@ const ZSTD_LEVEL: i32 = 1;
 
 /// A zstd dictionary of the policy's words and the records' shape, trained on synthetic patients
 /// (tools/record-dictionary). With it a screened patient's record shrank from about 1.9 KB to
-/// 0.4 KB and compressed about three times faster (0.3 KB since BASIC answers carry no summary). It never changes: records compressed with
-/// it need it to be read, so a new dictionary comes as a new file and a new codec.
+/// 0.4 KB (0.3 KB since BASIC answers carry no summary) and compressed about three times
+/// faster. It never changes: records compressed with it need it to be read, so a new dictionary
+/// comes as a new file and a new codec.
 static RECORD_DICTIONARY_1: &[u8] = include_bytes!("record-dictionary-1.zdict");
 
 /// The dictionary prepared once for compressing at ZSTD_LEVEL, shared by every thread.
