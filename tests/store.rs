@@ -237,9 +237,10 @@ async fn listing_filters_and_pages_newest_first() {
     }
 }
 
-/// A night's cohort screening writes hundreds of records per group commit: full-size
-/// statements and a shorter last one, each record with an outcome per therapy. Every record and
-/// outcome is written, and a second batch reuses the statement kept prepared.
+/// A batch larger than one statement (the decision log's group commits never are; a caller of
+/// the store may be) is written in one transaction: full-size statements and a shorter last one,
+/// each record with an outcome per therapy. Every record and outcome is written, and a second
+/// batch reuses the statement kept prepared.
 #[tokio::test]
 async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -247,9 +248,9 @@ async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
         let store = Store::open(&url)
             .await
             .unwrap_or_else(|e| panic!("{backend}: {e}"));
-        // 300 records = 128 + 128 + 44, 14 outcomes each.
+        // 1,100 records = 512 + 512 + 76, 14 outcomes each.
         let batch = |night: i64| -> Vec<NewDecision> {
-            (0..300)
+            (0..1_100)
                 .map(|i| {
                     let outcomes = (1..=14).map(|therapy| (therapy, 1, 1 + i % 2)).collect();
                     let id = format!("n{night}-d{i:03}");
@@ -262,7 +263,7 @@ async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
                 .write_decisions(&batch(night))
                 .await
                 .unwrap_or_else(|e| panic!("{backend}: night {night}: {e}"));
-            assert_eq!(written.len(), 300, "{backend}");
+            assert_eq!(written.len(), 1_100, "{backend}");
             assert!(
                 written.iter().all(|w| matches!(w, WriteOutcome::Written)),
                 "{backend}"
@@ -270,10 +271,10 @@ async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
         }
         let everything = DecisionFilter::default();
         let all = store
-            .list_decisions(&everything, None, 1_000)
+            .list_decisions(&everything, None, 5_000)
             .await
             .expect("list");
-        assert_eq!(all.len(), 600, "{backend}");
+        assert_eq!(all.len(), 2_200, "{backend}");
         // Therapy 14's outcome exists for every odd-numbered record of both nights.
         let last_therapy_route_2 = DecisionFilter {
             therapy: Some(14),
@@ -281,10 +282,10 @@ async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
             ..Default::default()
         };
         let found = store
-            .list_decisions(&last_therapy_route_2, None, 1_000)
+            .list_decisions(&last_therapy_route_2, None, 5_000)
             .await
             .expect("by outcome");
-        assert_eq!(found.len(), 300, "{backend}");
+        assert_eq!(found.len(), 1_100, "{backend}");
         assert!(
             found
                 .iter()

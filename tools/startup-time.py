@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Start to SERVING: starts the release binary three times on a fresh data directory and
 times exec to the listening socket (health is SERVING from the first accepted call), then
-asks grpc.health.v1 Check to confirm. Needs `cargo build --release` and grpcurl
-(target/tools/venv/bin/grpcurl, or GRPCURL)."""
-import os, subprocess, time, socket, tempfile
-GRPCURL = os.environ.get("GRPCURL", "target/tools/venv/bin/grpcurl")
+asks grpc.health.v1 Check to confirm. Needs `cargo build --release` and grpcurl: $GRPCURL,
+else the README's .venv/bin/grpcurl, else grpcurl on the PATH."""
+import os, shutil, subprocess, time, socket, tempfile
+GRPCURL = os.environ.get("GRPCURL") or (
+    ".venv/bin/grpcurl" if os.path.exists(".venv/bin/grpcurl") else shutil.which("grpcurl"))
+if GRPCURL is None:
+    raise SystemExit("grpcurl not found: set GRPCURL, or install it as the README says")
 def listening():
     try:
         socket.create_connection(("127.0.0.1", 50071), timeout=0.05).close()

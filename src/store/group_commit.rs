@@ -6,8 +6,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{NewDecision, Store, StoreError, WriteOutcome};
 
-/// Records waiting beyond this are written in the next transaction.
-const MAX_BATCH: usize = 512;
+/// Records waiting beyond this are written in the next group commit: each is one INSERT.
+const MAX_BATCH: usize = super::DECISIONS_PER_STATEMENT;
 /// Records queued before callers wait for room (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
 

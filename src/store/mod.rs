@@ -277,13 +277,15 @@ macro_rules! decision_columns {
     };
 }
 
-/// Records per INSERT: 13 parameters each, far below either database's limit. A full chunk is
-/// one statement shape, prepared once per connection and kept; only a batch's last, shorter
-/// chunk is parsed afresh. Each statement is a round trip to SQLite's worker thread, which
-/// waits for a core while the runtime's threads decide: a group commit of 512 records takes
-/// four statements (it took 36 with a separate outcome table). 256 measured no faster, and
-/// each connection's kept statement twice the size raised peak memory by several MB.
-const DECISIONS_PER_STATEMENT: usize = 128;
+/// Records per INSERT: 13 parameters each, 6,656 in all, far below either database's limit
+/// (SQLite 32,766, PostgreSQL 65,535). The decision log's group commit takes at most this many,
+/// so each is one statement and one round trip to SQLite's worker thread, which waits for a
+/// core while the runtime's threads decide. At 128, a cohort screen's group commit of about 180
+/// records took BEGIN, two INSERTs and COMMIT; at 512, five alternating h2load runs screened 8 %
+/// more patients a second with the log on (2026-11-29), for up to 2 MB more at peak: the
+/// writer's prepared full-size statement. A full chunk's shape is kept prepared; a shorter one
+/// is parsed afresh.
+pub(crate) const DECISIONS_PER_STATEMENT: usize = 512;
 
 /// One value of an outcome token: two digits (every enum value fits, as a test checks), or
 /// `__`, LIKE's two any-characters, where a filter leaves it open. Tokens and the patterns that
@@ -394,6 +396,65 @@ fn enrolment(row: EnrolmentTuple) -> EnrolmentRow {
 /// Page size of a new embedded database, in bytes.
 pub const SQLITE_PAGE_SIZE: u32 = 16_384;
 
+/// Inserts `$batch` on `$connection` and reads back, for each decision not written because its
+/// request_id was taken, the stored decision that holds it (`None`: written). Decisions are
+/// never deleted, so that row is still there when read after the INSERT's own commit.
+macro_rules! insert_decisions {
+    ($connection:expr, $batch:expr) => {{
+        let batch: &[NewDecision] = $batch;
+        // A few multi-row statements per batch, not one per record and outcome: each
+        // statement is a round trip to the database (or to SQLite's worker thread).
+        let mut inserted = std::collections::HashSet::with_capacity(batch.len());
+        for chunk in batch.chunks(DECISIONS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO decisions (decision_id, request_id, request_hash, kind, received_at_ms, caller, policy_version, policy_hash, as_of, patient_pseudonym, record, record_codec, outcomes) ",
+            );
+            insert.push_values(chunk, |mut row, d| {
+                row.push_bind(&d.decision_id)
+                    .push_bind(&d.request_id)
+                    .push_bind(&d.request_hash)
+                    .push_bind(d.kind)
+                    .push_bind(d.received_at_ms)
+                    .push_bind(&d.caller)
+                    .push_bind(&d.policy_version)
+                    .push_bind(&d.policy_hash)
+                    .push_bind(&d.as_of)
+                    .push_bind(&d.patient_pseudonym)
+                    .push_bind(&d.record.bytes)
+                    .push_bind(d.record.codec as i32)
+                    .push_bind(outcome_tokens(&d.outcomes));
+            });
+            insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING decision_id");
+            // Only the full-size shape is kept prepared: caching every shorter one would
+            // grow each connection by megabytes.
+            let written: Vec<(String,)> = insert
+                .build_query_as()
+                .persistent(chunk.len() == DECISIONS_PER_STATEMENT)
+                .fetch_all(&mut *$connection)
+                .await?;
+            inserted.extend(written.into_iter().map(|(id,)| id));
+        }
+        let mut outcomes: Vec<Option<DecisionRow>> = Vec::with_capacity(batch.len());
+        for d in batch {
+            if inserted.contains(&d.decision_id) {
+                outcomes.push(None);
+                continue;
+            }
+            // Only a record with a request_id can conflict: a retry raced its first call.
+            let existing: DecisionRow = sqlx::query_as(concat!(
+                "SELECT ",
+                decision_columns!(),
+                " FROM decisions WHERE request_id = $1"
+            ))
+            .bind(&d.request_id)
+            .fetch_one(&mut *$connection)
+            .await?;
+            outcomes.push(Some(existing));
+        }
+        Ok::<_, sqlx::Error>(outcomes)
+    }};
+}
+
 impl Store {
     /// Connects to `url` (`sqlite://PATH`, `postgres://...`), creating an SQLite file and its
     /// directory if missing, and applies the embedded migrations.
@@ -486,66 +547,25 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a batch of decisions in one transaction (group commit). A decision whose
-    /// request_id is already stored is not written; its outcome names the stored decision.
+    /// Writes a batch of decisions atomically (group commit). A decision whose request_id is
+    /// already stored is not written; its outcome names the stored decision.
     pub async fn write_decisions(
         &self,
         batch: &[NewDecision],
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            // A few multi-row statements per batch, not one per record and outcome: each
-            // statement is a round trip to the database (or to SQLite's worker thread).
-            let mut inserted = std::collections::HashSet::with_capacity(batch.len());
-            for chunk in batch.chunks(DECISIONS_PER_STATEMENT) {
-                let mut insert = sqlx::QueryBuilder::new(
-                    "INSERT INTO decisions (decision_id, request_id, request_hash, kind, received_at_ms, caller, policy_version, policy_hash, as_of, patient_pseudonym, record, record_codec, outcomes) ",
-                );
-                insert.push_values(chunk, |mut row, d| {
-                    row.push_bind(&d.decision_id)
-                        .push_bind(&d.request_id)
-                        .push_bind(&d.request_hash)
-                        .push_bind(d.kind)
-                        .push_bind(d.received_at_ms)
-                        .push_bind(&d.caller)
-                        .push_bind(&d.policy_version)
-                        .push_bind(&d.policy_hash)
-                        .push_bind(&d.as_of)
-                        .push_bind(&d.patient_pseudonym)
-                        .push_bind(&d.record.bytes)
-                        .push_bind(d.record.codec as i32)
-                        .push_bind(outcome_tokens(&d.outcomes));
-                });
-                insert.push(" ON CONFLICT (request_id) DO NOTHING RETURNING decision_id");
-                // Only the full-size shape is kept prepared: caching every shorter one would
-                // grow each connection by megabytes.
-                let written: Vec<(String,)> = insert
-                    .build_query_as()
-                    .persistent(chunk.len() == DECISIONS_PER_STATEMENT)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                inserted.extend(written.into_iter().map(|(id,)| id));
+            // A batch that fits one INSERT is that statement alone, which either database
+            // commits atomically and (SQLite: WAL, synchronous=FULL) durably: one round trip to
+            // the database, or to SQLite's worker thread, instead of three with BEGIN and COMMIT.
+            if batch.len() <= DECISIONS_PER_STATEMENT {
+                let mut connection = pool.acquire().await?;
+                insert_decisions!(&mut *connection, batch)
+            } else {
+                let mut tx = pool.begin().await?;
+                let outcomes = insert_decisions!(&mut *tx, batch)?;
+                tx.commit().await?;
+                Ok(outcomes)
             }
-            // `None`: written; otherwise the stored decision that holds the request_id.
-            let mut outcomes: Vec<Option<DecisionRow>> = Vec::with_capacity(batch.len());
-            for d in batch {
-                if inserted.contains(&d.decision_id) {
-                    outcomes.push(None);
-                    continue;
-                }
-                // Only a record with a request_id can conflict: a retry raced its first call.
-                let existing: DecisionRow = sqlx::query_as(concat!(
-                    "SELECT ",
-                    decision_columns!(),
-                    " FROM decisions WHERE request_id = $1"
-                ))
-                .bind(&d.request_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                outcomes.push(Some(existing));
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(outcomes)
         })?
         .into_iter()
         .map(|row| match row {
