@@ -2,6 +2,8 @@
 //! UNKNOWN with the values it used and the inputs it missed. The policy file composes them and
 //! supplies their parameters; this file is the only place that reads patient facts for a rule.
 
+use std::borrow::Cow;
+
 use chrono::NaiveDate;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -29,8 +31,9 @@ pub struct Finding {
     pub outcome: Outcome,
     /// (field path, value with unit); explained findings only.
     pub values: Vec<(&'static str, Text)>,
-    /// Field paths that would settle an UNKNOWN.
-    pub missing: Vec<&'static str>,
+    /// Field paths that would settle an UNKNOWN: most checks name a fixed list, borrowed
+    /// rather than copied into an allocation for each finding.
+    pub missing: Cow<'static, [&'static str]>,
     /// Empty unless the finding was explained.
     pub explanation: Text,
     explained: bool,
@@ -40,7 +43,7 @@ pub struct Finding {
 static NOT_IN_POLICY: Finding = Finding {
     outcome: Outcome::Unknown,
     values: Vec::new(),
-    missing: Vec::new(),
+    missing: Cow::Borrowed(&[]),
     explanation: Text::Borrowed("this criterion is not in the active policy"),
     explained: true,
 };
@@ -74,7 +77,7 @@ impl Detail {
         Finding {
             outcome,
             values: Vec::new(),
-            missing: Vec::new(),
+            missing: Cow::Borrowed(&[]),
             explanation: if self.explain {
                 explanation.into()
             } else {
@@ -88,9 +91,13 @@ impl Detail {
         self.finding(if met { Outcome::Met } else { Outcome::Unmet }, explanation)
     }
 
-    fn unknown(self, missing: &[&'static str], explanation: impl Into<Text>) -> Finding {
+    fn unknown(
+        self,
+        missing: impl Into<Cow<'static, [&'static str]>>,
+        explanation: impl Into<Text>,
+    ) -> Finding {
         let mut f = self.finding(Outcome::Unknown, explanation);
-        f.missing = missing.to_vec();
+        f.missing = missing.into();
         f
     }
 }
@@ -842,7 +849,7 @@ impl Check {
                         why!(detail, "{v} {} against ≤ {limit}", input.unit),
                     )
                     .value(input.path, with_unit(detail, v, input.unit)),
-                None => detail.unknown(&[input.path], "not recorded"),
+                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
             Check::ValueAtLeast { input, limit } => match (input.read)(p) {
                 Some(v) => detail
@@ -851,7 +858,7 @@ impl Check {
                         why!(detail, "{v} {} against ≥ {limit}", input.unit),
                     )
                     .value(input.path, with_unit(detail, v, input.unit)),
-                None => detail.unknown(&[input.path], "not recorded"),
+                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
             Check::ExtentIn { extents } => match p.extent.extent {
                 Some(e) => detail
@@ -1006,7 +1013,7 @@ impl Check {
                             Outcome::Unknown,
                             "no grade: no stated grade and nothing measured",
                         );
-                        u.missing = f.grade.missing.clone();
+                        u.missing = f.grade.missing.clone().into();
                         u
                     }
                 };
@@ -1082,7 +1089,7 @@ impl Check {
                     None => {
                         let mut paths = vec![input.path];
                         paths.extend(fallback.map(|i| i.path));
-                        detail.unknown(&paths, "not recorded")
+                        detail.unknown(paths, "not recorded")
                     }
                 }
             }
@@ -1093,7 +1100,7 @@ impl Check {
                         why!(detail, "{v} {} against > {threshold}", input.unit),
                     )
                     .value(input.path, with_unit(detail, v, input.unit)),
-                None => detail.unknown(&[input.path], "not recorded"),
+                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
             Check::ValueAboveMultipleOf {
                 input,
@@ -1119,7 +1126,7 @@ impl Check {
                             .filter(|(m, _)| *m)
                             .map(|(_, p)| p)
                             .collect();
-                    detail.unknown(&missing, "not recorded")
+                    detail.unknown(missing, "not recorded")
                 }
             },
             Check::IsTrue { input } | Check::IsFalse { input } => {
@@ -1128,7 +1135,7 @@ impl Check {
                     Some(v) => detail
                         .decided(v == wanted, if v { "yes" } else { "no" })
                         .value(input.path, if v { "yes" } else { "no" }),
-                    None => detail.unknown(&[input.path], "not recorded"),
+                    None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
                 }
             }
             Check::OlderThanDays { input, days } => match (input.read)(p) {
@@ -1138,7 +1145,7 @@ impl Check {
                         .decided(age > *days, why!(detail, "{age} days old on {}", f.as_of))
                         .value(input.path, why!(detail, "{d}"))
                 }
-                None => detail.unknown(&[input.path], "not recorded"),
+                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
             Check::StatedGradeConflicts => match (&f.grade.conflict, p.tumour.who_grade) {
                 (Some(conflict), _) => {
@@ -1204,9 +1211,9 @@ fn combine<'f>(detail: Detail, findings: impl Iterator<Item = &'f Finding>, any:
     }
     if unknown {
         for f in members.iter().filter(|f| f.outcome == Outcome::Unknown) {
-            for m in &f.missing {
+            for m in f.missing.iter() {
                 if !out.missing.contains(m) {
-                    out.missing.push(m);
+                    out.missing.to_mut().push(m);
                 }
             }
         }
@@ -1274,7 +1281,7 @@ fn pregnant_or_breastfeeding(detail: Detail, p: &Patient) -> Finding {
             .filter(|(m, _)| *m)
             .map(|(_, p)| p)
             .collect();
-            detail.unknown(&missing, "pregnancy or breastfeeding not recorded")
+            detail.unknown(missing, "pregnancy or breastfeeding not recorded")
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct EligibilityAnswer<'a> {
     pub status: Status,
     /// Explained answers only: BASIC answers carry the status alone.
     pub summary: String,
+    /// Explained answers only.
     pub criteria: Vec<CriterionReport<'a>>,
     pub missing: Vec<&'static str>,
     pub flags: Vec<FlagReport<'a>>,
@@ -80,6 +81,7 @@ pub struct FundingAnswer<'a> {
     /// The deciding MDT (an index into the policy's MDTs).
     pub mdt: usize,
     pub sites: Vec<SiteOnDate<'a>>,
+    /// Explained answers only.
     pub criteria: Vec<CriterionReport<'a>>,
     pub source: Option<usize>,
     pub next_if_refused: Option<FundingRoute>,
@@ -160,7 +162,8 @@ impl Policy {
                     merge(&mut missing, &report.finding.missing);
                 }
             }
-            if !reports.iter().any(|r| r.criterion == c) {
+            // The criteria an answer lists are shown only when it is explained.
+            if facts.detail.explains() && !reports.iter().any(|r| r.criterion == c) {
                 reports.push(report);
             }
         }
@@ -224,7 +227,9 @@ impl Policy {
                 mdt,
             };
         };
-        let mut criteria = Vec::with_capacity(rules.eligibility.len());
+        // BASIC answers list no criteria: no allocation for a list nobody reads.
+        let explains = facts.detail.explains();
+        let mut criteria = Vec::with_capacity(if explains { rules.eligibility.len() } else { 0 });
         let mut missing = Vec::new();
         let (mut unmet, mut contraindicated) = (false, false);
         let mut flags = Vec::new();
@@ -250,7 +255,9 @@ impl Policy {
                 }),
                 _ => {}
             }
-            criteria.push(report);
+            if explains {
+                criteria.push(report);
+            }
         }
         let status = if contraindicated || unmet {
             Status::NotEligible
@@ -437,7 +444,7 @@ impl Policy {
             prior_approval: None,
             mdt: self.deciding_mdt(therapy, facts),
             sites: Vec::new(),
-            criteria: Vec::with_capacity(8),
+            criteria: Vec::with_capacity(if explains { 8 } else { 0 }),
             source: None,
             next_if_refused: None,
             missing: Vec::new(),
