@@ -335,7 +335,7 @@ pub struct Expectation {
 }
 
 /// Each therapy's rules, found by the therapy's place in `Therapy::ALL`. A decision looks its
-/// therapy up three or four times; a `BTreeMap` search took 2 % of a screened patient's
+/// therapy up three or four times; a `BTreeMap` search took 4 % of a screened patient's
 /// instructions.
 #[derive(Default)]
 pub struct TherapyPolicies(Vec<Option<TherapyPolicy>>);
