@@ -153,7 +153,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
             tracing::warn!(
                 "decision log OFF (--decision-log off): decisions are answered but not recorded; for benchmarks and research only"
             );
-            DecisionLog::off(store)
+            DecisionLog::off(store)?
         }
     };
     let state = AppState::new(policy.clone(), log, pseudonymiser, config.limits())?.with_auth(auth);

@@ -69,7 +69,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    pub fn new(commits: &crate::store::CommitCounters) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let calls = IntCounterVec::new(
             Opts::new(
@@ -126,6 +126,9 @@ impl Metrics {
             Box::new(log_enabled.clone()),
             Box::new(screening_in_progress.clone()),
             Box::new(policy_info.clone()),
+            Box::new(commits.commits.clone()),
+            Box::new(commits.records.clone()),
+            Box::new(commits.seconds.clone()),
         ] {
             registry.register(collector)?;
         }

@@ -83,10 +83,17 @@ async fn metrics_show_per_status_counts_after_a_mixed_load() {
         r#"netpathway_decisions_total{kind="funding",outcome="FUNDING_ROUTE_ROUTINELY_COMMISSIONED_NICE_TA",therapy="THERAPY_PRRT_LU177_DOTATATE"} 1"#,
         "netpathway_decision_log_write_seconds_count 4",
         "netpathway_decision_log_queue_depth 0",
+        // One call at a time: each record is its own group commit.
+        "netpathway_decision_log_commits_total 4",
+        "netpathway_decision_log_committed_records_total 4",
         r#"netpathway_policy_reloads_total{outcome="failed"} 2"#,
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
+    assert!(
+        text.contains("netpathway_decision_log_commit_seconds_total "),
+        "the writer's busy time is exposed:\n{text}"
+    );
     let policy = net_pathway::engine::Policy::bundled().expect("bundled");
     let info = format!(
         r#"netpathway_policy_info{{content_hash="{}",version="{}"}} 1"#,

@@ -309,6 +309,10 @@ async fn with_the_decision_log_off_decisions_are_answered_but_not_recorded() {
         metrics.contains("netpathway_decision_log_enabled 0"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("netpathway_decision_log_commits_total 0"),
+        "nothing committed with the log off: {metrics}"
+    );
 }
 
 #[tokio::test]

@@ -87,7 +87,7 @@ impl AppState {
     ) -> Result<Self, prometheus::Error> {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls));
         let screening_places = Arc::new(tokio::sync::Semaphore::new(screening_capacity(&limits)));
-        let metrics = Arc::new(crate::metrics::Metrics::new()?);
+        let metrics = Arc::new(crate::metrics::Metrics::new(log.counters())?);
         Ok(AppState {
             policy,
             log,

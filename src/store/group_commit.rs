@@ -2,6 +2,7 @@
 //! which writes everything waiting in a single transaction and one flush, then answers each
 //! caller. A call returns its decision only after its record is committed.
 
+use prometheus::{Counter, IntCounter};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{NewDecision, Store, StoreError, WriteOutcome};
@@ -13,12 +14,44 @@ const QUEUE_DEPTH: usize = 4096;
 
 type Reply = oneshot::Sender<Result<WriteOutcome, String>>;
 
+/// What the writer has committed, for the metrics: the writer's busy fraction is the rate of
+/// `seconds`, so an operator sees when it, not the calls, sets the decision log's pace.
+#[derive(Clone, Debug)]
+pub struct CommitCounters {
+    pub commits: IntCounter,
+    pub records: IntCounter,
+    pub seconds: Counter,
+}
+
+impl CommitCounters {
+    fn new() -> Result<Self, StoreError> {
+        let counters = || -> Result<Self, prometheus::Error> {
+            Ok(CommitCounters {
+                commits: IntCounter::new(
+                    "netpathway_decision_log_commits_total",
+                    "Group commits the decision log writer has made.",
+                )?,
+                records: IntCounter::new(
+                    "netpathway_decision_log_committed_records_total",
+                    "Decisions the decision log writer has committed (a retried request_id's is not written again).",
+                )?,
+                seconds: Counter::new(
+                    "netpathway_decision_log_commit_seconds_total",
+                    "Time the decision log writer has spent committing; its rate near 1 means the writer is saturated.",
+                )?,
+            })
+        };
+        counters().map_err(|e| StoreError::Metrics(e.to_string()))
+    }
+}
+
 /// The decision log writer. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DecisionLog {
     /// `None` when the decision log is off.
     queue: Option<mpsc::Sender<(NewDecision, Reply)>>,
     store: Store,
+    counters: CommitCounters,
 }
 
 impl DecisionLog {
@@ -28,23 +61,35 @@ impl DecisionLog {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let runtime = tokio::runtime::Handle::current();
         let writer = store.single_connection().await?;
+        let counters = CommitCounters::new()?;
+        let committed = counters.clone();
         // Not a task among the calls: behind dozens of them in the runtime's queue, the writer
         // waited 1 to 3 ms for its turn after each statement, and every caller waited with it.
         std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || runtime.block_on(write_batches(writer, jobs)))
+            .spawn(move || runtime.block_on(write_batches(writer, jobs, committed)))
             .map_err(|e| StoreError::WriterThread(e.to_string()))?;
         Ok(DecisionLog {
             queue: Some(queue),
             store,
+            counters,
         })
     }
 
     /// The decision log switched off (benchmarks, research): decisions are answered and not
     /// recorded, and request_id retries are not recognised. The store still serves the
     /// registry and reads of decisions recorded earlier.
-    pub fn off(store: Store) -> Self {
-        DecisionLog { queue: None, store }
+    pub fn off(store: Store) -> Result<Self, StoreError> {
+        Ok(DecisionLog {
+            queue: None,
+            store,
+            counters: CommitCounters::new()?,
+        })
+    }
+
+    /// The writer's counters, for registering with the metrics (they stay at zero when off).
+    pub fn counters(&self) -> &CommitCounters {
+        &self.counters
     }
 
     /// Whether decisions are recorded.
@@ -79,7 +124,11 @@ impl DecisionLog {
     }
 }
 
-async fn write_batches(store: Store, mut jobs: mpsc::Receiver<(NewDecision, Reply)>) {
+async fn write_batches(
+    store: Store,
+    mut jobs: mpsc::Receiver<(NewDecision, Reply)>,
+    counters: CommitCounters,
+) {
     let mut batch: Vec<(NewDecision, Reply)> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.recv().await {
         batch.push(first);
@@ -90,8 +139,16 @@ async fn write_batches(store: Store, mut jobs: mpsc::Receiver<(NewDecision, Repl
             }
         }
         let (decisions, replies): (Vec<NewDecision>, Vec<Reply>) = batch.drain(..).unzip();
-        match store.write_decisions(&decisions).await {
+        let started = std::time::Instant::now();
+        let written = store.write_decisions(&decisions).await;
+        counters.seconds.inc_by(started.elapsed().as_secs_f64());
+        match written {
             Ok(outcomes) => {
+                counters.commits.inc();
+                let new = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, WriteOutcome::Written));
+                counters.records.inc_by(new.count() as u64);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }

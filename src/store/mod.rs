@@ -16,7 +16,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use group_commit::DecisionLog;
+pub use group_commit::{CommitCounters, DecisionLog};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -40,6 +40,8 @@ pub enum StoreError {
     WriterThread(String),
     #[error("the decision log is switched off")]
     LogOff,
+    #[error("the decision log's metrics could not be made: {0}")]
+    Metrics(String),
     #[error("the decision log write failed: {0}")]
     Write(String),
     #[error("stored decision {0} cannot be decompressed: {1}")]

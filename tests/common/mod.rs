@@ -136,7 +136,7 @@ async fn start(
             .await
             .expect("decision log writer")
     } else {
-        DecisionLog::off(store.clone())
+        DecisionLog::off(store.clone()).expect("decision log off")
     };
     let state = AppState::new(
         active.clone(),
