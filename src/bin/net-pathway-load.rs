@@ -16,6 +16,17 @@ use net_pathway::client::{ClientOptions, NetPathwayClient};
 use net_pathway::pb;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
+/// Prints a line of the report. A reader that went away (`| head -1`) ends the run quietly,
+/// where `println!` would panic on the closed pipe.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Rpc {
     /// Unary EvaluateEligibility.
@@ -169,7 +180,7 @@ fn write_frames(
     let write = |name: String, frame: Vec<u8>| {
         let path = dir.join(name);
         std::fs::write(&path, frame).map_err(|e| format!("{}: {e}", path.display()))?;
-        println!("{}", path.display());
+        report!("{}", path.display());
         Ok::<(), String>(())
     };
     write(
@@ -237,7 +248,7 @@ impl Phase {
 
     fn print(&self, unit: &str) {
         let us = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
-        println!(
+        report!(
             "{:<28} {:>10.0} {unit}/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({} ok, {} failed, {:.1} s)",
             self.name,
             self.rate(),
@@ -423,7 +434,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
     }
-    println!(
+    report!(
         "target {}  connections {}  concurrency {}  {} s (+{} s warm-up) per phase  rpc {:?}  view {:?}  mix {} patients",
         args.target,
         clients.len(),
@@ -493,7 +504,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     if let Some(baseline) = baseline {
-        println!(
+        report!(
             "ratio to the health Check baseline: {:.1} %",
             100.0 * phase.rate() / baseline.rate().max(f64::MIN_POSITIVE)
         );
