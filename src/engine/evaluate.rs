@@ -280,7 +280,7 @@ impl Policy {
         };
         // BASIC answers carry the status only (AIP-157): the sentence that says why is written
         // for explained answers alone.
-        if facts.detail.explains() {
+        if explains {
             answer.summary = self.eligibility_summary(&answer, contraindicated);
         }
         answer
