@@ -458,16 +458,30 @@ impl Bridge for ViewChoice {
 /// A new decision id: UUIDv7, so ids sort by time.
 /// The id joins the call's span, so every later log line of the call carries it.
 pub fn decision_id() -> String {
+    let id = new_decision_id();
+    join_span(&id);
+    id
+}
+
+/// A new decision id that joins no span: for a screened patient, whose id joins the patient's
+/// own span (a stream's span would gather one id per patient).
+pub fn new_decision_id() -> String {
     // Written straight into a buffer: `to_string` goes through the formatter, once per patient.
     let mut buffer = uuid::Uuid::encode_buffer();
-    let id: &str = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer);
-    join_span(id);
-    id.to_owned()
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buffer)
+        .to_owned()
 }
 
 /// Records the decision id in the call's span, as a bare token (not quoted and escaped).
 fn join_span(decision_id: &str) {
-    tracing::Span::current().record("decision_id", tracing::field::display(decision_id));
+    join(&tracing::Span::current(), decision_id);
+}
+
+/// Records the decision id in `span`, as a bare token (not quoted and escaped).
+pub fn join(span: &tracing::Span, decision_id: &str) {
+    span.record("decision_id", tracing::field::display(decision_id));
 }
 
 /// Page size when a list request leaves it at 0 (AIP-158).

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AppState, decision_id, eligibility, funding, record};
+use super::{AppState, eligibility, funding, new_decision_id, record};
 use crate::auth::{Caller, Role};
 use crate::domain::Violation;
 use crate::pb;
@@ -143,7 +143,12 @@ async fn screen_one(
     mut request: pb::ScreenCohortRequest,
     place: tokio::sync::OwnedSemaphorePermit,
 ) -> pb::ScreenCohortResponse {
-    let span = tracing::info_span!("patient", decision_id = tracing::field::Empty);
+    // Debug level: no info line is written per patient, so at info the span only cost time
+    // (4.4 % of a screened patient's instructions). A line from inside one patient (the
+    // decision log failing) still carries the stream's method, trace id and caller, and the
+    // patient's decision id too at RUST_LOG=debug.
+    let span = tracing::debug_span!("patient", decision_id = tracing::field::Empty);
+    let patient_span = span.clone();
     // The caller's label for the patient is echoed, not stored.
     let correlation_id = std::mem::take(&mut request.correlation_id);
     let result = tracing::Instrument::instrument(
@@ -169,7 +174,8 @@ async fn screen_one(
                 let e = &validated.evaluation;
                 let mut facts = policy.facts(&e.patient, e.as_of, e.detail());
                 facts.registry_enrolments = registries.enrolled;
-                let id = decision_id();
+                let id = new_decision_id();
+                super::join(&patient_span, &id);
                 (
                     eligibility::answer(&policy, &facts, e, id.clone()),
                     funding::answer(&policy, &facts, e, id),
