@@ -132,6 +132,59 @@ async fn a_caller_without_the_rpcs_role_is_permission_denied() {
         .expect("evaluate reads the policy");
 }
 
+/// A bronchial NET agreed for Lu-177 by the Royal Free NET MDT before the registry's hold,
+/// recorded by the MDT's coordinator system and later withdrawn by the registry office: the
+/// audit registry names both callers, as the decision log names who asked for each decision.
+#[tokio::test]
+async fn the_registry_names_who_recorded_an_enrolment_and_who_withdrew_it() {
+    let (server, idp, _dir) = guarded().await;
+    let coordinator = as_caller(
+        &server,
+        &idp.token("rf-net-mdt-coordinator", &["registry-write"]),
+    );
+    let enrolled = coordinator
+        .record_prior_agreement(pb::RecordPriorAgreementRequest {
+            registry_id: "non-gep-prrt-registry".into(),
+            patient: Some(pb::RegistryPatient {
+                nhs_number: "9434765919".into(),
+                ..Default::default()
+            }),
+            reason: pb::EnrolmentReason::NonGepNet as i32,
+            mdt_reference: "RF-NET-MDT 2024-03-14 #7".into(),
+            decision_date: Some(date(2024, 3, 14)),
+        })
+        .await
+        .expect("prior agreement recorded")
+        .enrolment
+        .expect("enrolment");
+    assert_eq!(enrolled.enrolled_by, "rf-net-mdt-coordinator");
+    assert_eq!(enrolled.withdrawn_by, "", "still active");
+
+    let office = as_caller(&server, &idp.token("registry-office", &["registry-write"]));
+    office
+        .withdraw_enrolment(pb::WithdrawEnrolmentRequest {
+            enrolment_id: enrolled.enrolment_id.clone(),
+            reason: "course completed".into(),
+        })
+        .await
+        .expect("withdrawn");
+    let auditor = as_caller(&server, &idp.token("clinical-audit", &["registry-read"]));
+    let stored = auditor
+        .get_enrolment(pb::GetEnrolmentRequest {
+            enrolment_id: enrolled.enrolment_id,
+        })
+        .await
+        .expect("read back")
+        .enrolment
+        .expect("enrolment");
+    assert_eq!(stored.state(), pb::EnrolmentState::Withdrawn);
+    assert_eq!(
+        (stored.enrolled_by.as_str(), stored.withdrawn_by.as_str()),
+        ("rf-net-mdt-coordinator", "registry-office"),
+        "each change to the registry names the token's sub that made it"
+    );
+}
+
 #[tokio::test]
 async fn roles_may_come_as_a_space_separated_claim_and_unknown_roles_are_ignored() {
     let (server, idp, _dir) = guarded().await;

@@ -46,6 +46,8 @@ fn enrolment(id: &str, patient: &str, at_ms: i64) -> EnrolmentRow {
         created_at_ms: at_ms,
         withdrawn_at_ms: None,
         withdrawal_reason: None,
+        enrolled_by: "royal-free-net-mdt".into(),
+        withdrawn_by: None,
     }
 }
 
@@ -295,6 +297,44 @@ async fn a_large_batch_is_written_whole_and_the_next_reuses_its_statements() {
     }
 }
 
+/// Leaves the database at `url` as an earlier release did: migrations up to `version` on the
+/// backend's own set, then `rows`, each statement bound to the bytes given with it, if any.
+async fn previous_release(
+    backend: &str,
+    url: &str,
+    version: i64,
+    rows: &[(&'static str, Option<&[u8]>)],
+) {
+    macro_rules! at_version {
+        ($pool:expr, $migrations:literal) => {{
+            let pool = $pool.expect("connect");
+            sqlx::migrate!($migrations)
+                .run_to(version, &pool)
+                .await
+                .expect("earlier schema");
+            for (sql, bytes) in rows {
+                let mut query = sqlx::query(*sql);
+                if let Some(bytes) = bytes {
+                    query = query.bind(bytes.to_vec());
+                }
+                query.execute(&pool).await.expect("earlier rows");
+            }
+            pool.close().await;
+        }};
+    }
+    if backend == "sqlite" {
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(url)
+            .expect("url")
+            .create_if_missing(true);
+        at_version!(
+            sqlx::SqlitePool::connect_with(options).await,
+            "migrations/sqlite"
+        );
+    } else {
+        at_version!(sqlx::PgPool::connect(url).await, "migrations/postgres");
+    }
+}
+
 /// A decision log written before outcomes moved into the decision's row (migration 0004) keeps
 /// its outcomes: listing by therapy, status and route finds the same decisions after the upgrade.
 #[tokio::test]
@@ -307,34 +347,13 @@ async fn outcomes_written_before_the_upgrade_are_still_found() {
              VALUES ('old-1', NULL, 'h', 1, 1000, 'anonymous', 'v', 'sha256:v', '2026-11-01', NULL, $1)",
             "INSERT INTO decision_outcomes (decision_id, therapy, status, route) VALUES ('old-1', 3, 2, 0), ('old-1', 12, 1, 0)",
         ];
-        // Migrations 0001 to 0003 on either backend, then the old rows.
-        macro_rules! previous_release {
-            ($pool:expr, $migrations:literal) => {{
-                let pool = $pool;
-                sqlx::migrate!($migrations)
-                    .run_to(3, &pool)
-                    .await
-                    .expect("schema 3");
-                for sql in insert_old {
-                    sqlx::query(sql)
-                        .bind(b"old".to_vec())
-                        .execute(&pool)
-                        .await
-                        .expect("old rows");
-                }
-                pool.close().await;
-            }};
-        }
-        if backend == "sqlite" {
-            let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
-                .expect("url")
-                .create_if_missing(true);
-            let pool = sqlx::SqlitePool::connect_with(options).await;
-            previous_release!(pool.expect("connect"), "migrations/sqlite");
-        } else {
-            let pool = sqlx::PgPool::connect(&url).await;
-            previous_release!(pool.expect("connect"), "migrations/postgres");
-        }
+        previous_release(
+            backend,
+            &url,
+            3,
+            &insert_old.map(|sql| (sql, Some(&b"old"[..]))),
+        )
+        .await;
         let store = Store::open(&url)
             .await
             .unwrap_or_else(|e| panic!("{backend}: {e}"));
@@ -354,6 +373,45 @@ async fn outcomes_written_before_the_upgrade_are_still_found() {
         assert_eq!(listed(12, None).await, ["old-1"], "{backend}");
         assert!(listed(3, Some(1)).await.is_empty(), "{backend}");
         assert!(listed(4, None).await.is_empty(), "{backend}");
+    }
+}
+
+/// An enrolment made before callers were recorded (migration 0005) reads back with no caller,
+/// and its withdrawal after the upgrade names who withdrew it.
+#[tokio::test]
+async fn enrolments_made_before_callers_were_recorded_read_back_without_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let insert_old = "INSERT INTO enrolments (enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms) \
+             VALUES ('old-e1', 'non-gep-prrt-registry', 'nhs:p1', 1, 'RF-MDT-1', '2024-03-14', 1, 1, 1000)";
+        previous_release(backend, &url, 4, &[(insert_old, None)]).await;
+        let store = Store::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let old = store
+            .enrolment("old-e1")
+            .await
+            .expect("read")
+            .expect("found");
+        assert_eq!(
+            (
+                old.enrolled_by.as_str(),
+                old.withdrawn_by.as_deref(),
+                old.active
+            ),
+            ("", None, true),
+            "{backend}"
+        );
+        let withdrawn = store
+            .withdraw("old-e1", "moved abroad", "registry-office", 2000)
+            .await
+            .expect("withdraw")
+            .expect("found");
+        assert_eq!(
+            withdrawn.withdrawn_by.as_deref(),
+            Some("registry-office"),
+            "{backend}"
+        );
     }
 }
 
@@ -481,13 +539,21 @@ async fn enrolment_lifecycle() {
             1
         );
         let withdrawn = store
-            .withdraw("e1", "moved abroad", 20)
+            .withdraw("e1", "moved abroad", "registry-office", 20)
             .await
             .expect("withdraw")
             .expect("found");
         assert!(
             !withdrawn.active && withdrawn.withdrawal_reason.as_deref() == Some("moved abroad"),
             "{backend}"
+        );
+        assert_eq!(
+            (
+                withdrawn.enrolled_by.as_str(),
+                withdrawn.withdrawn_by.as_deref()
+            ),
+            ("royal-free-net-mdt", Some("registry-office")),
+            "{backend}: who enrolled and who withdrew are kept"
         );
         assert!(
             store
@@ -504,7 +570,10 @@ async fn enrolment_lifecycle() {
             EnrolOutcome::Enrolled(_)
         ));
         assert_eq!(
-            store.withdraw("nope", "x", 1).await.expect("withdraw"),
+            store
+                .withdraw("nope", "x", "registry-office", 1)
+                .await
+                .expect("withdraw"),
             None
         );
         let listed = store

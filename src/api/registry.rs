@@ -48,7 +48,32 @@ fn enrolment(row: &EnrolmentRow) -> pb::Enrolment {
         create_time: Some(timestamp(row.created_at_ms)),
         withdraw_time: row.withdrawn_at_ms.map(timestamp),
         withdrawal_reason: row.withdrawal_reason.clone().unwrap_or_default(),
+        enrolled_by: row.enrolled_by.clone(),
+        withdrawn_by: row.withdrawn_by.clone().unwrap_or_default(),
     }
+}
+
+/// The fields EnrolPatient and RecordPriorAgreement share, as asked.
+struct Asked<'a> {
+    registry_id: &'a str,
+    patient: Option<&'a pb::RegistryPatient>,
+    reason: i32,
+    mdt_reference: &'a str,
+    decision_date: Option<&'a crate::google::r#type::Date>,
+}
+
+/// The shared fields of an EnrolPatientRequest or RecordPriorAgreementRequest, which name them
+/// alike.
+macro_rules! asked {
+    ($req:ident) => {
+        Asked {
+            registry_id: &$req.registry_id,
+            patient: $req.patient.as_ref(),
+            reason: $req.reason,
+            mdt_reference: &$req.mdt_reference,
+            decision_date: $req.decision_date.as_ref(),
+        }
+    };
 }
 
 /// The fields enrolment and prior agreement share, validated.
@@ -60,15 +85,20 @@ struct EnrolmentFields {
 }
 
 impl RegistryApi {
+    /// Validates what was asked; the enrolment it makes names `caller` as who recorded it.
     fn read(
         &self,
-        registry_id: &str,
-        patient: Option<&pb::RegistryPatient>,
-        reason: i32,
-        mdt_reference: &str,
-        decision_date: Option<&crate::google::r#type::Date>,
+        caller: &crate::auth::Caller,
+        asked: Asked,
         agreed_before_hold: bool,
     ) -> Result<EnrolmentFields, Status> {
+        let Asked {
+            registry_id,
+            patient,
+            reason,
+            mdt_reference,
+            decision_date,
+        } = asked;
         let policy = self.state.policy.current();
         let mut r = Reader::default();
         let registry = policy.registries.iter().position(|g| g.id == registry_id);
@@ -141,6 +171,8 @@ impl RegistryApi {
                 created_at_ms: now_ms(),
                 withdrawn_at_ms: None,
                 withdrawal_reason: None,
+                enrolled_by: caller.identity.clone(),
+                withdrawn_by: None,
             },
         })
     }
@@ -177,19 +209,13 @@ impl RegistryService for RegistryApi {
         request: Request<pb::EnrolPatientRequest>,
     ) -> Result<Response<pb::EnrolPatientResponse>, Status> {
         observed!(self.state, "EnrolPatient", request, {
-            let _caller = self
+            let caller = self
                 .state
                 .authorize(&request, crate::auth::Role::RegistryWrite)?;
             let _permit = self.state.admit()?;
             let req = request.into_inner();
-            let fields = self.read(
-                &req.registry_id,
-                req.patient.as_ref(),
-                req.reason,
-                &req.mdt_reference,
-                req.decision_date.as_ref(),
-                false,
-            )?;
+            let asked = asked!(req);
+            let fields = self.read(&caller, asked, false)?;
             let policy = &fields.policy;
             let registry = &policy.registries[fields.registry];
             let subject = format!("registries/{}", registry.id);
@@ -236,19 +262,13 @@ impl RegistryService for RegistryApi {
         request: Request<pb::RecordPriorAgreementRequest>,
     ) -> Result<Response<pb::RecordPriorAgreementResponse>, Status> {
         observed!(self.state, "RecordPriorAgreement", request, {
-            let _caller = self
+            let caller = self
                 .state
                 .authorize(&request, crate::auth::Role::RegistryWrite)?;
             let _permit = self.state.admit()?;
             let req = request.into_inner();
-            let fields = self.read(
-                &req.registry_id,
-                req.patient.as_ref(),
-                req.reason,
-                &req.mdt_reference,
-                req.decision_date.as_ref(),
-                true,
-            )?;
+            let asked = asked!(req);
+            let fields = self.read(&caller, asked, true)?;
             // Patients agreed before the hold stay in the audit whatever its state: no capacity applies.
             let result = self
                 .state
@@ -338,7 +358,7 @@ impl RegistryService for RegistryApi {
         request: Request<pb::WithdrawEnrolmentRequest>,
     ) -> Result<Response<pb::WithdrawEnrolmentResponse>, Status> {
         observed!(self.state, "WithdrawEnrolment", request, {
-            let _caller = self
+            let caller = self
                 .state
                 .authorize(&request, crate::auth::Role::RegistryWrite)?;
             let _permit = self.state.admit()?;
@@ -377,7 +397,12 @@ impl RegistryService for RegistryApi {
                 Some(_) => {}
             }
             match store
-                .withdraw(&req.enrolment_id, req.reason.trim(), now_ms())
+                .withdraw(
+                    &req.enrolment_id,
+                    req.reason.trim(),
+                    &caller.identity,
+                    now_ms(),
+                )
                 .await
                 .map_err(unavailable)?
             {

@@ -237,6 +237,11 @@ pub struct EnrolmentRow {
     pub created_at_ms: i64,
     pub withdrawn_at_ms: Option<i64>,
     pub withdrawal_reason: Option<String>,
+    /// The caller who enrolled the patient or recorded the prior agreement ('' for enrolments
+    /// made before callers were recorded).
+    pub enrolled_by: String,
+    /// The caller who withdrew the enrolment.
+    pub withdrawn_by: Option<String>,
 }
 
 /// What an enrolment attempt did.
@@ -348,7 +353,7 @@ fn decision(row: DecisionRow) -> Result<StoredDecision, StoreError> {
 /// The enrolment columns, in `EnrolmentTuple` order, as a literal so queries stay `&'static str`.
 macro_rules! select_enrolments {
     () => {
-        "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason "
+        "SELECT enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, withdrawn_at_ms, withdrawal_reason, enrolled_by, withdrawn_by "
     };
 }
 
@@ -363,6 +368,8 @@ type EnrolmentTuple = (
     i32,
     i64,
     Option<i64>,
+    Option<String>,
+    String,
     Option<String>,
 );
 
@@ -379,6 +386,8 @@ fn enrolment(row: EnrolmentTuple) -> EnrolmentRow {
         created,
         withdrawn,
         why,
+        enrolled_by,
+        withdrawn_by,
     ) = row;
     EnrolmentRow {
         enrolment_id,
@@ -392,6 +401,8 @@ fn enrolment(row: EnrolmentTuple) -> EnrolmentRow {
         created_at_ms: created,
         withdrawn_at_ms: withdrawn,
         withdrawal_reason: why,
+        enrolled_by,
+        withdrawn_by,
     }
 }
 
@@ -677,8 +688,8 @@ impl Store {
                     }
                 }
                 sqlx::query(
-                    "INSERT INTO enrolments (enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8)",
+                    "INSERT INTO enrolments (enrolment_id, registry_id, patient_pseudonym, reason, mdt_reference, decision_date, active, agreed_before_hold, created_at_ms, enrolled_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8, $9)",
                 )
                 .bind(&new.enrolment_id)
                 .bind(&new.registry_id)
@@ -688,6 +699,7 @@ impl Store {
                 .bind(&new.decision_date)
                 .bind(i32::from(new.agreed_before_hold))
                 .bind(new.created_at_ms)
+                .bind(&new.enrolled_by)
                 .execute(&mut *$tx)
                 .await?;
                 $tx.commit().await?;
@@ -756,21 +768,23 @@ impl Store {
         Ok(rows.into_iter().map(enrolment).collect())
     }
 
-    /// Withdraws an active enrolment; returns the enrolment as it now stands (unchanged if it
-    /// was already withdrawn), or `None` if there is none.
+    /// Withdraws an active enrolment on behalf of caller `by`; returns the enrolment as it now
+    /// stands (unchanged if it was already withdrawn), or `None` if there is none.
     pub async fn withdraw(
         &self,
         enrolment_id: &str,
         reason: &str,
+        by: &str,
         at_ms: i64,
     ) -> Result<Option<EnrolmentRow>, StoreError> {
         on_pool!(self, |pool| {
             sqlx::query(
-                "UPDATE enrolments SET active = 0, withdrawn_at_ms = $2, withdrawal_reason = $3 WHERE enrolment_id = $1 AND active = 1",
+                "UPDATE enrolments SET active = 0, withdrawn_at_ms = $2, withdrawal_reason = $3, withdrawn_by = $4 WHERE enrolment_id = $1 AND active = 1",
             )
             .bind(enrolment_id)
             .bind(at_ms)
             .bind(reason)
+            .bind(by)
             .execute(pool)
             .await
             .map(|_| ())
