@@ -37,6 +37,17 @@ fn registry_patient(nhs_number: &str) -> Option<pb::RegistryPatient> {
     })
 }
 
+/// A non-GEP NET enrolment the Royal Free NET MDT decided on 27 November 2026.
+fn enrolment_request(nhs_number: &str) -> pb::EnrolPatientRequest {
+    pb::EnrolPatientRequest {
+        registry_id: REGISTRY.into(),
+        patient: registry_patient(nhs_number),
+        reason: pb::EnrolmentReason::NonGepNet as i32,
+        mdt_reference: "RF-NET-MDT".into(),
+        decision_date: Some(date(2026, 11, 27)),
+    }
+}
+
 async fn lu177_route(s: &TestServer, patient: pb::PatientProfile) -> pb::TherapyFunding {
     let answer = s
         .client
@@ -270,17 +281,7 @@ async fn two_hundred_concurrent_enrolments_against_a_capacity_of_ten_give_exactl
             .into_iter()
             .map(|nhs| {
                 let client = s.client.clone();
-                tokio::spawn(async move {
-                    client
-                        .enrol_patient(pb::EnrolPatientRequest {
-                            registry_id: REGISTRY.into(),
-                            patient: registry_patient(&nhs),
-                            reason: pb::EnrolmentReason::NonGepNet as i32,
-                            mdt_reference: "RF-NET-MDT".into(),
-                            decision_date: Some(date(2026, 11, 27)),
-                        })
-                        .await
-                })
+                tokio::spawn(async move { client.enrol_patient(enrolment_request(&nhs)).await })
             })
             .collect();
         let (mut enrolled, mut full) = (0, 0);
@@ -328,6 +329,62 @@ async fn two_hundred_concurrent_enrolments_against_a_capacity_of_ten_give_exactl
                 .map(|e| e.patient_pseudonym.clone()),
             Some(first.patient_pseudonym.clone())
         );
+    }
+}
+
+/// The registry office and the MDT coordinator both withdraw the same patient at once (from
+/// any replicas): one withdrawal is recorded and names its caller; the others are told the
+/// enrolment is already withdrawn, on both backends.
+#[tokio::test]
+async fn of_twenty_concurrent_withdrawals_of_one_enrolment_exactly_one_succeeds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let s = server_on(opened(10), &url, tempfile::tempdir().expect("dir")).await;
+        let enrolment_id = s
+            .client
+            .enrol_patient(enrolment_request("9434765919"))
+            .await
+            .expect("enrolled")
+            .enrolment
+            .expect("enrolment")
+            .enrolment_id;
+        let calls: Vec<_> = (0..20)
+            .map(|i| {
+                let (client, enrolment_id) = (s.client.clone(), enrolment_id.clone());
+                tokio::spawn(async move {
+                    client
+                        .withdraw_enrolment(pb::WithdrawEnrolmentRequest {
+                            enrolment_id,
+                            reason: format!("withdrawal {i}"),
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let (mut withdrawn, mut already) = (Vec::new(), 0);
+        for call in calls {
+            match call.await.expect("task") {
+                Ok(answer) => withdrawn.push(answer.enrolment.expect("enrolment")),
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    assert!(status.message().contains("already withdrawn"), "{status:?}");
+                    already += 1;
+                }
+                Err(other) => panic!("{backend}: {other:?}"),
+            }
+        }
+        assert_eq!((withdrawn.len(), already), (1, 19), "{backend}");
+        let stored = s
+            .client
+            .get_enrolment(pb::GetEnrolmentRequest { enrolment_id })
+            .await
+            .expect("get")
+            .enrolment
+            .expect("enrolment");
+        assert_eq!(
+            stored.withdrawal_reason, withdrawn[0].withdrawal_reason,
+            "{backend}: the stored withdrawal is the one that was answered"
+        );
+        assert_eq!(stored.withdrawn_by, "anonymous", "{backend}");
     }
 }
 

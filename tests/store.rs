@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::database_urls;
 use net_pathway::store::{
     Cursor, DecisionFilter, EnrolOutcome, EnrolmentRow, NewDecision, Record, Store, StoreError,
-    WriteOutcome,
+    Withdrawal, WriteOutcome,
 };
 
 fn decision(
@@ -405,12 +405,10 @@ async fn enrolments_made_before_callers_were_recorded_read_back_without_one() {
         let withdrawn = store
             .withdraw("old-e1", "moved abroad", "registry-office", 2000)
             .await
-            .expect("withdraw")
-            .expect("found");
-        assert_eq!(
-            withdrawn.withdrawn_by.as_deref(),
-            Some("registry-office"),
-            "{backend}"
+            .expect("withdraw");
+        assert!(
+            matches!(&withdrawn, Withdrawal::Withdrawn(row) if row.withdrawn_by.as_deref() == Some("registry-office")),
+            "{backend}: {withdrawn:?}"
         );
     }
 }
@@ -538,11 +536,13 @@ async fn enrolment_lifecycle() {
                 .len(),
             1
         );
-        let withdrawn = store
+        let Withdrawal::Withdrawn(withdrawn) = store
             .withdraw("e1", "moved abroad", "registry-office", 20)
             .await
             .expect("withdraw")
-            .expect("found");
+        else {
+            panic!("{backend}: e1 is active and withdrawn here");
+        };
         assert!(
             !withdrawn.active && withdrawn.withdrawal_reason.as_deref() == Some("moved abroad"),
             "{backend}"
@@ -554,6 +554,14 @@ async fn enrolment_lifecycle() {
             ),
             ("royal-free-net-mdt", Some("registry-office")),
             "{backend}: who enrolled and who withdrew are kept"
+        );
+        assert_eq!(
+            store
+                .withdraw("e1", "again", "someone-else", 21)
+                .await
+                .expect("withdraw again"),
+            Withdrawal::AlreadyWithdrawn(withdrawn.clone()),
+            "{backend}: a second withdrawal changes nothing"
         );
         assert!(
             store
@@ -574,7 +582,7 @@ async fn enrolment_lifecycle() {
                 .withdraw("nope", "x", "registry-office", 1)
                 .await
                 .expect("withdraw"),
-            None
+            Withdrawal::NotFound
         );
         let listed = store
             .list_enrolments(Some("non-gep-prrt-registry"), None, 10)

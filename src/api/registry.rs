@@ -14,7 +14,7 @@ use super::{
 use crate::engine::policy::RegistryStatus;
 use crate::pb;
 use crate::pb::registry_service_server::RegistryService;
-use crate::store::{Cursor, EnrolOutcome, EnrolmentRow};
+use crate::store::{Cursor, EnrolOutcome, EnrolmentRow, Withdrawal};
 
 pub struct RegistryApi {
     state: AppState,
@@ -376,27 +376,10 @@ impl RegistryService for RegistryApi {
             if !r.violations.is_empty() {
                 return Err(invalid_argument(&r.violations));
             }
-            let store = self.state.log.store();
-            match store
-                .enrolment(&req.enrolment_id)
-                .await
-                .map_err(unavailable)?
-            {
-                None => {
-                    return Err(Status::not_found(format!(
-                        "no enrolment {}",
-                        req.enrolment_id
-                    )));
-                }
-                Some(row) if !row.active => {
-                    return Err(Status::failed_precondition(format!(
-                        "enrolment {} is already withdrawn",
-                        row.enrolment_id
-                    )));
-                }
-                Some(_) => {}
-            }
-            match store
+            match self
+                .state
+                .log
+                .store()
                 .withdraw(
                     &req.enrolment_id,
                     req.reason.trim(),
@@ -406,10 +389,15 @@ impl RegistryService for RegistryApi {
                 .await
                 .map_err(unavailable)?
             {
-                Some(row) => Ok(Response::new(pb::WithdrawEnrolmentResponse {
+                Withdrawal::Withdrawn(row) => Ok(Response::new(pb::WithdrawEnrolmentResponse {
                     enrolment: Some(enrolment(&row)),
                 })),
-                None => Err(Status::not_found(format!(
+                // Also the answer to the loser of two concurrent withdrawals.
+                Withdrawal::AlreadyWithdrawn(row) => Err(Status::failed_precondition(format!(
+                    "enrolment {} is already withdrawn",
+                    row.enrolment_id
+                ))),
+                Withdrawal::NotFound => Err(Status::not_found(format!(
                     "no enrolment {}",
                     req.enrolment_id
                 ))),

@@ -244,6 +244,16 @@ pub struct EnrolmentRow {
     pub withdrawn_by: Option<String>,
 }
 
+/// What a withdrawal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// This call withdrew the enrolment, now as stored.
+    Withdrawn(EnrolmentRow),
+    /// It was withdrawn already (perhaps by a concurrent call), as stored.
+    AlreadyWithdrawn(EnrolmentRow),
+    NotFound,
+}
+
 /// What an enrolment attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnrolOutcome {
@@ -768,16 +778,16 @@ impl Store {
         Ok(rows.into_iter().map(enrolment).collect())
     }
 
-    /// Withdraws an active enrolment on behalf of caller `by`; returns the enrolment as it now
-    /// stands (unchanged if it was already withdrawn), or `None` if there is none.
+    /// Withdraws an active enrolment on behalf of caller `by`. Of concurrent withdrawals (from
+    /// any replica) exactly one withdraws it; the others find it already withdrawn.
     pub async fn withdraw(
         &self,
         enrolment_id: &str,
         reason: &str,
         by: &str,
         at_ms: i64,
-    ) -> Result<Option<EnrolmentRow>, StoreError> {
-        on_pool!(self, |pool| {
+    ) -> Result<Withdrawal, StoreError> {
+        let changed = on_pool!(self, |pool| {
             sqlx::query(
                 "UPDATE enrolments SET active = 0, withdrawn_at_ms = $2, withdrawal_reason = $3, withdrawn_by = $4 WHERE enrolment_id = $1 AND active = 1",
             )
@@ -787,9 +797,13 @@ impl Store {
             .bind(by)
             .execute(pool)
             .await
-            .map(|_| ())
+            .map(|done| done.rows_affected())
         })?;
-        self.enrolment(enrolment_id).await
+        Ok(match self.enrolment(enrolment_id).await? {
+            None => Withdrawal::NotFound,
+            Some(row) if changed > 0 => Withdrawal::Withdrawn(row),
+            Some(row) => Withdrawal::AlreadyWithdrawn(row),
+        })
     }
 
     /// The patient's active enrolments in every registry.
