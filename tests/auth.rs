@@ -143,16 +143,7 @@ async fn the_registry_names_who_recorded_an_enrolment_and_who_withdrew_it() {
         &idp.token("rf-net-mdt-coordinator", &["registry-write"]),
     );
     let enrolled = coordinator
-        .record_prior_agreement(pb::RecordPriorAgreementRequest {
-            registry_id: "non-gep-prrt-registry".into(),
-            patient: Some(pb::RegistryPatient {
-                nhs_number: "9434765919".into(),
-                ..Default::default()
-            }),
-            reason: pb::EnrolmentReason::NonGepNet as i32,
-            mdt_reference: "RF-NET-MDT 2024-03-14 #7".into(),
-            decision_date: Some(date(2024, 3, 14)),
-        })
+        .record_prior_agreement(prior_agreement_before_the_hold("9434765919"))
         .await
         .expect("prior agreement recorded")
         .enrolment

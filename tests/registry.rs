@@ -93,13 +93,7 @@ async fn a_bronchial_net_is_closed_to_new_patients_until_recorded_as_already_agr
 
     let enrolled = s
         .client
-        .record_prior_agreement(pb::RecordPriorAgreementRequest {
-            registry_id: REGISTRY.into(),
-            patient: registry_patient("9434765919"),
-            reason: pb::EnrolmentReason::NonGepNet as i32,
-            mdt_reference: "RF-NET-MDT 2024-03-14 #7".into(),
-            decision_date: Some(date(2024, 3, 14)),
-        })
+        .record_prior_agreement(prior_agreement_before_the_hold("9434765919"))
         .await
         .expect("prior agreement")
         .enrolment

@@ -181,6 +181,21 @@ pub fn date(year: i32, month: i32, day: i32) -> Date {
     Date { year, month, day }
 }
 
+/// The Royal Free NET MDT's agreement of 14 March 2024, before the PRRT audit registry put new
+/// inclusion on hold, for a non-GEP NET patient with this NHS number.
+pub fn prior_agreement_before_the_hold(nhs_number: &str) -> pb::RecordPriorAgreementRequest {
+    pb::RecordPriorAgreementRequest {
+        registry_id: "non-gep-prrt-registry".into(),
+        patient: Some(pb::RegistryPatient {
+            nhs_number: nhs_number.into(),
+            ..Default::default()
+        }),
+        reason: pb::EnrolmentReason::NonGepNet as i32,
+        mdt_reference: "RF-NET-MDT 2024-03-14 #7".into(),
+        decision_date: Some(date(2024, 3, 14)),
+    }
+}
+
 /// Builds a `PatientProfile` in the clinic's words.
 #[derive(Clone, Default)]
 pub struct Patient(pub pb::PatientProfile);
