@@ -32,6 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .server_mod_attribute(".", "#[cfg(feature = \"server\")]")
         // google.rpc.Status is tonic-types' own, so in-stream errors carry the same details types.
         .extern_path(".google.rpc", "::tonic_types::pb")
+        // prost's encoding, with answers' therapy lists written by src/wire.rs.
+        .codec_path("crate::wire::Codec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! default) adds the engine, the policy loader and the server itself.
 #![forbid(unsafe_code)]
 
+mod wire;
+
 /// Generated protobuf and gRPC types, nested as their proto packages are.
 pub mod netpathway {
     /// `netpathway.v1`.

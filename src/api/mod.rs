@@ -30,9 +30,9 @@ macro_rules! observed {
 
 pub mod convert;
 mod decisions;
-mod eligibility;
+pub(crate) mod eligibility;
 mod errors;
-mod funding;
+pub(crate) mod funding;
 mod policy;
 mod record;
 mod registry;
