@@ -2,7 +2,11 @@
 
 use tonic::{Request, Response, Status};
 
-use super::record::{self, RecordedAnswer};
+use std::future::ready;
+
+use futures_util::future::Either;
+
+use super::record::{self, Pending, RecordedAnswer};
 use super::{AppState, Evaluation, convert, decision_id};
 use crate::engine::{Facts, Policy};
 use crate::pb;
@@ -36,14 +40,14 @@ impl EligibilityService for EligibilityApi {
 
 /// Decides eligibility for a validated request and records it. A retried request_id gets its
 /// stored answer.
-pub async fn decide(
-    state: &AppState,
-    caller: &crate::auth::Caller,
+pub fn decide<'a>(
+    state: &'a AppState,
+    caller: &'a crate::auth::Caller,
     mut validated: record::Validated<pb::EvaluateEligibilityRequest>,
     deadline: Option<tokio::time::Instant>,
-) -> Result<pb::EvaluateEligibilityResponse, Status> {
+) -> Pending<'a, pb::EvaluateEligibilityResponse> {
     if let Some(prior) = validated.prior.take() {
-        return pb::EvaluateEligibilityResponse::from_record(*prior);
+        return Either::Left(ready(pb::EvaluateEligibilityResponse::from_record(*prior)));
     }
     let policy = state.policy.current();
     let e = &validated.evaluation;
@@ -53,7 +57,7 @@ pub async fn decide(
         e,
         decision_id(),
     );
-    record(state, caller, validated, response, deadline).await
+    record(state, caller, validated, response, deadline)
 }
 
 /// The eligibility answer for the requested therapies, from the patient's facts (cohort
@@ -80,15 +84,15 @@ pub fn answer(
 
 /// Counts the answer in the metrics and records it (unless the decision log is off); returns
 /// the stored answer instead when a concurrent retry of the same request_id won.
-pub async fn record(
-    state: &AppState,
-    caller: &crate::auth::Caller,
+pub fn record<'a>(
+    state: &'a AppState,
+    caller: &'a crate::auth::Caller,
     validated: record::Validated<pb::EvaluateEligibilityRequest>,
     response: pb::EvaluateEligibilityResponse,
     deadline: Option<tokio::time::Instant>,
-) -> Result<pb::EvaluateEligibilityResponse, Status> {
+) -> Pending<'a, pb::EvaluateEligibilityResponse> {
     count(state, &response);
-    record::record_answer(state, caller, validated, response, Vec::new(), deadline).await
+    record::record_answer(state, caller, validated, response, Vec::new(), deadline)
 }
 
 /// Counts each therapy's status in the metrics.

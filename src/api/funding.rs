@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::record::{self, RecordedAnswer, unavailable};
+use super::record::{self, Pending, RecordedAnswer, unavailable};
 use super::{AppState, Evaluation, convert, decision_id};
 use crate::engine::{Facts, Policy};
 use crate::pb;
@@ -132,16 +132,16 @@ pub fn answer(
 /// Counts the answer in the metrics and records it with the registry observations (unless the
 /// decision log is off); returns the stored answer instead when a concurrent retry of the same
 /// request_id won.
-pub async fn record(
-    state: &AppState,
-    caller: &crate::auth::Caller,
+pub fn record<'a>(
+    state: &'a AppState,
+    caller: &'a crate::auth::Caller,
     validated: record::Validated<pb::ClassifyFundingRequest>,
     response: pb::ClassifyFundingResponse,
     observations: Vec<pb::RegistryObservation>,
     deadline: Option<tokio::time::Instant>,
-) -> Result<pb::ClassifyFundingResponse, Status> {
+) -> Pending<'a, pb::ClassifyFundingResponse> {
     count(state, &response);
-    record::record_answer(state, caller, validated, response, observations, deadline).await
+    record::record_answer(state, caller, validated, response, observations, deadline)
 }
 
 /// Counts each therapy's funding route in the metrics.

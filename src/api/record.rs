@@ -1,6 +1,10 @@
 //! Recording decisions: every answer is written to the decision log before it is returned,
 //! and a retried request_id returns the stored answer (AIP-155).
 
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+
+use futures_util::future::Either;
 use tonic::Status;
 
 use super::{AppState, Evaluation, read_evaluation};
@@ -209,16 +213,48 @@ pub fn by_therapy<'a, E, F>(
     pairs
 }
 
+/// A validated request or a recorded answer: ready at once when the decision log is off, else
+/// the log's lookup or write, boxed. So what the log's work holds (the record, the request, the
+/// store's futures) is not part of the futures that await one: a unary call's future is moved
+/// whole into its box, and a screened patient's into the stream's queue, on every call.
+pub type Pending<'a, T> =
+    Either<Ready<Result<T, Status>>, Pin<Box<dyn Future<Output = Result<T, Status>> + Send + 'a>>>;
+
 /// Checks the deadline, then records an answer (unless the decision log is off) with the
 /// registry observations it depended on. Returns the stored answer instead when a concurrent
 /// call with the same request_id won the race.
-pub async fn record_answer<M: RecordedAnswer>(
+pub fn record_answer<'a, M: RecordedAnswer + 'a>(
+    state: &'a AppState,
+    caller: &'a crate::auth::Caller,
+    validated: Validated<M::Request>,
+    response: M,
+    registry_observations: Vec<pb::RegistryObservation>,
+    deadline: Option<tokio::time::Instant>,
+) -> Pending<'a, M> {
+    if let Some(deadline) = deadline
+        && let Err(late) = super::in_time(deadline)
+    {
+        return Either::Left(ready(Err(late)));
+    }
+    if !state.log.enabled() {
+        return Either::Left(ready(Ok(response)));
+    }
+    Either::Right(Box::pin(write_answer(
+        state,
+        caller,
+        validated,
+        response,
+        registry_observations,
+    )))
+}
+
+/// Writes the answer's decision record; see [`record_answer`].
+async fn write_answer<M: RecordedAnswer>(
     state: &AppState,
     caller: &crate::auth::Caller,
     validated: Validated<M::Request>,
     response: M,
     registry_observations: Vec<pb::RegistryObservation>,
-    deadline: Option<tokio::time::Instant>,
 ) -> Result<M, Status> {
     let Validated {
         received_ms,
@@ -227,12 +263,6 @@ pub async fn record_answer<M: RecordedAnswer>(
         fingerprint,
         prior: _,
     } = validated;
-    if let Some(deadline) = deadline {
-        super::in_time(deadline)?;
-    }
-    if !state.log.enabled() {
-        return Ok(response);
-    }
     let record = pb::DecisionRecord {
         decision_id: response.decision_id().to_string(),
         request_id: e.request_id,
@@ -247,9 +277,7 @@ pub async fn record_answer<M: RecordedAnswer>(
         response: None,
         registry_observations,
     };
-    // Boxed so a caller's future stays small when the log is off; a written record costs far
-    // more than the allocation.
-    match Box::pin(persist(state, &record, &response, fingerprint)).await? {
+    match persist(state, &record, &response, fingerprint).await? {
         Some(winner) => M::from_record(winner),
         None => Ok(response),
     }
@@ -420,30 +448,42 @@ pub struct Validated<R> {
 }
 
 /// Validates the request and looks up a stored answer for a retried request_id.
-pub async fn validate<R: EvaluationRequest>(
-    state: &AppState,
+pub fn validate<'a, R: EvaluationRequest + 'a>(
+    state: &'a AppState,
     request: R,
-) -> Result<Validated<R>, Status> {
+) -> Pending<'a, Validated<R>> {
     let received_ms = now_ms();
-    let evaluation = request.evaluation(state, None)?;
-    let (stored_request, fingerprint) = stored(state, request, evaluation.pseudonym.as_deref());
-    let prior = if state.log.enabled() {
-        prior(state, &evaluation.request_id, R::KIND, &fingerprint)
-            .await?
-            .map(Box::new)
-    } else {
-        None
+    let evaluation = match request.evaluation(state, None) {
+        Ok(evaluation) => evaluation,
+        Err(invalid) => return Either::Left(ready(Err(invalid))),
     };
-    if let Some(record) = &prior {
-        super::join_span(&record.decision_id);
-    }
-    Ok(Validated {
+    let (stored_request, fingerprint) = stored(state, request, evaluation.pseudonym.as_deref());
+    let validated = Validated {
         received_ms,
         evaluation,
         stored_request,
         fingerprint,
-        prior,
-    })
+        prior: None,
+    };
+    if !state.log.enabled() {
+        return Either::Left(ready(Ok(validated)));
+    }
+    Either::Right(Box::pin(with_prior(state, validated)))
+}
+
+/// The validated request with the stored answer for its request_id, if this is a retry.
+async fn with_prior<R: EvaluationRequest>(
+    state: &AppState,
+    mut validated: Validated<R>,
+) -> Result<Validated<R>, Status> {
+    let e = &validated.evaluation;
+    validated.prior = prior(state, &e.request_id, R::KIND, &validated.fingerprint)
+        .await?
+        .map(Box::new);
+    if let Some(record) = &validated.prior {
+        super::join_span(&record.decision_id);
+    }
+    Ok(validated)
 }
 
 /// The request as it will be stored (identifiers removed; the pseudonym stands in) and its
