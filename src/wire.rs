@@ -120,13 +120,13 @@ prost_encoded!(
 
 impl Encode for pb::EvaluateEligibilityResponse {
     fn write(self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
-        Listed::eligibility(self).write_fields(buf)
+        Listed::new(self).write_fields(buf)
     }
 }
 
 impl Encode for pb::ClassifyFundingResponse {
     fn write(self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
-        Listed::funding(self).write_fields(buf)
+        Listed::new(self).write_fields(buf)
     }
 }
 
@@ -146,11 +146,11 @@ impl Encode for pb::ScreenCohortResponse {
             funding,
         } = screened;
         let eligibility = eligibility.map(|e| {
-            let e = Listed::eligibility(e);
+            let e = Listed::new(e);
             (e.len(), e)
         });
         let funding = funding.map(|f| {
-            let f = Listed::funding(f);
+            let f = Listed::new(f);
             (f.len(), f)
         });
         let len = eligibility
@@ -170,36 +170,44 @@ impl Encode for pb::ScreenCohortResponse {
     }
 }
 
-/// An answer split into its therapies (field 5 of both answers) and the rest of its fields.
-struct Listed<H, T> {
-    rest: H,
-    therapies: Vec<T>,
+/// An answer whose therapies are field 5 (`therapies = 5` in EvaluateEligibilityResponse and
+/// ClassifyFundingResponse).
+trait TherapyList: Message + Sized {
+    type Therapy: Message;
+    fn therapies(&mut self) -> &mut Vec<Self::Therapy>;
 }
 
-/// `therapies = 5` in EvaluateEligibilityResponse and ClassifyFundingResponse.
 const THERAPIES: u32 = 5;
 
-impl Listed<pb::EvaluateEligibilityResponse, pb::TherapyEligibility> {
-    fn eligibility(mut answer: pb::EvaluateEligibilityResponse) -> Self {
-        let therapies = std::mem::take(&mut answer.therapies);
+impl TherapyList for pb::EvaluateEligibilityResponse {
+    type Therapy = pb::TherapyEligibility;
+    fn therapies(&mut self) -> &mut Vec<pb::TherapyEligibility> {
+        &mut self.therapies
+    }
+}
+
+impl TherapyList for pb::ClassifyFundingResponse {
+    type Therapy = pb::TherapyFunding;
+    fn therapies(&mut self) -> &mut Vec<pb::TherapyFunding> {
+        &mut self.therapies
+    }
+}
+
+/// An answer split into its therapies and the rest of its fields.
+struct Listed<A: TherapyList> {
+    rest: A,
+    therapies: Vec<A::Therapy>,
+}
+
+impl<A: TherapyList> Listed<A> {
+    fn new(mut answer: A) -> Self {
+        let therapies = std::mem::take(answer.therapies());
         Listed {
             rest: answer,
             therapies,
         }
     }
-}
 
-impl Listed<pb::ClassifyFundingResponse, pb::TherapyFunding> {
-    fn funding(mut answer: pb::ClassifyFundingResponse) -> Self {
-        let therapies = std::mem::take(&mut answer.therapies);
-        Listed {
-            rest: answer,
-            therapies,
-        }
-    }
-}
-
-impl<H: Message, T: Message> Listed<H, T> {
     /// The length of the answer's fields.
     fn len(&self) -> usize {
         self.rest.encoded_len()
