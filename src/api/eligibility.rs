@@ -1,10 +1,9 @@
 //! EligibilityService.
 
-use tonic::{Request, Response, Status};
-
 use std::future::ready;
 
 use futures_util::future::Either;
+use tonic::{Request, Response, Status};
 
 use super::record::{self, Pending, RecordedAnswer};
 use super::{AppState, Evaluation, convert, decision_id};
@@ -30,7 +29,7 @@ impl EligibilityService for EligibilityApi {
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
         observed!(self.state, "EvaluateEligibility", request, {
             let call = record::admit(&self.state, &request)?;
-            let validated = record::validate(&self.state, request.into_inner()).await?;
+            let validated = record::validate(&self.state, Box::new(request.into_inner())).await?;
             decide(&self.state, &call.caller, validated, Some(call.deadline))
                 .await
                 .map(Response::new)

@@ -26,7 +26,7 @@ impl FundingService for FundingApi {
     ) -> Result<Response<pb::ClassifyFundingResponse>, Status> {
         observed!(self.state, "ClassifyFunding", request, {
             let call = record::admit(&self.state, &request)?;
-            let validated = record::validate(&self.state, request.into_inner()).await?;
+            let validated = record::validate(&self.state, Box::new(request.into_inner())).await?;
             decide(&self.state, &call.caller, validated, Some(call.deadline))
                 .await
                 .map(Response::new)

@@ -450,7 +450,7 @@ pub struct Validated<R> {
 /// Validates the request and looks up a stored answer for a retried request_id.
 pub fn validate<'a, R: EvaluationRequest + 'a>(
     state: &'a AppState,
-    request: R,
+    request: Box<R>,
 ) -> Pending<'a, Validated<R>> {
     let received_ms = now_ms();
     let evaluation = match request.evaluation(state, None) {
@@ -491,10 +491,9 @@ async fn with_prior<R: EvaluationRequest>(
 /// one (every screened patient) is stored with none, and none is made when the log is off.
 fn stored<R: EvaluationRequest>(
     state: &AppState,
-    request: R,
+    mut stored_request: Box<R>,
     pseudonym: Option<&str>,
 ) -> (Box<R>, String) {
-    let mut stored_request = Box::new(request);
     if let Some(p) = stored_request.patient_mut() {
         p.identifiers = None;
     }

@@ -111,7 +111,9 @@ async fn screen(
                 Ok(Some(request)) if received < limit => {
                     received += 1;
                     let turn = std::sync::Arc::clone(&state.screening_places).acquire_owned();
-                    waiting = Some((request, Box::pin(turn)));
+                    // Boxed on arrival, in the box validation keeps as the stored request,
+                    // so the patient's 0.8 KB request is not copied on its way there.
+                    waiting = Some((Box::new(request), Box::pin(turn)));
                 }
                 Ok(Some(_)) => {
                     reading = false;
@@ -140,7 +142,7 @@ async fn screen(
 async fn screen_one(
     state: &AppState,
     caller: &Caller,
-    mut request: pb::ScreenCohortRequest,
+    mut request: Box<pb::ScreenCohortRequest>,
     place: tokio::sync::OwnedSemaphorePermit,
 ) -> pb::ScreenCohortResponse {
     // Debug level: no info line is written per patient, so at info the span only cost time
