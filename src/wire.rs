@@ -17,7 +17,7 @@ use prost::Message;
 use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
-use tonic::codec::{BufferSettings, DecodeBuf, Decoder, EncodeBuf};
+use tonic::codec::EncodeBuf;
 
 use crate::pb;
 
@@ -35,14 +35,14 @@ impl<T: Encode, U: Message + Default + Send + 'static> tonic::codec::Codec for C
     type Encode = T;
     type Decode = U;
     type Encoder = Encoder<T>;
-    type Decoder = Decode<U>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
 
     fn encoder(&mut self) -> Encoder<T> {
         Encoder(PhantomData)
     }
 
-    fn decoder(&mut self) -> Decode<U> {
-        Decode(tonic_prost::ProstDecoder::default())
+    fn decoder(&mut self) -> tonic_prost::ProstDecoder<U> {
+        tonic_prost::ProstDecoder::default()
     }
 }
 
@@ -65,28 +65,7 @@ impl<T: Encode> tonic::codec::Encoder for Encoder<T> {
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         // EncodeBuf grows as it is written, so prost's "not enough space" cannot arise.
         item.write(buf)
-            .map_err(|e| Status::internal(format!("the answer could not be encoded: {e}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
-    }
-}
-
-/// Reads messages with prost.
-#[derive(Debug)]
-pub struct Decode<U>(tonic_prost::ProstDecoder<U>);
-
-impl<U: Message + Default> Decoder for Decode<U> {
-    type Item = U;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0.decode(buf)
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
+            .map_err(|e| Status::internal(format!("the message could not be encoded: {e}")))
     }
 }
 
