@@ -14,10 +14,10 @@
 use std::marker::PhantomData;
 
 use prost::Message;
-use prost::bytes::BufMut;
+use prost::bytes::{Buf, BufMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
-use tonic::codec::EncodeBuf;
+use tonic::codec::{DecodeBuf, EncodeBuf};
 
 use crate::pb;
 
@@ -35,14 +35,44 @@ impl<T: Encode, U: Message + Default + Send + 'static> tonic::codec::Codec for C
     type Encode = T;
     type Decode = U;
     type Encoder = Encoder<T>;
-    type Decoder = tonic_prost::ProstDecoder<U>;
+    type Decoder = Decoder<U>;
 
     fn encoder(&mut self) -> Encoder<T> {
         Encoder(PhantomData)
     }
 
-    fn decoder(&mut self) -> tonic_prost::ProstDecoder<U> {
-        tonic_prost::ProstDecoder::default()
+    fn decoder(&mut self) -> Decoder<U> {
+        Decoder(PhantomData)
+    }
+}
+
+/// Reads messages with prost, from one slice of the message's bytes.
+///
+/// tonic hands the decoder a view of its receive buffer; prost reading through that view moves
+/// the buffer itself at every varint and field (about 60 moves for a patient). tonic buffers a
+/// message whole before decoding it, so its bytes are one slice: prost reads the slice, and the
+/// buffer moves once, past the message.
+#[derive(Debug)]
+pub struct Decoder<U>(PhantomData<U>);
+
+impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        let length = buf.remaining();
+        let message = if buf.chunk().len() == length {
+            let message = U::decode(buf.chunk());
+            buf.advance(length);
+            message
+        } else {
+            // Not one slice (no tonic today): prost reads through the view.
+            U::decode(&mut *buf)
+        };
+        // As tonic's own decoder: a message that does not parse is INTERNAL (gRPC status codes).
+        message
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
     }
 }
 
