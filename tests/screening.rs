@@ -285,6 +285,94 @@ async fn a_stream_past_the_patient_limit_is_answered_up_to_it_then_ends_resource
     assert!(ending.message().contains("new stream"), "{ending:?}");
 }
 
+/// The server's metrics once they contain `line`: a stream is counted just after its last
+/// answer is sent, so a scrape straight after the caller's last read may come first.
+async fn metrics_once_they_show(server: &TestServer, line: &str) -> String {
+    for _ in 0..100 {
+        let metrics = metrics_text(server);
+        if metrics.contains(line) {
+            return metrics;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("`{line}` never appeared in:\n{}", metrics_text(server));
+}
+
+#[tokio::test]
+async fn a_stream_is_counted_when_it_ends_with_the_status_its_caller_received() {
+    // Eight patients on a stream limited to five: answered up to the limit, then
+    // RESOURCE_EXHAUSTED. Operators read that status in the stream's call metrics and its
+    // `call finished` line, not the OK of the moment it opened.
+    let server = server_configured(
+        net_pathway::api::Limits {
+            max_patients_per_stream: 5,
+            ..test_limits()
+        },
+        false,
+    )
+    .await;
+    let requests = (0..8)
+        .map(|i| screening(&format!("row-{i}"), &ta539_small_bowel().england()))
+        .collect();
+    let (answers, ending) = screen(&server, requests).await;
+    assert_eq!(answers.len(), 5);
+    assert_eq!(
+        ending.map(|e| e.code()),
+        Some(tonic::Code::ResourceExhausted)
+    );
+    let metrics = metrics_once_they_show(
+        &server,
+        r#"netpathway_calls_total{code="ResourceExhausted",method="ScreenCohort"} 1"#,
+    )
+    .await;
+    assert!(
+        !metrics.contains(r#"netpathway_calls_total{code="Ok",method="ScreenCohort"}"#),
+        "counted once, with the status the caller received: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_streams_duration_is_the_streams_not_the_time_taken_to_open_it() {
+    // A clinic list whose second patient comes 400 ms after the first: the stream lasts at
+    // least that long, and its duration says so.
+    let server = server_configured(test_limits(), false).await;
+    let first = screening("first", &ta539_small_bowel().england());
+    let second = screening("second", &ta539_small_bowel().england());
+    let patients = tokio_stream::StreamExt::chain(
+        tokio_stream::iter([first]),
+        tokio_stream::StreamExt::then(tokio_stream::iter([second]), |patient| async {
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            patient
+        }),
+    );
+    let mut answers = server
+        .client
+        .screen_cohort(patients)
+        .await
+        .expect("stream opens");
+    let mut answered = 0;
+    while answers.message().await.expect("no error").is_some() {
+        answered += 1;
+    }
+    assert_eq!(answered, 2);
+    let metrics = metrics_once_they_show(
+        &server,
+        r#"netpathway_call_duration_seconds_count{method="ScreenCohort"} 1"#,
+    )
+    .await;
+    let seconds: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"netpathway_call_duration_seconds_sum{method="ScreenCohort"} "#)
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ScreenCohort duration in:\n{metrics}"));
+    assert!(
+        seconds >= 0.4,
+        "the stream took at least 0.4 s, counted {seconds} s"
+    );
+}
+
 #[tokio::test]
 async fn with_the_decision_log_off_decisions_are_answered_but_not_recorded() {
     let server = server_configured(test_limits(), false).await;

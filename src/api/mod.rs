@@ -6,24 +6,13 @@
 /// finishes, and returns the trace id to the caller as `x-trace-id`.
 macro_rules! observed {
     ($state:expr, $method:literal, $request:ident, $body:block) => {{
-        let started = std::time::Instant::now();
-        let trace_id = crate::telemetry::trace_id($request.metadata());
-        let span = tracing::info_span!(
-            "call",
-            // Method and decision id are bare tokens: written as they are, not quoted and escaped.
-            method = %$method,
-            trace_id = %trace_id,
-            caller = tracing::field::Empty,
-            decision_id = tracing::field::Empty,
-        );
+        let call = crate::api::Call::start($method, $request.metadata());
         let result: Result<_, tonic::Status> =
-            tracing::Instrument::instrument(async move { $body }, span.clone()).await;
+            tracing::Instrument::instrument(async move { $body }, call.span.clone()).await;
         let code = result
             .as_ref()
             .map_or_else(|s: &tonic::Status| s.code(), |_| tonic::Code::Ok);
-        let elapsed = started.elapsed();
-        $state.metrics.call($method, code, elapsed);
-        span.in_scope(|| crate::telemetry::call_finished(code, elapsed));
+        let trace_id = call.finish(&$state.metrics, code);
         crate::telemetry::with_trace_id(result, &trace_id)
     }};
 }
@@ -472,6 +461,47 @@ pub fn new_decision_id() -> String {
         .hyphenated()
         .encode_lower(&mut buffer)
         .to_owned()
+}
+
+/// One call as operators see it: its span (method, trace id, caller, decision id), its
+/// `call finished` line and its metrics, written when the call ends. A unary call ends when it
+/// answers; a ScreenCohort stream when its last answer is sent.
+pub struct Call {
+    method: &'static str,
+    started: std::time::Instant,
+    pub trace_id: String,
+    pub span: tracing::Span,
+}
+
+impl Call {
+    pub fn start(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> Call {
+        let started = std::time::Instant::now();
+        let trace_id = crate::telemetry::trace_id(metadata);
+        let span = tracing::info_span!(
+            "call",
+            // Method and decision id are bare tokens: written as they are, not quoted and escaped.
+            method = %method,
+            trace_id = %trace_id,
+            caller = tracing::field::Empty,
+            decision_id = tracing::field::Empty,
+        );
+        Call {
+            method,
+            started,
+            trace_id,
+            span,
+        }
+    }
+
+    /// Counts the call and writes its `call finished` (or refused, or failed) line; returns
+    /// the trace id, for the answer's `x-trace-id`.
+    pub fn finish(self, metrics: &crate::metrics::Metrics, code: tonic::Code) -> String {
+        let elapsed = self.started.elapsed();
+        metrics.call(self.method, code, elapsed);
+        self.span
+            .in_scope(|| crate::telemetry::call_finished(code, elapsed));
+        self.trace_id
+    }
 }
 
 /// Records the decision id in the call's span, as a bare token (not quoted and escaped).

@@ -41,18 +41,50 @@ impl ScreeningService for ScreeningApi {
         &self,
         request: Request<Streaming<pb::ScreenCohortRequest>>,
     ) -> Result<Response<Answers>, Status> {
-        observed!(self.state, "ScreenCohort", request, {
-            let caller = self.state.authorize(&request, Role::Evaluate)?;
-            // One admission for the whole stream: it counts as one call in progress.
-            let permit = self.state.admit()?;
-            let (answers, rx) = mpsc::channel(ANSWERS_BUFFERED);
-            let stream = screen(self.state.clone(), caller, request.into_inner(), answers);
-            tokio::spawn(tracing::Instrument::in_current_span(async move {
-                stream.await;
-                drop(permit);
-            }));
-            Ok(Response::new(ReceiverStream::new(rx)))
-        })
+        // The call finishes when the stream does: its line and metrics give the stream's
+        // duration and the status its caller receives, not the time taken to open it.
+        let call = super::Call::start("ScreenCohort", request.metadata());
+        let trace_id = call.trace_id.clone();
+        let opened = call.span.in_scope(|| self.open(request));
+        let result = match opened {
+            Ok((answers, stream)) => {
+                let span = call.span.clone();
+                let metrics = std::sync::Arc::clone(&self.state.metrics);
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        let code = stream.await;
+                        call.finish(&metrics, code);
+                    },
+                    span,
+                ));
+                Ok(Response::new(answers))
+            }
+            Err(status) => {
+                call.finish(&self.state.metrics, status.code());
+                Err(status)
+            }
+        };
+        crate::telemetry::with_trace_id(result, &trace_id)
+    }
+}
+
+impl ScreeningApi {
+    /// Authorizes and admits the stream (one admission for the whole stream: it counts as one
+    /// call in progress), and returns its answers and the work that screens it, which gives
+    /// back the admission when it ends.
+    fn open(
+        &self,
+        request: Request<Streaming<pb::ScreenCohortRequest>>,
+    ) -> Result<(Answers, impl Future<Output = tonic::Code> + Send + 'static), Status> {
+        let caller = self.state.authorize(&request, Role::Evaluate)?;
+        let permit = self.state.admit()?;
+        let (answers, rx) = mpsc::channel(ANSWERS_BUFFERED);
+        let stream = screen(self.state.clone(), caller, request.into_inner(), answers);
+        Ok((ReceiverStream::new(rx), async move {
+            let code = stream.await;
+            drop(permit);
+            code
+        }))
     }
 }
 
@@ -65,7 +97,7 @@ async fn screen(
     caller: Caller,
     mut patients: Streaming<pb::ScreenCohortRequest>,
     answers: mpsc::Sender<Result<pb::ScreenCohortResponse, Status>>,
-) {
+) -> tonic::Code {
     let limit = state.limits.max_patients_per_stream;
     let window = state.limits.screening_window.max(1);
     let mut deciding = FuturesUnordered::new();
@@ -88,7 +120,7 @@ async fn screen(
                 }
                 if answers.send(Ok(answer)).await.is_err() {
                     tracing::warn!(received, "screening caller went away; stopping");
-                    return;
+                    return tonic::Code::Cancelled;
                 }
             }
             Some(taken) = futures_util::future::OptionFuture::from(
@@ -130,10 +162,15 @@ async fn screen(
             else => break,
         }
     }
-    if let Some(status) = ending {
-        let _ = answers.send(Err(status)).await;
-    }
     tracing::info!(received, screened, refused, "screening stream finished");
+    match ending {
+        Some(status) => {
+            let code = status.code();
+            let _ = answers.send(Err(status)).await;
+            code
+        }
+        None => tonic::Code::Ok,
+    }
 }
 
 /// One patient: validated once, eligibility and funding decided from one set of facts, and
