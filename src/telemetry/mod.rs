@@ -6,27 +6,19 @@ use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberI
 use crate::config::LogFormat;
 
 mod lines;
+mod output;
 
-/// Log lines are written by a background thread in batches: one `write` per batch instead of
-/// one per line (the per-call line had cost a tenth of the server's CPU). Lines are never
-/// dropped (a full queue makes the caller wait); lines still queued are written when the
-/// returned guard drops, so the caller keeps it until the process ends. A SIGKILL can lose the
-/// last lines queued; decisions are in the decision log, not here.
-pub type LogFlushGuard = tracing_appender::non_blocking::WorkerGuard;
+/// Log lines are written to stdout by a background thread in batches (output.rs); lines
+/// still waiting are written when the returned guard drops, so the caller keeps it until the
+/// process ends. A SIGKILL can lose the last 10 ms or so of lines; decisions are in the
+/// decision log, not here.
+pub type LogFlushGuard = output::LinesWritten;
 
-/// Installs the global subscriber; a second call installs nothing.
-pub fn init(format: LogFormat) -> LogFlushGuard {
+/// Installs the global subscriber; a second call installs nothing. Fails only if the writer
+/// thread cannot be started.
+pub fn init(format: LogFormat) -> std::io::Result<LogFlushGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // At most about 2 MB of lines wait for a slow log collector (the default, 128,000
-        // lines, could hold tens of MB); past that, callers wait.
-        .buffered_lines_limit(8_192)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
+    let (writer, guard) = output::to(std::io::stdout())?;
     let registry = tracing_subscriber::registry().with(filter);
     // Colour only for a person at a terminal, not for a log collector.
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -55,7 +47,7 @@ pub fn init(format: LogFormat) -> LogFlushGuard {
             )
             .try_init(),
     };
-    guard
+    Ok(guard)
 }
 
 /// The call's trace id: the caller's W3C `traceparent` trace id when it sends a valid one, so
