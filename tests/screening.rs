@@ -454,3 +454,94 @@ async fn a_stream_whose_caller_sends_nothing_holds_no_place() {
     assert_eq!(answers.len(), 10);
     drop(idle_caller);
 }
+
+/// Sends each of `messages` as it is, framed but not encoded by the client, on one ScreenCohort
+/// stream: the only way to send the server bytes that do not parse.
+async fn screen_raw(
+    server: &TestServer,
+    messages: Vec<Vec<u8>>,
+) -> (Vec<pb::ScreenCohortResponse>, tonic::Status) {
+    #[derive(Default)]
+    struct Raw;
+    struct RawEncoder;
+    impl tonic::codec::Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(
+            &mut self,
+            item: Vec<u8>,
+            buf: &mut tonic::codec::EncodeBuf<'_>,
+        ) -> Result<(), tonic::Status> {
+            prost::bytes::BufMut::put_slice(buf, &item);
+            Ok(())
+        }
+    }
+    struct AnswerDecoder;
+    impl tonic::codec::Decoder for AnswerDecoder {
+        type Item = pb::ScreenCohortResponse;
+        type Error = tonic::Status;
+        fn decode(
+            &mut self,
+            buf: &mut tonic::codec::DecodeBuf<'_>,
+        ) -> Result<Option<pb::ScreenCohortResponse>, tonic::Status> {
+            prost::Message::decode(buf)
+                .map(Some)
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        }
+    }
+    impl tonic::codec::Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = pb::ScreenCohortResponse;
+        type Encoder = RawEncoder;
+        type Decoder = AnswerDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> AnswerDecoder {
+            AnswerDecoder
+        }
+    }
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.address))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connects");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/netpathway.v1.ScreeningService/ScreenCohort",
+    );
+    let mut answers = grpc
+        .streaming(tonic::Request::new(tokio_stream::iter(messages)), path, Raw)
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut received = Vec::new();
+    loop {
+        match answers.message().await {
+            Ok(Some(answer)) => received.push(answer),
+            Ok(None) => panic!("the stream ended OK after {} answers", received.len()),
+            Err(status) => return (received, status),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_that_does_not_parse_ends_the_stream_with_internal_after_the_patients_before_it()
+{
+    // An interface engine sends one patient, then bytes that are not a ScreenCohortRequest (a
+    // string field whose length runs past the message). The first patient is answered; the
+    // stream then ends INTERNAL, as a unary call with those bytes would, rather than OK with the
+    // rest of the list silently unread.
+    let server = server_configured(test_limits(), false).await;
+    let first = prost::Message::encode_to_vec(&screening("first", &ta539_small_bowel().england()));
+    let (answers, ending) = screen_raw(&server, vec![first, vec![0x0a, 0xff, 0xff]]).await;
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].correlation_id, "first");
+    assert_eq!(ending.code(), tonic::Code::Internal, "{ending:?}");
+    metrics_once_they_show(
+        &server,
+        r#"netpathway_calls_total{code="Internal",method="ScreenCohort"} 1"#,
+    )
+    .await;
+}

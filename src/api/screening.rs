@@ -157,6 +157,10 @@ async fn screen(
                 Err(status) => {
                     reading = false;
                     tracing::warn!(code = ?status.code(), "screening stream broken by the caller");
+                    // The caller learns why its stream stopped being read (a message that does
+                    // not parse is INTERNAL, as in a unary call) once the patients before it
+                    // are answered; a caller who has gone will not read it.
+                    ending = Some(status);
                 }
             },
             else => break,
