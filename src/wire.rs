@@ -223,10 +223,7 @@ impl<A: TherapyList> Listed<A> {
             + self
                 .therapies
                 .iter()
-                .map(|t| {
-                    let len = t.encoded_len();
-                    key_len(THERAPIES) + encoded_len_varint(len as u64) + len
-                })
+                .map(|t| nested_len(THERAPIES, t.encoded_len()))
                 .sum::<usize>()
     }
 

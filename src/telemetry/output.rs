@@ -94,7 +94,7 @@ fn write_batches(shared: &Shared, mut out: impl Write) {
             shared.room.notify_all();
         }
         drop(waiting);
-        // A log line that cannot be written has nowhere else to go; the next batch tries again.
+        // A batch stdout refuses has nowhere else to go: it is dropped, and the next is tried.
         let _ = out.write_all(&batch).and_then(|()| out.flush());
         batch.clear();
         if closed && shared.lock().lines.is_empty() {
