@@ -31,6 +31,7 @@ use std::sync::{Arc, RwLock};
 
 use chrono::NaiveDate;
 use tonic::Status;
+use tonic::codegen::http::HeaderName;
 
 use crate::domain::{Patient, Therapy};
 use crate::engine::Policy;
@@ -180,9 +181,10 @@ impl Default for Limits {
 
 /// When the call must be answered by: the caller's `grpc-timeout`, capped by the server's limit.
 pub fn deadline<T>(request: &tonic::Request<T>, limits: &Limits) -> tokio::time::Instant {
-    let asked = request
-        .metadata()
-        .get("grpc-timeout")
+    // A ready-made header name: looking up by text parses and checks the name on every call.
+    const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    let asked = AsRef::<tonic::codegen::http::HeaderMap>::as_ref(request.metadata())
+        .get(&GRPC_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
         .unwrap_or(limits.max_deadline);

@@ -1,6 +1,7 @@
 //! Structured logs through tracing: human text by default, JSON for log shippers.
 //! The filter comes from RUST_LOG (default "info").
 
+use tonic::codegen::http::HeaderName;
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::LogFormat;
@@ -53,8 +54,10 @@ pub fn init(format: LogFormat) -> std::io::Result<LogFlushGuard> {
 /// The call's trace id: the caller's W3C `traceparent` trace id when it sends a valid one, so
 /// our lines join the caller's trace; otherwise a new random one.
 pub fn trace_id(metadata: &tonic::metadata::MetadataMap) -> String {
-    metadata
-        .get("traceparent")
+    // A ready-made header name: looking up by text parses and checks the name on every call.
+    const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    AsRef::<tonic::codegen::http::HeaderMap>::as_ref(metadata)
+        .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(traceparent_trace_id)
         .map_or_else(new_trace_id, str::to_string)
@@ -107,9 +110,12 @@ pub fn with_trace_id<T>(
     result: Result<tonic::Response<T>, tonic::Status>,
     trace_id: &str,
 ) -> Result<tonic::Response<T>, tonic::Status> {
-    let Ok(value) = tonic::metadata::MetadataValue::try_from(trace_id) else {
+    let Ok(mut value) = tonic::metadata::MetadataValue::try_from(trace_id) else {
         return result;
     };
+    // Sent as never indexed (RFC 7541 §6.2.3): a value no later call repeats would only churn
+    // both ends' HPACK tables, an insertion and an eviction per call.
+    value.set_sensitive(true);
     match result {
         Ok(mut response) => {
             response.metadata_mut().insert("x-trace-id", value);
@@ -124,7 +130,7 @@ pub fn with_trace_id<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::traceparent_trace_id;
+    use super::{trace_id, traceparent_trace_id, with_trace_id};
 
     #[test]
     fn a_valid_traceparent_gives_its_trace_id_and_others_are_ignored() {
@@ -141,5 +147,34 @@ mod tests {
             traceparent_trace_id("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
             None
         );
+    }
+
+    #[test]
+    fn the_trace_id_goes_back_never_indexed_on_answers_and_errors() {
+        const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let answered = with_trace_id(Ok(tonic::Response::new(())), TRACE).expect("answer");
+        let refused =
+            with_trace_id::<()>(Err(tonic::Status::not_found("no")), TRACE).expect_err("error");
+        for metadata in [answered.metadata(), refused.metadata()] {
+            let value = metadata.get("x-trace-id").expect("x-trace-id");
+            assert_eq!(value.to_str().ok(), Some(TRACE));
+            // h2 writes a sensitive value as a never-indexed literal (RFC 7541 §6.2.3).
+            assert!(value.is_sensitive());
+        }
+    }
+
+    #[test]
+    fn the_callers_traceparent_is_read_from_its_metadata() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(trace_id(&metadata), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let new = trace_id(&tonic::metadata::MetadataMap::new());
+        assert_eq!(new.len(), 32);
+        assert!(new.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }
