@@ -34,9 +34,10 @@ pub struct GradingParameters {
 pub struct GradeAssessment {
     /// The grade the rules use; `None` when nothing was recorded to grade from.
     pub grade: Option<WhoGrade>,
-    /// How the grade was reached, in words.
+    /// How the grade was reached, in words; empty unless the assessment was asked to explain.
     pub basis: String,
-    /// Patient values used: (field path, value).
+    /// Patient values used: (field path, value). A measured value's text is empty unless
+    /// asked to explain; which values were used is the same either way (criteria count them).
     pub values: Vec<(&'static str, super::criteria::Text)>,
     /// Inputs that would settle the grade when it is unknown.
     pub missing: Vec<&'static str>,
@@ -44,7 +45,39 @@ pub struct GradeAssessment {
     pub conflict: Option<String>,
     /// Differentiation as stated, or implied by a WHO NET/NEC category.
     pub differentiation: Option<Differentiation>,
+    /// Where the differentiation came from, in words; empty unless asked to explain.
     pub differentiation_basis: String,
+}
+
+/// The words behind a grade, written only when the answer explains: BASIC answers show no
+/// basis or values, and their sentences cost more to write than the grade itself.
+struct Reasons {
+    explains: bool,
+    said: Vec<String>,
+}
+
+impl Reasons {
+    fn text(&self, make: impl FnOnce() -> String) -> super::criteria::Text {
+        if self.explains {
+            make().into()
+        } else {
+            "".into()
+        }
+    }
+
+    fn add(&mut self, reason: impl FnOnce() -> String) {
+        if self.explains {
+            self.said.push(reason());
+        }
+    }
+
+    fn words(&self, words: impl FnOnce(&[String]) -> String) -> String {
+        if self.explains {
+            words(&self.said)
+        } else {
+            String::new()
+        }
+    }
 }
 
 const KI67: &str = "patient.tumour.ki67_percent";
@@ -65,11 +98,15 @@ impl GradingParameters {
         }
     }
 
-    /// Derives grade and differentiation for `patient`.
-    pub fn assess(&self, patient: &Patient) -> GradeAssessment {
+    /// Derives grade and differentiation for `patient`; the basis in words only when
+    /// `explains` (every other field is the same either way).
+    pub fn assess(&self, patient: &Patient, explains: bool) -> GradeAssessment {
         let t = &patient.tumour;
         let mut a = GradeAssessment::default();
-        let mut reasons: Vec<String> = Vec::new();
+        let mut reasons = Reasons {
+            explains,
+            said: Vec::new(),
+        };
         let lung = t.primary_site.is_some_and(|s| s.uses_lung_classification());
 
         let measured = if lung {
@@ -77,14 +114,15 @@ impl GradingParameters {
         } else {
             let by_ki67 = t.ki67_percent.map(|k| {
                 let g = self.grade_by(k, self.ki67_g2_from_percent, self.ki67_g3_above_percent);
-                a.values.push((KI67, format!("{k} %").into()));
-                reasons.push(format!("Ki-67 {k} % gives {g}"));
+                a.values.push((KI67, reasons.text(|| format!("{k} %"))));
+                reasons.add(|| format!("Ki-67 {k} % gives {g}"));
                 g
             });
             let by_mitoses = t.mitoses_per_2mm2.map(|m| {
                 let g = self.grade_by(m, self.mitoses_g2_from, self.mitoses_g3_above);
-                a.values.push((MITOSES, format!("{m} per 2 mm²").into()));
-                reasons.push(format!("mitoses {m} per 2 mm² give {g}"));
+                a.values
+                    .push((MITOSES, reasons.text(|| format!("{m} per 2 mm²"))));
+                reasons.add(|| format!("mitoses {m} per 2 mm² give {g}"));
                 g
             });
             by_ki67.max(by_mitoses)
@@ -93,7 +131,7 @@ impl GradingParameters {
         let measured = if t.differentiation == Some(Differentiation::Poor) {
             a.values
                 .push((DIFFERENTIATION, Differentiation::Poor.label().into()));
-            reasons.push("poorly differentiated morphology makes it NEC".into());
+            reasons.add(|| "poorly differentiated morphology makes it NEC".into());
             Some(measured.map_or(WhoGrade::Nec, |g| g.max(WhoGrade::Nec)))
         } else {
             measured
@@ -102,7 +140,7 @@ impl GradingParameters {
         let stated = t.who_grade;
         if let Some(s) = stated {
             a.values.push((WHO_GRADE, s.label().into()));
-            reasons.push(format!("stated grade {s}"));
+            reasons.add(|| format!("stated grade {s}"));
         }
         a.grade = stated.max(measured);
         if let (Some(s), Some(m)) = (stated, measured)
@@ -114,12 +152,18 @@ impl GradingParameters {
             ));
         }
         match a.grade {
-            Some(g) if reasons.len() > 1 => {
-                a.basis = format!("{}; the higher grade {g} is used", reasons.join("; "))
+            Some(g) => {
+                a.basis = reasons.words(|said| {
+                    if said.len() > 1 {
+                        format!("{}; the higher grade {g} is used", said.join("; "))
+                    } else {
+                        said.join("; ")
+                    }
+                })
             }
-            Some(_) => a.basis = reasons.join("; "),
             None => {
-                a.basis = "no grade stated and nothing measured to grade from".into();
+                a.basis =
+                    reasons.words(|_| "no grade stated and nothing measured to grade from".into());
                 a.missing = if lung {
                     vec![WHO_GRADE, LUNG_CLASS, MITOSES, NECROSIS]
                 } else {
@@ -130,22 +174,24 @@ impl GradingParameters {
 
         a.differentiation = t.differentiation;
         a.differentiation_basis = match (t.differentiation, a.grade) {
-            (Some(d), _) => format!("stated: {d}"),
+            (Some(d), _) => reasons.words(|_| format!("stated: {d}")),
             // WHO 2019: NET G1-G3 are well differentiated by definition, NEC poorly.
             (None, Some(WhoGrade::G1 | WhoGrade::G2 | WhoGrade::G3))
                 if stated.is_some() || lung =>
             {
                 a.differentiation = Some(Differentiation::Well);
-                format!(
-                    "implied by the WHO NET category {}",
-                    a.grade.map_or("", |g| g.label())
-                )
+                reasons.words(|_| {
+                    format!(
+                        "implied by the WHO NET category {}",
+                        a.grade.map_or("", |g| g.label())
+                    )
+                })
             }
             (None, Some(WhoGrade::Nec)) => {
                 a.differentiation = Some(Differentiation::Poor);
-                "implied by the WHO category NEC".into()
+                reasons.words(|_| "implied by the WHO category NEC".into())
             }
-            _ => "not recorded".into(),
+            _ => reasons.words(|_| "not recorded".into()),
         };
         a
     }
@@ -155,18 +201,18 @@ impl GradingParameters {
         &self,
         patient: &Patient,
         a: &mut GradeAssessment,
-        reasons: &mut Vec<String>,
+        reasons: &mut Reasons,
     ) -> Option<WhoGrade> {
         let t = &patient.tumour;
         if let Some(class) = t.lung_classification {
             a.values.push((LUNG_CLASS, class.label().into()));
             let g = lung_class_grade(class);
-            reasons.push(format!("{class} maps to {g}"));
+            reasons.add(|| format!("{class} maps to {g}"));
             return Some(g);
         }
         let mitoses = t.mitoses_per_2mm2?;
         a.values
-            .push((MITOSES, format!("{mitoses} per 2 mm²").into()));
+            .push((MITOSES, reasons.text(|| format!("{mitoses} per 2 mm²"))));
         if let Some(n) = t.necrosis {
             a.values
                 .push((NECROSIS, if n { "present" } else { "absent" }.into()));
@@ -182,9 +228,9 @@ impl GradingParameters {
             return None;
         };
         let g = lung_class_grade(class);
-        reasons.push(format!(
-            "mitoses {mitoses} per 2 mm² and necrosis make it {class}, mapped to {g}"
-        ));
+        reasons.add(|| {
+            format!("mitoses {mitoses} per 2 mm² and necrosis make it {class}, mapped to {g}")
+        });
         Some(g)
     }
 }
@@ -233,7 +279,11 @@ mod tests {
         ] {
             let mut p = tumour(PrimarySite::JejunumIleum);
             p.tumour.ki67_percent = Some(ki67);
-            assert_eq!(who2019().assess(&p).grade, Some(grade), "Ki-67 {ki67}");
+            assert_eq!(
+                who2019().assess(&p, true).grade,
+                Some(grade),
+                "Ki-67 {ki67}"
+            );
         }
     }
 
@@ -242,7 +292,7 @@ mod tests {
         let mut p = tumour(PrimarySite::Pancreas);
         p.tumour.ki67_percent = Some(2.0);
         p.tumour.mitoses_per_2mm2 = Some(25.0);
-        assert_eq!(who2019().assess(&p).grade, Some(WhoGrade::G3));
+        assert_eq!(who2019().assess(&p, true).grade, Some(WhoGrade::G3));
     }
 
     #[test]
@@ -250,7 +300,7 @@ mod tests {
         let mut p = tumour(PrimarySite::Pancreas);
         p.tumour.who_grade = Some(WhoGrade::G1);
         p.tumour.ki67_percent = Some(8.0);
-        let a = who2019().assess(&p);
+        let a = who2019().assess(&p, true);
         assert_eq!(a.grade, Some(WhoGrade::G2));
         assert!(a.conflict.is_some());
     }
@@ -259,17 +309,17 @@ mod tests {
     fn lung_carcinoids_map_to_nice_grades() {
         let mut p = tumour(PrimarySite::Lung);
         p.tumour.lung_classification = Some(LungClassification::AtypicalCarcinoid);
-        let a = who2019().assess(&p);
+        let a = who2019().assess(&p, true);
         assert_eq!(a.grade, Some(WhoGrade::G2));
         assert_eq!(a.differentiation, Some(Differentiation::Well));
 
         let mut p = tumour(PrimarySite::Lung);
         p.tumour.mitoses_per_2mm2 = Some(1.0);
         p.tumour.necrosis = Some(false);
-        assert_eq!(who2019().assess(&p).grade, Some(WhoGrade::G1));
+        assert_eq!(who2019().assess(&p, true).grade, Some(WhoGrade::G1));
         p.tumour.necrosis = None;
         assert_eq!(
-            who2019().assess(&p).grade,
+            who2019().assess(&p, true).grade,
             None,
             "typical vs atypical needs necrosis"
         );
@@ -277,8 +327,63 @@ mod tests {
 
     #[test]
     fn nothing_to_grade_from_names_the_inputs() {
-        let a = who2019().assess(&tumour(PrimarySite::JejunumIleum));
+        let a = who2019().assess(&tumour(PrimarySite::JejunumIleum), true);
         assert_eq!(a.grade, None);
         assert_eq!(a.missing, vec![WHO_GRADE, KI67, MITOSES]);
+    }
+
+    #[test]
+    fn a_basic_assessment_differs_from_an_explained_one_only_in_its_words() {
+        // Every path through the grading: GEP by Ki-67, mitoses or both, a stated grade in
+        // conflict, poorly differentiated, lung by class or by mitoses and necrosis, nothing.
+        let mut cases = Vec::new();
+        let mut p = tumour(PrimarySite::Pancreas);
+        p.tumour.ki67_percent = Some(8.0);
+        cases.push(p.clone());
+        p.tumour.mitoses_per_2mm2 = Some(25.0);
+        p.tumour.who_grade = Some(WhoGrade::G1);
+        cases.push(p.clone());
+        p.tumour.differentiation = Some(Differentiation::Poor);
+        cases.push(p);
+        let mut p = tumour(PrimarySite::Lung);
+        p.tumour.lung_classification = Some(LungClassification::TypicalCarcinoid);
+        cases.push(p);
+        let mut p = tumour(PrimarySite::Lung);
+        p.tumour.mitoses_per_2mm2 = Some(4.0);
+        p.tumour.necrosis = Some(true);
+        cases.push(p);
+        let mut p = tumour(PrimarySite::JejunumIleum);
+        p.tumour.who_grade = Some(WhoGrade::G2);
+        cases.push(p);
+        cases.push(tumour(PrimarySite::JejunumIleum));
+        // Measured numbers are written only when explained; stated labels cost nothing.
+        let is_measured = |field: &str| field == KI67 || field == MITOSES;
+        for p in &cases {
+            let explained = who2019().assess(p, true);
+            let basic = who2019().assess(p, false);
+            assert!(!explained.basis.is_empty() && !explained.differentiation_basis.is_empty());
+            assert_eq!(
+                basic,
+                GradeAssessment {
+                    basis: String::new(),
+                    differentiation_basis: String::new(),
+                    values: explained
+                        .values
+                        .iter()
+                        .map(|(field, text)| (
+                            *field,
+                            if is_measured(field) {
+                                "".into()
+                            } else {
+                                text.clone()
+                            }
+                        ))
+                        .collect(),
+                    ..explained.clone()
+                },
+                "{:?}",
+                p.tumour
+            );
+        }
     }
 }
