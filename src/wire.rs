@@ -1,21 +1,24 @@
 //! The gRPC codec of every net-pathway service and client: prost's encoding and decoding, except
-//! that an answer listing therapies writes its therapies itself.
+//! that an answer listing therapies (eligibility, funding, a screened patient's) writes its
+//! nested messages itself, and the decision log records answers the same way.
 //!
-//! prost writes a nested message by working out its length, and works out each enclosing
-//! message's length from its fields' lengths again, so a therapy's length is worked out once per
-//! level above it: twice in a unary answer, four times in a screened patient's. Here it is
-//! worked out once as the therapy is written, and once more for the enclosing lengths of a
-//! screened patient's answer (14 therapies, 2 answers: 6 % of a screened patient's
-//! instructions, docs/performance.md). The rest of each message is prost's own. The bytes
-//! decode to the same message (tests below, and every test over the socket); the therapies
-//! follow the answer's other fields rather than coming between `as_of_date` and `derived`, and
-//! protobuf parsers accept fields in any order.
+//! prost writes a nested message by working out its length first, and works out each
+//! enclosing message's length from its fields' lengths again: in a FULL answer every citation's
+//! length three times and every criterion's twice, and in a screened patient's answer every
+//! therapy's four times. Here an explained therapy, each of its criteria, and a screened
+//! patient's answers are written into a buffer first and their length is the bytes written;
+//! copying the bytes costs less than measuring them again. A BASIC therapy, a few bytes, is
+//! prost's own. Room for a FULL answer is made before it is written, so that the buffer is not
+//! grown and copied as it fills (about 440 bytes a criterion). The bytes decode to the same
+//! message (tests below, and every test over the socket); protobuf parsers accept fields in any
+//! order, and here the therapies follow the answer's other fields and the criteria the
+//! therapy's. The rest of each message is prost's own.
 
 use std::marker::PhantomData;
 
 use prost::Message;
 use prost::bytes::{Buf, BufMut};
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{WireType, encode_key, encode_varint};
 use tonic::Status;
 use tonic::codec::{DecodeBuf, EncodeBuf};
 
@@ -82,6 +85,12 @@ pub trait Encode: Message + Send + Sized + 'static {
     fn write(self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
         self.encode(buf)
     }
+
+    /// Bytes to make room for before writing: a FULL answer's, so that its buffer is not grown
+    /// and copied again and again as it is written. 0 when prost's encoding works it out.
+    fn room(&self) -> usize {
+        0
+    }
 }
 
 /// Writes messages with [`Encode::write`].
@@ -93,6 +102,7 @@ impl<T: Encode> tonic::codec::Encoder for Encoder<T> {
     type Error = Status;
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(item.room());
         // EncodeBuf grows as it is written, so prost's "not enough space" cannot arise.
         item.write(buf)
             .map_err(|e| Status::internal(format!("the message could not be encoded: {e}")))
@@ -128,61 +138,155 @@ prost_encoded!(
 );
 
 impl Encode for pb::EvaluateEligibilityResponse {
-    fn write(self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
-        Listed::new(self).write_fields(buf)
+    fn write(mut self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
+        write_answer(&mut self, buf);
+        Ok(())
+    }
+
+    fn room(&self) -> usize {
+        room(&self.therapies)
     }
 }
 
 impl Encode for pb::ClassifyFundingResponse {
-    fn write(self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
-        Listed::new(self).write_fields(buf)
+    fn write(mut self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
+        write_answer(&mut self, buf);
+        Ok(())
+    }
+
+    fn room(&self) -> usize {
+        room(&self.therapies)
     }
 }
 
+/// Room for an answer's therapies: in the bundled policy's answers a criterion with its
+/// citation is about 440 bytes, a BASIC therapy under 48 (docs/performance.md).
+pub fn room<T: Explained>(therapies: &[T]) -> usize {
+    const PER_THERAPY: usize = 48;
+    therapies.len() * PER_THERAPY + room_for(therapies.iter().map(Explained::criteria_count).sum())
+}
+
+/// Room for `criteria` criteria, 512 bytes each, so that the buffer rarely grows.
+fn room_for(criteria: usize) -> usize {
+    const PER_CRITERION: usize = 512;
+    criteria * PER_CRITERION
+}
+
 impl Encode for pb::ScreenCohortResponse {
+    fn room(&self) -> usize {
+        match &self.result {
+            Some(pb::screen_cohort_response::Result::Screened(screened)) => screened_room(screened),
+            _ => 0,
+        }
+    }
+
     fn write(mut self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
-        let screened = match self.result.take() {
+        let mut screened = match self.result.take() {
             Some(pb::screen_cohort_response::Result::Screened(screened)) => screened,
             refused => {
                 self.result = refused;
                 return self.encode(buf);
             }
         };
-        // ScreenCohortResponse { correlation_id = 1, screened = 2 { eligibility = 1, funding = 2 } };
-        // named whole, so a field added to ScreeningResult cannot be left out unnoticed.
-        let pb::ScreeningResult {
-            eligibility,
-            funding,
-        } = screened;
-        let eligibility = eligibility.map(|e| {
-            let e = Listed::new(e);
-            (e.len(), e)
-        });
-        let funding = funding.map(|f| {
-            let f = Listed::new(f);
-            (f.len(), f)
-        });
-        let len = eligibility
-            .as_ref()
-            .map_or(0, |(len, _)| nested_len(1, *len))
-            + funding.as_ref().map_or(0, |(len, _)| nested_len(2, *len));
         self.encode(buf)?;
-        encode_key(2, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
-        if let Some((len, e)) = eligibility {
-            e.write_nested(1, len, buf)?;
-        }
-        if let Some((len, f)) = funding {
-            f.write_nested(2, len, buf)?;
-        }
+        // ScreenCohortResponse { correlation_id = 1, screened = 2 }.
+        write_screened(2, &mut screened, buf);
         Ok(())
     }
 }
 
+/// Room for a screened patient's answers (see [`room`]).
+pub fn screened_room(screened: &pb::ScreeningResult) -> usize {
+    let pb::ScreeningResult {
+        eligibility,
+        funding,
+    } = screened;
+    eligibility.as_ref().map_or(0, |e| room(&e.therapies))
+        + funding.as_ref().map_or(0, |f| room(&f.therapies))
+}
+
+/// Writes a screened patient's answers as field `tag` of the message being written into `buf`
+/// (ScreenCohortResponse.screened, or a decision record's screening result); they are left as
+/// they were.
+pub fn write_screened(tag: u32, screened: &mut pb::ScreeningResult, buf: &mut impl BufMut) {
+    // ScreeningResult { eligibility = 1, funding = 2 }: named whole, so a field added to it
+    // cannot be left out unnoticed.
+    let pb::ScreeningResult {
+        eligibility,
+        funding,
+    } = screened;
+    let (mut result, mut answer, mut below) = (Vec::new(), Vec::new(), Bodies::default());
+    let room = eligibility.as_ref().map_or(0, |e| room(&e.therapies))
+        + funding.as_ref().map_or(0, |f| room(&f.therapies));
+    measured(tag, &mut result, buf, |result| {
+        result.reserve(room);
+        if let Some(e) = eligibility {
+            measured(1, &mut answer, result, |answer| {
+                write_answer_with(e, answer, &mut below)
+            });
+        }
+        if let Some(f) = funding {
+            measured(2, &mut answer, result, |answer| {
+                write_answer_with(f, answer, &mut below)
+            });
+        }
+    });
+}
+
+/// Writes `answer` (an eligibility or funding answer) as the fields of a message, each
+/// explained therapy's criteria measured by writing them; the answer is left as it was. The
+/// decision log records answers with it too.
+pub fn write_answer<A: TherapyList>(answer: &mut A, buf: &mut impl BufMut) {
+    write_answer_with(answer, buf, &mut Bodies::default());
+}
+
+/// Writes `answer` as field `tag` of the message being written into `buf`.
+#[cfg(feature = "server")]
+pub fn write_nested_answer<A: TherapyList>(tag: u32, answer: &mut A, buf: &mut impl BufMut) {
+    let (mut body, mut below) = (Vec::new(), Bodies::default());
+    measured(tag, &mut body, buf, |body| {
+        write_answer_with(answer, body, &mut below)
+    });
+}
+
+fn write_answer_with<A: TherapyList>(answer: &mut A, buf: &mut impl BufMut, bodies: &mut Bodies) {
+    let mut therapies = std::mem::take(answer.therapies());
+    answer.encode_raw(buf);
+    for therapy in &mut therapies {
+        write_therapy(therapy, bodies, buf);
+    }
+    *answer.therapies() = therapies;
+}
+
+/// Buffers for an explained therapy and one of its criteria, written before their length is
+/// known; reused from one therapy, and one criterion, to the next.
+#[derive(Default)]
+struct Bodies {
+    therapy: Vec<u8>,
+    criterion: Vec<u8>,
+}
+
+/// Writes field `tag` as a nested message whose fields `fields` writes: into `body` first, so
+/// that its length is the bytes written rather than worked out beforehand. prost works out a
+/// nested message's length again at every level above it: a FULL answer's citations three
+/// times each, its criteria twice (docs/performance.md). Copying the bytes costs less.
+fn measured<B: BufMut>(
+    tag: u32,
+    body: &mut Vec<u8>,
+    buf: &mut B,
+    fields: impl FnOnce(&mut Vec<u8>),
+) {
+    body.clear();
+    fields(body);
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(body.len() as u64, buf);
+    buf.put_slice(body);
+}
+
 /// An answer whose therapies are field 5 (`therapies = 5` in EvaluateEligibilityResponse and
 /// ClassifyFundingResponse).
-trait TherapyList: Message + Sized {
-    type Therapy: Message;
+pub trait TherapyList: Message + Sized {
+    type Therapy: Explained;
     fn therapies(&mut self) -> &mut Vec<Self::Therapy>;
 }
 
@@ -202,64 +306,65 @@ impl TherapyList for pb::ClassifyFundingResponse {
     }
 }
 
-/// An answer split into its therapies and the rest of its fields.
-struct Listed<A: TherapyList> {
-    rest: A,
-    therapies: Vec<A::Therapy>,
+/// A therapy's answer, whose criteria (FULL view only) are most of its bytes.
+pub trait Explained: Message + Sized {
+    /// The field number of `criteria`.
+    const CRITERIA: u32;
+    fn criteria(&mut self) -> &mut Vec<pb::CriterionResult>;
+    fn criteria_count(&self) -> usize;
 }
 
-impl<A: TherapyList> Listed<A> {
-    fn new(mut answer: A) -> Self {
-        let therapies = std::mem::take(answer.therapies());
-        Listed {
-            rest: answer,
-            therapies,
-        }
+impl Explained for pb::TherapyEligibility {
+    const CRITERIA: u32 = 4;
+    fn criteria(&mut self) -> &mut Vec<pb::CriterionResult> {
+        &mut self.criteria
     }
-
-    /// The length of the answer's fields.
-    fn len(&self) -> usize {
-        self.rest.encoded_len()
-            + self
-                .therapies
-                .iter()
-                .map(|t| nested_len(THERAPIES, t.encoded_len()))
-                .sum::<usize>()
-    }
-
-    fn write_fields(self, buf: &mut impl BufMut) -> Result<(), prost::EncodeError> {
-        self.rest.encode(buf)?;
-        // Borrowed: moving each therapy out of the list copies it whole.
-        for therapy in &self.therapies {
-            encode_key(THERAPIES, WireType::LengthDelimited, buf);
-            therapy.encode_length_delimited(buf)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the answer as field `tag` of an enclosing message; `len` is [`Listed::len`].
-    fn write_nested(
-        self,
-        tag: u32,
-        len: usize,
-        buf: &mut impl BufMut,
-    ) -> Result<(), prost::EncodeError> {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
-        self.write_fields(buf)
+    fn criteria_count(&self) -> usize {
+        self.criteria.len()
     }
 }
 
-/// The length of a message of `len` bytes written as field `tag` of an enclosing message.
-fn nested_len(tag: u32, len: usize) -> usize {
-    key_len(tag) + encoded_len_varint(len as u64) + len
+impl Explained for pb::TherapyFunding {
+    const CRITERIA: u32 = 9;
+    fn criteria(&mut self) -> &mut Vec<pb::CriterionResult> {
+        &mut self.criteria
+    }
+    fn criteria_count(&self) -> usize {
+        self.criteria.len()
+    }
+}
+
+/// Writes a therapy as field 5 of its answer; the therapy is left as it was. A BASIC therapy
+/// (a few bytes, no criteria) is prost's own; an explained one has its criteria measured.
+fn write_therapy<T: Explained>(therapy: &mut T, bodies: &mut Bodies, buf: &mut impl BufMut) {
+    if therapy.criteria().is_empty() {
+        encode_key(THERAPIES, WireType::LengthDelimited, buf);
+        encode_varint(therapy.encoded_len() as u64, buf);
+        therapy.encode_raw(buf);
+        return;
+    }
+    let criteria = std::mem::take(therapy.criteria());
+    let Bodies {
+        therapy: body,
+        criterion,
+    } = bodies;
+    measured(THERAPIES, body, buf, |body| {
+        body.reserve(room_for(criteria.len()));
+        therapy.encode_raw(body);
+        for c in &criteria {
+            measured(T::CRITERIA, criterion, body, |criterion| {
+                c.encode_raw(criterion)
+            });
+        }
+    });
+    *therapy.criteria() = criteria;
 }
 
 #[cfg(all(test, feature = "server"))]
 mod tests {
     use prost::Message;
 
-    use super::Encode;
+    use super::{Encode, write_answer, write_screened};
     use crate::api::{Evaluation, eligibility, funding};
     use crate::domain::Therapy;
     use crate::engine::Policy;
@@ -269,6 +374,15 @@ mod tests {
         let mut buf = Vec::new();
         let written = message.clone().write(&mut buf);
         assert!(written.is_ok(), "{written:?}");
+        buf
+    }
+
+    /// The decision log writes an answer it then returns: writing must leave it whole.
+    fn written_in_place<M: super::TherapyList + Clone + PartialEq>(answer: &M) -> Vec<u8> {
+        let mut kept = answer.clone();
+        let mut buf = Vec::new();
+        write_answer(&mut kept, &mut buf);
+        assert!(kept == *answer, "writing changed the answer");
         buf
     }
 
@@ -297,6 +411,7 @@ mod tests {
                 assert_eq!(eligibility.therapies.len(), Therapy::ALL.len());
 
                 let bytes = written(&eligibility);
+                assert_eq!(bytes, written_in_place(&eligibility));
                 assert_eq!(bytes.len(), eligibility.encoded_len());
                 assert_eq!(
                     pb::EvaluateEligibilityResponse::decode(&bytes[..]),
@@ -304,20 +419,31 @@ mod tests {
                 );
 
                 let bytes = written(&funding);
+                assert_eq!(bytes, written_in_place(&funding));
                 assert_eq!(bytes.len(), funding.encoded_len());
                 assert_eq!(
                     pb::ClassifyFundingResponse::decode(&bytes[..]),
                     Ok(funding.clone())
                 );
 
+                let result = pb::ScreeningResult {
+                    eligibility: Some(eligibility),
+                    funding: Some(funding),
+                };
+                // As the decision log records it: field 15 of a record, the result left whole.
+                let mut kept = result.clone();
+                let mut record = Vec::new();
+                write_screened(15, &mut kept, &mut record);
+                assert_eq!(kept, result);
+                assert_eq!(
+                    pb::DecisionRecord::decode(&record[..]).map(|r| r.response),
+                    Ok(Some(pb::decision_record::Response::ScreeningResult(
+                        result.clone()
+                    )))
+                );
                 let screened = pb::ScreenCohortResponse {
                     correlation_id: "patient 7".into(),
-                    result: Some(pb::screen_cohort_response::Result::Screened(
-                        pb::ScreeningResult {
-                            eligibility: Some(eligibility),
-                            funding: Some(funding),
-                        },
-                    )),
+                    result: Some(pb::screen_cohort_response::Result::Screened(result)),
                 };
                 let bytes = written(&screened);
                 assert_eq!(bytes.len(), screened.encoded_len());

@@ -100,6 +100,11 @@ pub trait RecordedAnswer: Message + Sized {
     fn outcomes(&self) -> Vec<(i32, i32, i32)>;
     /// The answer a stored record holds (a retry's, or a concurrent call's that won).
     fn from_record(record: pb::DecisionRecord) -> Result<Self, Status>;
+    /// Writes the answer as field `tag` of the record being written into `buf`, as the wire
+    /// writes it (crate::wire); the answer is left as it was.
+    fn write_nested(&mut self, tag: u32, buf: &mut Vec<u8>);
+    /// Bytes to make room for before writing it (crate::wire::room).
+    fn room(&self) -> usize;
 }
 
 macro_rules! recorded_answer {
@@ -128,6 +133,12 @@ macro_rules! recorded_answer {
                         stringify!($response)
                     ))),
                 }
+            }
+            fn write_nested(&mut self, tag: u32, buf: &mut Vec<u8>) {
+                crate::wire::write_nested_answer(tag, self, buf)
+            }
+            fn room(&self) -> usize {
+                crate::wire::room(&self.therapies)
             }
         }
     };
@@ -180,6 +191,12 @@ impl RecordedAnswer for pb::ScreeningResult {
                 record.decision_id
             ))),
         }
+    }
+    fn write_nested(&mut self, tag: u32, buf: &mut Vec<u8>) {
+        crate::wire::write_screened(tag, self, buf)
+    }
+    fn room(&self) -> usize {
+        crate::wire::screened_room(self)
     }
 }
 
@@ -277,7 +294,8 @@ async fn write_answer<M: RecordedAnswer>(
         response: None,
         registry_observations,
     };
-    match persist(state, &record, &response, fingerprint).await? {
+    let mut response = response;
+    match persist(state, &record, &mut response, fingerprint).await? {
         Some(winner) => M::from_record(winner),
         None => Ok(response),
     }
@@ -289,7 +307,7 @@ async fn write_answer<M: RecordedAnswer>(
 pub async fn persist<M: RecordedAnswer>(
     state: &AppState,
     record: &pb::DecisionRecord,
-    response: &M,
+    response: &mut M,
     fingerprint: String,
 ) -> Result<Option<pb::DecisionRecord>, Status> {
     let policy = record.policy.clone().unwrap_or_default();
@@ -297,8 +315,9 @@ pub async fn persist<M: RecordedAnswer>(
         .as_of_date
         .map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
         .unwrap_or_default();
-    let mut bytes = record.encode_to_vec();
-    prost::encoding::message::encode(M::RECORD_FIELD, response, &mut bytes);
+    let mut bytes = Vec::with_capacity(record.encoded_len() + response.room());
+    record.encode_raw(&mut bytes);
+    response.write_nested(M::RECORD_FIELD, &mut bytes);
     let new = NewDecision {
         decision_id: record.decision_id.clone(),
         request_id: (!record.request_id.is_empty()).then(|| record.request_id.clone()),
@@ -510,13 +529,15 @@ mod tests {
     use super::*;
 
     /// The record as `persist` encodes it: the record, then the response by field number.
-    fn with_response<M: RecordedAnswer>(response: &M) -> Option<pb::decision_record::Response> {
+    fn with_response<M: RecordedAnswer + Clone>(
+        response: &M,
+    ) -> Option<pb::decision_record::Response> {
         let mut bytes = pb::DecisionRecord {
             decision_id: "d1".into(),
             ..Default::default()
         }
         .encode_to_vec();
-        prost::encoding::message::encode(M::RECORD_FIELD, response, &mut bytes);
+        response.clone().write_nested(M::RECORD_FIELD, &mut bytes);
         pb::DecisionRecord::decode(bytes.as_slice()).ok()?.response
     }
 
