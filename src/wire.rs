@@ -197,18 +197,18 @@ impl Encode for pb::ScreenCohortResponse {
 
 /// Room for a screened patient's answers (see [`room`]).
 pub fn screened_room(screened: &pb::ScreeningResult) -> usize {
-    let pb::ScreeningResult {
-        eligibility,
-        funding,
-    } = screened;
-    eligibility.as_ref().map_or(0, |e| room(&e.therapies))
-        + funding.as_ref().map_or(0, |f| room(&f.therapies))
+    screened
+        .eligibility
+        .as_ref()
+        .map_or(0, |e| room(&e.therapies))
+        + screened.funding.as_ref().map_or(0, |f| room(&f.therapies))
 }
 
 /// Writes a screened patient's answers as field `tag` of the message being written into `buf`
 /// (ScreenCohortResponse.screened, or a decision record's screening result); they are left as
 /// they were.
 pub fn write_screened(tag: u32, screened: &mut pb::ScreeningResult, buf: &mut impl BufMut) {
+    let room = screened_room(screened);
     // ScreeningResult { eligibility = 1, funding = 2 }: named whole, so a field added to it
     // cannot be left out unnoticed.
     let pb::ScreeningResult {
@@ -216,8 +216,6 @@ pub fn write_screened(tag: u32, screened: &mut pb::ScreeningResult, buf: &mut im
         funding,
     } = screened;
     let (mut result, mut answer, mut below) = (Vec::new(), Vec::new(), Bodies::default());
-    let room = eligibility.as_ref().map_or(0, |e| room(&e.therapies))
-        + funding.as_ref().map_or(0, |f| room(&f.therapies));
     measured(tag, &mut result, buf, |result| {
         result.reserve(room);
         if let Some(e) = eligibility {
