@@ -115,7 +115,7 @@ impl Policy {
             patient,
             as_of,
             age: patient.age_on(as_of),
-            grade: self.grading.assess(patient, detail.explains()),
+            grade: self.grading.assess(patient, detail),
             registry_enrolments: Vec::new(),
             detail,
             findings: (0..self.criteria.len())

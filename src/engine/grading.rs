@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 
+use super::criteria::Detail;
 use crate::domain::{Differentiation, LungClassification, Patient, WhoGrade};
 
 /// Grade cut-offs, read from the policy file so a future WHO edition is a policy change.
@@ -52,27 +53,19 @@ pub struct GradeAssessment {
 /// The words behind a grade, written only when the answer explains: BASIC answers show no
 /// basis or values, and their sentences cost more to write than the grade itself.
 struct Reasons {
-    explains: bool,
+    detail: Detail,
     said: Vec<String>,
 }
 
 impl Reasons {
-    fn text(&self, make: impl FnOnce() -> String) -> super::criteria::Text {
-        if self.explains {
-            make().into()
-        } else {
-            "".into()
-        }
-    }
-
     fn add(&mut self, reason: impl FnOnce() -> String) {
-        if self.explains {
+        if self.detail.explains() {
             self.said.push(reason());
         }
     }
 
     fn words(&self, words: impl FnOnce(&[String]) -> String) -> String {
-        if self.explains {
+        if self.detail.explains() {
             words(&self.said)
         } else {
             String::new()
@@ -99,12 +92,12 @@ impl GradingParameters {
     }
 
     /// Derives grade and differentiation for `patient`; the basis in words only when
-    /// `explains` (every other field is the same either way).
-    pub fn assess(&self, patient: &Patient, explains: bool) -> GradeAssessment {
+    /// `detail` explains (every other field is the same either way).
+    pub fn assess(&self, patient: &Patient, detail: Detail) -> GradeAssessment {
         let t = &patient.tumour;
         let mut a = GradeAssessment::default();
         let mut reasons = Reasons {
-            explains,
+            detail,
             said: Vec::new(),
         };
         let lung = t.primary_site.is_some_and(|s| s.uses_lung_classification());
@@ -114,14 +107,15 @@ impl GradingParameters {
         } else {
             let by_ki67 = t.ki67_percent.map(|k| {
                 let g = self.grade_by(k, self.ki67_g2_from_percent, self.ki67_g3_above_percent);
-                a.values.push((KI67, reasons.text(|| format!("{k} %"))));
+                a.values
+                    .push((KI67, reasons.detail.text(|| format!("{k} %"))));
                 reasons.add(|| format!("Ki-67 {k} % gives {g}"));
                 g
             });
             let by_mitoses = t.mitoses_per_2mm2.map(|m| {
                 let g = self.grade_by(m, self.mitoses_g2_from, self.mitoses_g3_above);
                 a.values
-                    .push((MITOSES, reasons.text(|| format!("{m} per 2 mm²"))));
+                    .push((MITOSES, reasons.detail.text(|| format!("{m} per 2 mm²"))));
                 reasons.add(|| format!("mitoses {m} per 2 mm² give {g}"));
                 g
             });
@@ -211,8 +205,10 @@ impl GradingParameters {
             return Some(g);
         }
         let mitoses = t.mitoses_per_2mm2?;
-        a.values
-            .push((MITOSES, reasons.text(|| format!("{mitoses} per 2 mm²"))));
+        a.values.push((
+            MITOSES,
+            reasons.detail.text(|| format!("{mitoses} per 2 mm²")),
+        ));
         if let Some(n) = t.necrosis {
             a.values
                 .push((NECROSIS, if n { "present" } else { "absent" }.into()));
@@ -280,7 +276,7 @@ mod tests {
             let mut p = tumour(PrimarySite::JejunumIleum);
             p.tumour.ki67_percent = Some(ki67);
             assert_eq!(
-                who2019().assess(&p, true).grade,
+                who2019().assess(&p, Detail::EXPLAINED).grade,
                 Some(grade),
                 "Ki-67 {ki67}"
             );
@@ -292,7 +288,10 @@ mod tests {
         let mut p = tumour(PrimarySite::Pancreas);
         p.tumour.ki67_percent = Some(2.0);
         p.tumour.mitoses_per_2mm2 = Some(25.0);
-        assert_eq!(who2019().assess(&p, true).grade, Some(WhoGrade::G3));
+        assert_eq!(
+            who2019().assess(&p, Detail::EXPLAINED).grade,
+            Some(WhoGrade::G3)
+        );
     }
 
     #[test]
@@ -300,7 +299,7 @@ mod tests {
         let mut p = tumour(PrimarySite::Pancreas);
         p.tumour.who_grade = Some(WhoGrade::G1);
         p.tumour.ki67_percent = Some(8.0);
-        let a = who2019().assess(&p, true);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
         assert_eq!(a.grade, Some(WhoGrade::G2));
         assert!(a.conflict.is_some());
     }
@@ -309,17 +308,20 @@ mod tests {
     fn lung_carcinoids_map_to_nice_grades() {
         let mut p = tumour(PrimarySite::Lung);
         p.tumour.lung_classification = Some(LungClassification::AtypicalCarcinoid);
-        let a = who2019().assess(&p, true);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
         assert_eq!(a.grade, Some(WhoGrade::G2));
         assert_eq!(a.differentiation, Some(Differentiation::Well));
 
         let mut p = tumour(PrimarySite::Lung);
         p.tumour.mitoses_per_2mm2 = Some(1.0);
         p.tumour.necrosis = Some(false);
-        assert_eq!(who2019().assess(&p, true).grade, Some(WhoGrade::G1));
+        assert_eq!(
+            who2019().assess(&p, Detail::EXPLAINED).grade,
+            Some(WhoGrade::G1)
+        );
         p.tumour.necrosis = None;
         assert_eq!(
-            who2019().assess(&p, true).grade,
+            who2019().assess(&p, Detail::EXPLAINED).grade,
             None,
             "typical vs atypical needs necrosis"
         );
@@ -327,7 +329,7 @@ mod tests {
 
     #[test]
     fn nothing_to_grade_from_names_the_inputs() {
-        let a = who2019().assess(&tumour(PrimarySite::JejunumIleum), true);
+        let a = who2019().assess(&tumour(PrimarySite::JejunumIleum), Detail::EXPLAINED);
         assert_eq!(a.grade, None);
         assert_eq!(a.missing, vec![WHO_GRADE, KI67, MITOSES]);
     }
@@ -359,8 +361,8 @@ mod tests {
         // Measured numbers are written only when explained; stated labels cost nothing.
         let is_measured = |field: &str| field == KI67 || field == MITOSES;
         for p in &cases {
-            let explained = who2019().assess(p, true);
-            let basic = who2019().assess(p, false);
+            let explained = who2019().assess(p, Detail::EXPLAINED);
+            let basic = who2019().assess(p, Detail::OUTCOME);
             assert!(!explained.basis.is_empty() && !explained.differentiation_basis.is_empty());
             assert_eq!(
                 basic,
