@@ -208,7 +208,7 @@ pub fn screened_room(screened: &pb::ScreeningResult) -> usize {
 /// (ScreenCohortResponse.screened, or a decision record's screening result); they are left as
 /// they were.
 pub fn write_screened(tag: u32, screened: &mut pb::ScreeningResult, buf: &mut impl BufMut) {
-    let room = screened_room(screened);
+    let whole = screened_room(screened);
     // ScreeningResult { eligibility = 1, funding = 2 }: named whole, so a field added to it
     // cannot be left out unnoticed.
     let pb::ScreeningResult {
@@ -216,15 +216,14 @@ pub fn write_screened(tag: u32, screened: &mut pb::ScreeningResult, buf: &mut im
         funding,
     } = screened;
     let (mut result, mut answer, mut below) = (Vec::new(), Vec::new(), Bodies::default());
-    measured(tag, &mut result, buf, |result| {
-        result.reserve(room);
+    measured(tag, &mut result, whole, buf, |result| {
         if let Some(e) = eligibility {
-            measured(1, &mut answer, result, |answer| {
+            measured(1, &mut answer, room(&e.therapies), result, |answer| {
                 write_answer_with(e, answer, &mut below)
             });
         }
         if let Some(f) = funding {
-            measured(2, &mut answer, result, |answer| {
+            measured(2, &mut answer, room(&f.therapies), result, |answer| {
                 write_answer_with(f, answer, &mut below)
             });
         }
@@ -242,7 +241,8 @@ pub fn write_answer<A: TherapyList>(answer: &mut A, buf: &mut impl BufMut) {
 #[cfg(feature = "server")]
 pub fn write_nested_answer<A: TherapyList>(tag: u32, answer: &mut A, buf: &mut impl BufMut) {
     let (mut body, mut below) = (Vec::new(), Bodies::default());
-    measured(tag, &mut body, buf, |body| {
+    let whole = room(answer.therapies());
+    measured(tag, &mut body, whole, buf, |body| {
         write_answer_with(answer, body, &mut below)
     });
 }
@@ -267,14 +267,17 @@ struct Bodies {
 /// Writes field `tag` as a nested message whose fields `fields` writes: into `body` first, so
 /// that its length is the bytes written rather than worked out beforehand. prost works out a
 /// nested message's length again at every level above it: a FULL answer's citations three
-/// times each, its criteria twice (docs/performance.md). Copying the bytes costs less.
+/// times each, its criteria twice (docs/performance.md). Copying the bytes costs less. Room
+/// for `room` bytes is made first (see [`room`]), so that `body` is not grown as it fills.
 fn measured<B: BufMut>(
     tag: u32,
     body: &mut Vec<u8>,
+    room: usize,
     buf: &mut B,
     fields: impl FnOnce(&mut Vec<u8>),
 ) {
     body.clear();
+    body.reserve(room);
     fields(body);
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(body.len() as u64, buf);
@@ -346,11 +349,11 @@ fn write_therapy<T: Explained>(therapy: &mut T, bodies: &mut Bodies, buf: &mut i
         therapy: body,
         criterion,
     } = bodies;
-    measured(THERAPIES, body, buf, |body| {
-        body.reserve(room_for(criteria.len()));
+    measured(THERAPIES, body, room_for(criteria.len()), buf, |body| {
         therapy.encode_raw(body);
         for c in &criteria {
-            measured(T::CRITERIA, criterion, body, |criterion| {
+            // One criterion, a few hundred bytes, in a buffer kept from the criterion before.
+            measured(T::CRITERIA, criterion, 0, body, |criterion| {
                 c.encode_raw(criterion)
             });
         }
