@@ -30,25 +30,35 @@ pub fn init(format: LogFormat) -> std::io::Result<LogFlushGuard> {
         // The same lines as tracing-subscriber's formatters write, at a fraction of the cost
         // (lines.rs).
         LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    .with_writer(writer)
-                    .with_ansi(false)
-                    .fmt_fields(lines::TextFields)
-                    .event_format(lines::TextLine::<lines::Clock>::default()),
-            )
+            .with(plain(
+                writer,
+                lines::TextFields,
+                lines::TextLine::<lines::Clock>::default(),
+            ))
             .try_init(),
         LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .with_writer(writer)
-                    .with_ansi(false)
-                    .fmt_fields(lines::JsonFields)
-                    .event_format(lines::JsonLine::<lines::Clock>::default()),
-            )
+            .with(plain(
+                writer,
+                lines::JsonFields,
+                lines::JsonLine::<lines::Clock>::default(),
+            ))
             .try_init(),
     };
     Ok(guard)
+}
+
+/// A layer writing uncoloured lines with our own field and line formatters.
+fn plain<S, N, E>(writer: output::Lines, fields: N, line: E) -> fmt::Layer<S, N, E, output::Lines>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'w> fmt::FormatFields<'w> + 'static,
+    E: fmt::FormatEvent<S, N> + 'static,
+{
+    fmt::layer()
+        .with_writer(writer)
+        .with_ansi(false)
+        .fmt_fields(fields)
+        .event_format(line)
 }
 
 /// The call's trace id: the caller's W3C `traceparent` trace id when it sends a valid one, so
