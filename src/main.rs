@@ -162,6 +162,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
             DecisionLog::off(store)?
         }
     };
+    let writer = log.clone();
     let state = AppState::new(policy.clone(), log, pseudonymiser, config.limits())?.with_auth(auth);
     let reloads = std::sync::Arc::new(reload::ReloadCounters::default());
     if let Some(path) = config.policy.clone() {
@@ -234,13 +235,29 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     }
     let _ = stop_tx.send(());
     let _ = admin_stop.send(());
+    // One drain window covers the calls finishing and the decision log writing what they
+    // handed it, so the orchestrator's grace period still holds both.
+    let drained_by = tokio::time::Instant::now() + Duration::from_secs(config.drain_seconds);
     // tonic's graceful shutdown waits for every open stream; bound it.
-    match tokio::time::timeout(Duration::from_secs(config.drain_seconds), &mut server).await {
+    match tokio::time::timeout_at(drained_by, &mut server).await {
         Ok(finished) => finished??,
         Err(_) => tracing::warn!(
             seconds = config.drain_seconds,
             "drain timeout reached; closing open calls"
         ),
+    }
+    // A caller that went away may have left its decision queued: it is written before exit.
+    let remaining = drained_by
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_secs(1));
+    if !writer.enabled() {
+    } else if writer.close(remaining).await {
+        tracing::info!("decision log closed");
+    } else {
+        tracing::error!(
+            seconds = remaining.as_secs_f64(),
+            "decision log writer did not finish in time; decisions still queued were never answered and are not recorded"
+        );
     }
     tracing::info!("stopped");
     Ok(())

@@ -156,3 +156,140 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
         );
     }
 }
+
+#[tokio::test]
+async fn a_caller_who_gives_up_is_logged_as_cancelled_and_its_decision_outlives_a_shutdown() {
+    // The MDT workflow asks about a small-bowel NET, then gives up waiting: another writer
+    // holds the decision log, so the decision is made but not yet recorded. Operators must see
+    // the give-up (a `call cancelled` line, a CANCELLED count) rather than lose the call from
+    // both, and the decision must be recorded even though the server is stopped before the
+    // log is free.
+    let dir = tempfile::tempdir().expect("dir");
+    let (port, admin_port) = (free_port(), free_port());
+    let mut server = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--log-format", "json"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start net-pathway");
+    let started = Instant::now();
+    let client = loop {
+        match NetPathwayClient::connect(format!("http://127.0.0.1:{port}")).await {
+            Ok(c) => break c,
+            Err(e) if started.elapsed() > Duration::from_secs(20) => panic!("no server: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+
+    let database = format!("sqlite://{}", dir.path().join("net-pathway.db").display());
+    let mut other_writer = <sqlx::SqliteConnection as sqlx::Connection>::connect(&database)
+        .await
+        .expect("open the decision log");
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other_writer)
+        .await
+        .expect("hold the decision log");
+    let asking = client.evaluate_eligibility(pb::EvaluateEligibilityRequest {
+        patient: Some(ta539_small_bowel().england().profile()),
+        ..Default::default()
+    });
+    // Not a timing assertion: the call cannot answer while the log is held (the writer waits
+    // up to 10 s for it), so the caller's give-up always comes first.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), asking)
+            .await
+            .is_err(),
+        "no answer while the decision log is held"
+    );
+
+    // The server learns of the give-up from the stream's reset, a moment after the caller.
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let counted = r#"netpathway_calls_total{code="Cancelled",method="EvaluateEligibility"} 1"#;
+    let mut metrics = scrape_metrics(admin).await;
+    for _ in 0..100 {
+        if metrics.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = scrape_metrics(admin).await;
+    }
+    assert!(metrics.contains(counted), "{metrics}");
+    assert!(
+        metrics.contains("netpathway_decision_log_committed_records_total 0"),
+        "the decision waits for the log: {metrics}"
+    );
+
+    // Stopped while the decision still waits: no call is in flight, so the drain is over at
+    // once, and the log is freed only once the server has stopped listening.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(stopped.success());
+    let listening = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(&listening).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        tokio::net::TcpStream::connect(&listening).await.is_err(),
+        "the server stopped listening"
+    );
+    sqlx::query("ROLLBACK")
+        .execute(&mut other_writer)
+        .await
+        .expect("free the decision log");
+
+    let mut stdout = server.stdout.take().expect("stdout");
+    let logs = tokio::task::spawn_blocking(move || {
+        let mut logs = String::new();
+        stdout.read_to_string(&mut logs).map(|_| logs)
+    })
+    .await
+    .expect("reader")
+    .expect("read logs");
+    let _ = server.wait();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let cancelled: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "call cancelled")
+        .collect();
+    assert_eq!(cancelled.len(), 1, "{logs}");
+    let line = cancelled[0];
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["code"], "Cancelled", "{line}");
+    assert_eq!(line["span"]["method"], "EvaluateEligibility", "{line}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["message"] == "call refused" || l["message"] == "call failed"),
+        "a give-up is neither a refusal nor a failure: {logs}"
+    );
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
+    assert!(
+        messages.ends_with(&["decision log closed", "stopped"]),
+        "the log is closed before the server stops: {logs}"
+    );
+
+    // The decision made before the caller left is in the decision log.
+    let decision_id = line["span"]["decision_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the cancelled call names its decision: {line}"));
+    let kept = net_pathway::store::Store::open(&database)
+        .await
+        .expect("reopen the decision log")
+        .decision(decision_id)
+        .await
+        .expect("read the decision log");
+    assert!(kept.is_some(), "decision {decision_id} was not recorded");
+}

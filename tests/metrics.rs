@@ -9,27 +9,6 @@ use std::sync::Arc;
 use common::*;
 use net_pathway::pb;
 use net_pathway::reload::ReloadCounters;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(address: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect admin");
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
 
 #[tokio::test]
 async fn metrics_show_per_status_counts_after_a_mixed_load() {
@@ -73,7 +52,7 @@ async fn metrics_show_per_status_counts_after_a_mixed_load() {
         .await
         .expect("classify");
 
-    let text = scrape(address).await;
+    let text = scrape_metrics(address).await;
     for line in [
         r#"netpathway_calls_total{code="Ok",method="EvaluateEligibility"} 3"#,
         r#"netpathway_calls_total{code="InvalidArgument",method="EvaluateEligibility"} 1"#,

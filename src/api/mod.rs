@@ -6,13 +6,13 @@
 /// finishes, and returns the trace id to the caller as `x-trace-id`.
 macro_rules! observed {
     ($state:expr, $method:literal, $request:ident, $body:block) => {{
-        let call = crate::api::Call::start($method, $request.metadata());
+        let call = crate::api::Call::start($method, $request.metadata(), &*$state.metrics);
         let result: Result<_, tonic::Status> =
             tracing::Instrument::instrument(async move { $body }, call.span.clone()).await;
         let code = result
             .as_ref()
             .map_or_else(|s: &tonic::Status| s.code(), |_| tonic::Code::Ok);
-        let trace_id = call.finish(&$state.metrics, code);
+        let trace_id = call.finish(code);
         crate::telemetry::with_trace_id(result, &trace_id)
     }};
 }
@@ -467,16 +467,26 @@ pub fn new_decision_id() -> String {
 
 /// One call as operators see it: its span (method, trace id, caller, decision id), its
 /// `call finished` line and its metrics, written when the call ends. A unary call ends when it
-/// answers; a ScreenCohort stream when its last answer is sent.
-pub struct Call {
+/// answers; a ScreenCohort stream when its last answer is sent. A call that is dropped before
+/// it ends (its caller reset the stream, so hyper dropped the call) is logged and counted as
+/// CANCELLED, so a caller's give-up is seen rather than lost from the logs and metrics.
+/// `M` is how the call reaches the metrics: borrowed for a unary call, shared for a stream,
+/// whose end comes on a task of its own.
+pub struct Call<M: std::ops::Deref<Target = crate::metrics::Metrics>> {
     method: &'static str,
     started: std::time::Instant,
     pub trace_id: String,
     pub span: tracing::Span,
+    metrics: M,
+    ended: bool,
 }
 
-impl Call {
-    pub fn start(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> Call {
+impl<M: std::ops::Deref<Target = crate::metrics::Metrics>> Call<M> {
+    pub fn start(
+        method: &'static str,
+        metadata: &tonic::metadata::MetadataMap,
+        metrics: M,
+    ) -> Self {
         let started = std::time::Instant::now();
         let trace_id = crate::telemetry::trace_id(metadata);
         let span = tracing::info_span!(
@@ -492,17 +502,32 @@ impl Call {
             started,
             trace_id,
             span,
+            metrics,
+            ended: false,
         }
     }
 
     /// Counts the call and writes its `call finished` (or refused, or failed) line; returns
     /// the trace id, for the answer's `x-trace-id`.
-    pub fn finish(self, metrics: &crate::metrics::Metrics, code: tonic::Code) -> String {
+    pub fn finish(mut self, code: tonic::Code) -> String {
+        self.end(code);
+        std::mem::take(&mut self.trace_id)
+    }
+
+    fn end(&mut self, code: tonic::Code) {
+        self.ended = true;
         let elapsed = self.started.elapsed();
-        metrics.call(self.method, code, elapsed);
+        self.metrics.call(self.method, code, elapsed);
         self.span
             .in_scope(|| crate::telemetry::call_finished(code, elapsed));
-        self.trace_id
+    }
+}
+
+impl<M: std::ops::Deref<Target = crate::metrics::Metrics>> Drop for Call<M> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(tonic::Code::Cancelled);
+        }
     }
 }
 

@@ -43,24 +43,27 @@ impl ScreeningService for ScreeningApi {
     ) -> Result<Response<Answers>, Status> {
         // The call finishes when the stream does: its line and metrics give the stream's
         // duration and the status its caller receives, not the time taken to open it.
-        let call = super::Call::start("ScreenCohort", request.metadata());
+        let call = super::Call::start(
+            "ScreenCohort",
+            request.metadata(),
+            std::sync::Arc::clone(&self.state.metrics),
+        );
         let trace_id = call.trace_id.clone();
         let opened = call.span.in_scope(|| self.open(request));
         let result = match opened {
             Ok((answers, stream)) => {
                 let span = call.span.clone();
-                let metrics = std::sync::Arc::clone(&self.state.metrics);
                 tokio::spawn(tracing::Instrument::instrument(
                     async move {
                         let code = stream.await;
-                        call.finish(&metrics, code);
+                        call.finish(code);
                     },
                     span,
                 ));
                 Ok(Response::new(answers))
             }
             Err(status) => {
-                call.finish(&self.state.metrics, status.code());
+                call.finish(status.code());
                 Err(status)
             }
         };

@@ -2,8 +2,11 @@
 //! which writes everything waiting in a single transaction and one flush, then answers each
 //! caller. A call returns its decision only after its record is committed.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use prometheus::{Counter, IntCounter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{NewDecision, Store, StoreError, WriteOutcome};
 
@@ -52,6 +55,14 @@ pub struct DecisionLog {
     queue: Option<mpsc::Sender<(NewDecision, Reply)>>,
     store: Store,
     counters: CommitCounters,
+    /// The writer's thread and the switch that closes its queue; `None` when the log is off.
+    writer: Option<Arc<Writer>>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    closing: Notify,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl DecisionLog {
@@ -63,17 +74,44 @@ impl DecisionLog {
         let writer = store.single_connection().await?;
         let counters = CommitCounters::new()?;
         let committed = counters.clone();
+        let handle = Arc::new(Writer {
+            closing: Notify::new(),
+            thread: Mutex::new(None),
+        });
+        let closing = Arc::clone(&handle);
         // Not a task among the calls: behind dozens of them in the runtime's queue, the writer
         // waited 1 to 3 ms for its turn after each statement, and every caller waited with it.
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || runtime.block_on(write_batches(writer, jobs, committed)))
+            .spawn(move || {
+                runtime.block_on(write_batches(writer, jobs, committed, &closing.closing))
+            })
             .map_err(|e| StoreError::WriterThread(e.to_string()))?;
+        if let Ok(mut slot) = handle.thread.lock() {
+            *slot = Some(thread);
+        }
         Ok(DecisionLog {
             queue: Some(queue),
             store,
             counters,
+            writer: Some(handle),
         })
+    }
+
+    /// At shutdown, once the calls have drained: takes no more records, commits every record
+    /// already handed over (a caller that went away may have left one), and waits up to
+    /// `within` for the writer to finish. False if it did not finish in time.
+    pub async fn close(&self, within: Duration) -> bool {
+        let Some(writer) = &self.writer else {
+            return true;
+        };
+        writer.closing.notify_one();
+        let thread = writer.thread.lock().ok().and_then(|mut slot| slot.take());
+        let Some(thread) = thread else {
+            return true;
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        matches!(tokio::time::timeout(within, joined).await, Ok(Ok(Ok(()))))
     }
 
     /// The decision log switched off (benchmarks, research): decisions are answered and not
@@ -84,6 +122,7 @@ impl DecisionLog {
             queue: None,
             store,
             counters: CommitCounters::new()?,
+            writer: None,
         })
     }
 
@@ -128,9 +167,23 @@ async fn write_batches(
     store: Store,
     mut jobs: mpsc::Receiver<(NewDecision, Reply)>,
     counters: CommitCounters,
+    closing: &Notify,
 ) {
     let mut batch: Vec<(NewDecision, Reply)> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = jobs.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                // Closed and every record taken: the writer is done.
+                None => break,
+            },
+            // Closing takes no new records; those already queued are still written.
+            () = closing.notified() => {
+                jobs.close();
+                continue;
+            }
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {

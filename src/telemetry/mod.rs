@@ -108,6 +108,8 @@ pub fn call_finished(code: tonic::Code, elapsed: std::time::Duration) {
     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     match code {
         tonic::Code::Ok => tracing::info!(code = ?code, micros, "call finished"),
+        // The caller went away before its answer: neither a refusal nor the server failing.
+        tonic::Code::Cancelled => tracing::info!(code = ?code, micros, "call cancelled"),
         tonic::Code::Internal | tonic::Code::Unavailable | tonic::Code::Unknown => {
             tracing::error!(code = ?code, micros, "call failed")
         }

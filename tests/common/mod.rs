@@ -11,6 +11,7 @@ use net_pathway::google::r#type::Date;
 use net_pathway::pb;
 use net_pathway::store::pseudonym::Pseudonymiser;
 use net_pathway::store::{DecisionLog, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 #[allow(unused_imports)]
@@ -111,6 +112,27 @@ async fn bundled_in_temp_dir(
     let url = Store::default_url(data_dir.path());
     let policy = Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"));
     start(policy, &url, data_dir, auth, limits, decision_log).await
+}
+
+/// `GET /metrics` on an admin listener, as Prometheus scrapes it.
+pub async fn scrape_metrics(address: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect admin");
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 /// A port free on loopback now, for a test that starts the real binary.
