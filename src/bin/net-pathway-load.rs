@@ -93,6 +93,10 @@ struct Args {
     /// one stream's worth, sent whole and then half-closed.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     cohort_patients: u32,
+    /// Ask each mix patient's eligibility once at the view and print what the answer's bytes
+    /// are (criteria's citations, descriptions, values, explanations, the rest), then exit.
+    #[arg(long)]
+    answer_bytes: bool,
 }
 
 const DEFAULT_MIX: &str = include_str!("../../examples/load/patient-mix.jsonl");
@@ -210,6 +214,77 @@ fn write_frames(
         push_grpc_frame(&mut body, &request);
     }
     write("screen-cohort.grpc".into(), body)
+}
+
+/// Bytes a field takes in its message: its key, its length and its contents.
+fn field_bytes(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// One line per mix patient: the eligibility answer's size on the wire and what its bytes are,
+/// each part counted as the bytes of its fields (docs/performance.md, FULL view).
+async fn answer_bytes(
+    client: &NetPathwayClient,
+    mix: &[pb::EvaluateEligibilityRequest],
+) -> Result<(), String> {
+    use prost::Message;
+    report!(
+        "{:>7} {:>7} {:>8} {:>13} {:>12} {:>7} {:>12} {:>13}  distinct citations/criteria",
+        "patient",
+        "bytes",
+        "criteria",
+        "citations",
+        "descriptions",
+        "values",
+        "explanations",
+        "rest"
+    );
+    for (n, request) in mix.iter().enumerate() {
+        let answer = client
+            .evaluate_eligibility(request.clone())
+            .await
+            .map_err(|e| format!("patient {}: {e}", n + 1))?;
+        let criteria: Vec<&pb::CriterionResult> =
+            answer.therapies.iter().flat_map(|t| &t.criteria).collect();
+        let sum = |part: &dyn Fn(&pb::CriterionResult) -> usize| -> usize {
+            criteria.iter().map(|c| part(c)).sum()
+        };
+        let citations = sum(&|c| {
+            c.source
+                .as_ref()
+                .map_or(0, |s| field_bytes(s.encoded_len()))
+        });
+        let descriptions = sum(&|c| field_bytes(c.description.len()));
+        let values = sum(&|c| {
+            c.values_used
+                .iter()
+                .map(|v| field_bytes(v.encoded_len()))
+                .sum()
+        });
+        let explanations = sum(&|c| field_bytes(c.explanation.len()));
+        let total = answer.encoded_len();
+        let sources: std::collections::HashSet<&str> = criteria
+            .iter()
+            .filter_map(|c| c.source.as_ref().map(|s| s.id.as_str()))
+            .collect();
+        let distinct: std::collections::HashSet<&str> =
+            criteria.iter().map(|c| c.criterion_id.as_str()).collect();
+        let share = |part: usize| format!("{part} ({:.0} %)", 100.0 * part as f64 / total as f64);
+        report!(
+            "{:>7} {:>7} {:>8} {:>13} {:>12} {:>7} {:>12} {:>13}  {}/{}",
+            n + 1,
+            total,
+            criteria.len(),
+            share(citations),
+            descriptions,
+            values,
+            explanations,
+            share(total - citations - descriptions - values - explanations),
+            sources.len(),
+            distinct.len()
+        );
+    }
+    Ok(())
 }
 
 /// What one phase measured.
@@ -439,6 +514,15 @@ async fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         }
+    }
+    if args.answer_bytes {
+        return match answer_bytes(&clients[0], &mix).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     report!(
         "target {}  connections {}  concurrency {}  {} s (+{} s warm-up) per phase  rpc {:?}  view {:?}  mix {} patients",
