@@ -420,7 +420,7 @@ impl Policy {
                 Conjunction::SomeUnmet => {}
             }
         }
-        if !undecided.is_empty() && facts.detail.explains() {
+        if !undecided.is_empty() {
             notes.push(Cow::Owned(format!(
                 "The delivery site depends on: {}.",
                 undecided.join(", ")
