@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::jwt::{self, IdentityProvider};
@@ -23,35 +23,26 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
     let idp = IdentityProvider::new("hospital-idp-2026");
     let jwks = IdentityProvider::jwks_file(dir.path(), &[&idp]);
     let port = free_port();
-    let mut server = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--jwt-issuer", jwt::ISSUER, "--jwt-audience", jwt::AUDIENCE])
-        .arg("--jwks-file")
-        .arg(&jwks)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start net-pathway");
+    let mut server = start_logging_json(
+        dir.path(),
+        port,
+        "127.0.0.1:0",
+        &[
+            "--jwt-issuer".as_ref(),
+            jwt::ISSUER.as_ref(),
+            "--jwt-audience".as_ref(),
+            jwt::AUDIENCE.as_ref(),
+            "--jwks-file".as_ref(),
+            jwks.as_os_str(),
+        ],
+    );
 
     let token = idp.token("mdt-workflow", &["evaluate"]);
     let options = ClientOptions {
         bearer_token: Some(token.clone()),
         ..ClientOptions::default()
     };
-    let started = Instant::now();
-    let client = loop {
-        match NetPathwayClient::connect_with(format!("http://127.0.0.1:{port}"), options.clone())
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) if started.elapsed() > Duration::from_secs(20) => panic!("no server: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let client = connect_when_serving(port, options).await;
 
     // A referral that names the patient and carries clinical values, with the caller's trace.
     let mut patient = ta539_small_bowel().england().ki67(13.7).profile();
@@ -98,27 +89,8 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
 
     // Stopped the way an orchestrator stops it: lines still queued for the log writer are
     // written before the process exits.
-    let stopped = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(stopped.success());
-    // Read off the runtime's thread, so the client's connection can close and the server's
-    // drain can finish.
-    let mut stdout = server.stdout.take().expect("stdout");
-    let logs = tokio::task::spawn_blocking(move || {
-        let mut logs = String::new();
-        stdout.read_to_string(&mut logs).map(|_| logs)
-    })
-    .await
-    .expect("reader")
-    .expect("read logs");
-    let _ = server.wait();
-
-    let lines: Vec<serde_json::Value> = logs
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    terminate(&server);
+    let (logs, lines) = lines_until_exit(&mut server).await;
     let of_call: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l["span"]["trace_id"] == TRACE_ID)
@@ -166,25 +138,8 @@ async fn a_caller_who_gives_up_is_logged_as_cancelled_and_its_decision_outlives_
     // log is free.
     let dir = tempfile::tempdir().expect("dir");
     let (port, admin_port) = (free_port(), free_port());
-    let mut server = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(["--log-format", "json"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start net-pathway");
-    let started = Instant::now();
-    let client = loop {
-        match NetPathwayClient::connect(format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => break c,
-            Err(e) if started.elapsed() > Duration::from_secs(20) => panic!("no server: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let mut server = start_logging_json(dir.path(), port, &format!("127.0.0.1:{admin_port}"), &[]);
+    let client = connect_when_serving(port, ClientOptions::default()).await;
 
     let database = format!("sqlite://{}", dir.path().join("net-pathway.db").display());
     let mut other_writer = <sqlx::SqliteConnection as sqlx::Connection>::connect(&database)
@@ -226,11 +181,7 @@ async fn a_caller_who_gives_up_is_logged_as_cancelled_and_its_decision_outlives_
 
     // Stopped while the decision still waits: no call is in flight, so the drain is over at
     // once, and the log is freed only once the server has stopped listening.
-    let stopped = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(stopped.success());
+    terminate(&server);
     let listening = format!("127.0.0.1:{port}");
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(&listening).await.is_err() {
@@ -247,19 +198,7 @@ async fn a_caller_who_gives_up_is_logged_as_cancelled_and_its_decision_outlives_
         .await
         .expect("free the decision log");
 
-    let mut stdout = server.stdout.take().expect("stdout");
-    let logs = tokio::task::spawn_blocking(move || {
-        let mut logs = String::new();
-        stdout.read_to_string(&mut logs).map(|_| logs)
-    })
-    .await
-    .expect("reader")
-    .expect("read logs");
-    let _ = server.wait();
-    let lines: Vec<serde_json::Value> = logs
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let (logs, lines) = lines_until_exit(&mut server).await;
     let cancelled: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l["message"] == "call cancelled")
@@ -292,4 +231,66 @@ async fn a_caller_who_gives_up_is_logged_as_cancelled_and_its_decision_outlives_
         .await
         .expect("read the decision log");
     assert!(kept.is_some(), "decision {decision_id} was not recorded");
+}
+
+/// The binary on `port`, its data in `dir`, logging JSON lines at info to a pipe.
+fn start_logging_json(
+    dir: &std::path::Path,
+    port: u16,
+    admin: &str,
+    more: &[&std::ffi::OsStr],
+) -> Child {
+    Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", admin, "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(more)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start net-pathway")
+}
+
+/// A client of the binary listening on `port`, once it accepts connections.
+async fn connect_when_serving(port: u16, options: ClientOptions) -> NetPathwayClient {
+    let started = Instant::now();
+    loop {
+        match NetPathwayClient::connect_with(format!("http://127.0.0.1:{port}"), options.clone())
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) if started.elapsed() > Duration::from_secs(20) => panic!("no server: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Stops the binary the way an orchestrator does.
+fn terminate(server: &Child) {
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(stopped.success());
+}
+
+/// Everything the binary wrote to stdout until it exited, and each line as JSON. Read off the
+/// runtime's thread, so the client's connection can close and the server's drain can finish.
+async fn lines_until_exit(server: &mut Child) -> (String, Vec<serde_json::Value>) {
+    let mut stdout = server.stdout.take().expect("stdout");
+    let logs = tokio::task::spawn_blocking(move || {
+        let mut logs = String::new();
+        stdout.read_to_string(&mut logs).map(|_| logs)
+    })
+    .await
+    .expect("reader")
+    .expect("read logs");
+    let _ = server.wait();
+    let lines = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    (logs, lines)
 }
