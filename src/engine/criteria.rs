@@ -1172,12 +1172,17 @@ impl Check {
 }
 
 /// Three-valued OR (`any`) or AND over member findings.
-fn combine<'f>(detail: Detail, findings: impl Iterator<Item = &'f Finding>, any: bool) -> Finding {
+/// `members` is walked once per question rather than collected: each member's finding is
+/// made once per patient and only looked up again, and a composite allocates nothing at BASIC.
+fn combine<'f>(
+    detail: Detail,
+    members: impl Iterator<Item = &'f Finding> + Clone,
+    any: bool,
+) -> Finding {
     // OR is settled by a MET member, AND by an UNMET one.
     let settles = if any { Outcome::Met } else { Outcome::Unmet };
-    let members: Vec<&Finding> = findings.collect();
-    let decisive = members.iter().any(|f| f.outcome == settles);
-    let unknown = !decisive && members.iter().any(|f| f.outcome == Outcome::Unknown);
+    let decisive = members.clone().any(|f| f.outcome == settles);
+    let unknown = !decisive && members.clone().any(|f| f.outcome == Outcome::Unknown);
     let outcome = if decisive {
         settles
     } else if unknown {
@@ -1190,7 +1195,7 @@ fn combine<'f>(detail: Detail, findings: impl Iterator<Item = &'f Finding>, any:
     // A decisive member explains the outcome; otherwise every member does.
     let explaining = || {
         members
-            .iter()
+            .clone()
             .filter(move |f| !decisive || f.outcome == settles)
     };
     let mut out = detail.finding(
@@ -1210,7 +1215,7 @@ fn combine<'f>(detail: Detail, findings: impl Iterator<Item = &'f Finding>, any:
             .collect();
     }
     if unknown {
-        for f in members.iter().filter(|f| f.outcome == Outcome::Unknown) {
+        for f in members.clone().filter(|f| f.outcome == Outcome::Unknown) {
             for m in f.missing.iter() {
                 if !out.missing.contains(m) {
                     out.missing.to_mut().push(m);
