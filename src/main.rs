@@ -250,14 +250,15 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     let remaining = drained_by
         .saturating_duration_since(tokio::time::Instant::now())
         .max(Duration::from_secs(1));
-    if !writer.enabled() {
-    } else if writer.close(remaining).await {
-        tracing::info!("decision log closed");
-    } else {
-        tracing::error!(
-            seconds = remaining.as_secs_f64(),
-            "decision log writer did not finish in time; decisions still queued were never answered and are not recorded"
-        );
+    if writer.enabled() {
+        if writer.close(remaining).await {
+            tracing::info!("decision log closed");
+        } else {
+            tracing::error!(
+                seconds = remaining.as_secs_f64(),
+                "decision log writer did not finish in time; decisions still queued were never answered and are not recorded"
+            );
+        }
     }
     tracing::info!("stopped");
     Ok(())

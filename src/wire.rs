@@ -218,14 +218,10 @@ pub fn write_screened(tag: u32, screened: &mut pb::ScreeningResult, buf: &mut im
     let (mut result, mut answer, mut below) = (Vec::new(), Vec::new(), Bodies::default());
     measured(tag, &mut result, whole, buf, |result| {
         if let Some(e) = eligibility {
-            measured(1, &mut answer, room(&e.therapies), result, |answer| {
-                write_answer_with(e, answer, &mut below)
-            });
+            write_answer_as(1, e, &mut answer, &mut below, result);
         }
         if let Some(f) = funding {
-            measured(2, &mut answer, room(&f.therapies), result, |answer| {
-                write_answer_with(f, answer, &mut below)
-            });
+            write_answer_as(2, f, &mut answer, &mut below, result);
         }
     });
 }
@@ -240,10 +236,20 @@ pub fn write_answer<A: TherapyList>(answer: &mut A, buf: &mut impl BufMut) {
 /// Writes `answer` as field `tag` of the message being written into `buf`.
 #[cfg(feature = "server")]
 pub fn write_nested_answer<A: TherapyList>(tag: u32, answer: &mut A, buf: &mut impl BufMut) {
-    let (mut body, mut below) = (Vec::new(), Bodies::default());
+    write_answer_as(tag, answer, &mut Vec::new(), &mut Bodies::default(), buf);
+}
+
+/// Writes `answer` as field `tag` of the message being written into `buf`, through `body`.
+fn write_answer_as<A: TherapyList>(
+    tag: u32,
+    answer: &mut A,
+    body: &mut Vec<u8>,
+    below: &mut Bodies,
+    buf: &mut impl BufMut,
+) {
     let whole = room(answer.therapies());
-    measured(tag, &mut body, whole, buf, |body| {
-        write_answer_with(answer, body, &mut below)
+    measured(tag, body, whole, buf, |body| {
+        write_answer_with(answer, body, below)
     });
 }
 

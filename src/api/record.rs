@@ -270,7 +270,7 @@ async fn write_answer<M: RecordedAnswer>(
     state: &AppState,
     caller: &crate::auth::Caller,
     validated: Validated<M::Request>,
-    response: M,
+    mut response: M,
     registry_observations: Vec<pb::RegistryObservation>,
 ) -> Result<M, Status> {
     let Validated {
@@ -294,7 +294,6 @@ async fn write_answer<M: RecordedAnswer>(
         response: None,
         registry_observations,
     };
-    let mut response = response;
     match persist(state, &record, &mut response, fingerprint).await? {
         Some(winner) => M::from_record(winner),
         None => Ok(response),

@@ -61,7 +61,8 @@ pub struct DecisionLog {
 
 #[derive(Debug)]
 struct Writer {
-    closing: Notify,
+    closing: Arc<Notify>,
+    /// Taken by the first `close`.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -74,27 +75,22 @@ impl DecisionLog {
         let writer = store.single_connection().await?;
         let counters = CommitCounters::new()?;
         let committed = counters.clone();
-        let handle = Arc::new(Writer {
-            closing: Notify::new(),
-            thread: Mutex::new(None),
-        });
-        let closing = Arc::clone(&handle);
+        let closing = Arc::new(Notify::new());
+        let close_switch = Arc::clone(&closing);
         // Not a task among the calls: behind dozens of them in the runtime's queue, the writer
         // waited 1 to 3 ms for its turn after each statement, and every caller waited with it.
         let thread = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || {
-                runtime.block_on(write_batches(writer, jobs, committed, &closing.closing))
-            })
+            .spawn(move || runtime.block_on(write_batches(writer, jobs, committed, &close_switch)))
             .map_err(|e| StoreError::WriterThread(e.to_string()))?;
-        if let Ok(mut slot) = handle.thread.lock() {
-            *slot = Some(thread);
-        }
         Ok(DecisionLog {
             queue: Some(queue),
             store,
             counters,
-            writer: Some(handle),
+            writer: Some(Arc::new(Writer {
+                closing,
+                thread: Mutex::new(Some(thread)),
+            })),
         })
     }
 
