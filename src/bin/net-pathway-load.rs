@@ -216,9 +216,13 @@ fn write_frames(
     write("screen-cohort.grpc".into(), body)
 }
 
-/// Bytes a field takes in its message: its key, its length and its contents.
-fn field_bytes(len: usize) -> usize {
-    1 + prost::encoding::encoded_len_varint(len as u64) + len
+/// Bytes a part of a criterion result takes as prost writes it (key, length and contents; an
+/// empty field none): the result's length less its length with the part cleared.
+fn part_bytes(result: &pb::CriterionResult, clear: impl Fn(&mut pb::CriterionResult)) -> usize {
+    use prost::Message;
+    let mut without = result.clone();
+    clear(&mut without);
+    result.encoded_len() - without.encoded_len()
 }
 
 /// One line per mix patient: the eligibility answer's size on the wire and what its bytes are,
@@ -246,22 +250,13 @@ async fn answer_bytes(
             .map_err(|e| format!("patient {}: {e}", n + 1))?;
         let criteria: Vec<&pb::CriterionResult> =
             answer.therapies.iter().flat_map(|t| &t.criteria).collect();
-        let sum = |part: &dyn Fn(&pb::CriterionResult) -> usize| -> usize {
-            criteria.iter().map(|c| part(c)).sum()
+        let sum = |clear: &dyn Fn(&mut pb::CriterionResult)| -> usize {
+            criteria.iter().map(|c| part_bytes(c, clear)).sum()
         };
-        let citations = sum(&|c| {
-            c.source
-                .as_ref()
-                .map_or(0, |s| field_bytes(s.encoded_len()))
-        });
-        let descriptions = sum(&|c| field_bytes(c.description.len()));
-        let values = sum(&|c| {
-            c.values_used
-                .iter()
-                .map(|v| field_bytes(v.encoded_len()))
-                .sum()
-        });
-        let explanations = sum(&|c| field_bytes(c.explanation.len()));
+        let citations = sum(&|c| c.source = None);
+        let descriptions = sum(&|c| c.description.clear());
+        let values = sum(&|c| c.values_used.clear());
+        let explanations = sum(&|c| c.explanation.clear());
         let total = answer.encoded_len();
         let sources: std::collections::HashSet<&str> = criteria
             .iter()
