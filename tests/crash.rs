@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use net_pathway::client::NetPathwayClient;
+use net_pathway::client::ClientOptions;
 use net_pathway::pb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
 const CLIENTS: usize = 16;
 const DECISIONS_BEFORE_KILL: usize = 300;
 
@@ -36,30 +35,11 @@ fn start(port: u16, url: &str, data_dir: &Path) -> Child {
         .expect("start net-pathway")
 }
 
-async fn connect(port: u16) -> NetPathwayClient {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(client) = NetPathwayClient::connect(format!("http://127.0.0.1:{port}")).await
-            && client
-                .get_active_policy(pb::GetActivePolicyRequest::default())
-                .await
-                .is_ok()
-        {
-            return client;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server on port {port} did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn crash_and_recover(backend: &str, url: &str) {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let mut server = start(port, url, data_dir.path());
-    let client = connect(port).await;
+    let client = connect_when_serving(port, ClientOptions::default()).await;
 
     let received: Arc<Mutex<Vec<String>>> = Arc::default();
     let workers: Vec<_> = (0..CLIENTS)
@@ -103,7 +83,7 @@ async fn crash_and_recover(backend: &str, url: &str) {
     assert!(ids.len() >= DECISIONS_BEFORE_KILL);
 
     let mut restarted = start(port, url, data_dir.path());
-    let client = connect(port).await;
+    let client = connect_when_serving(port, ClientOptions::default()).await;
     for id in &ids {
         let record = client
             .get_decision(pb::GetDecisionRequest {

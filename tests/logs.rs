@@ -5,15 +5,14 @@ mod common;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::jwt::{self, IdentityProvider};
 use common::*;
-use net_pathway::client::{ClientOptions, NetPathwayClient};
+use net_pathway::client::ClientOptions;
 use net_pathway::pb;
 use net_pathway::pb::eligibility_service_client::EligibilityServiceClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const NHS_NUMBER: &str = "9434765919";
 
@@ -251,20 +250,6 @@ fn start_logging_json(
         .stderr(Stdio::null())
         .spawn()
         .expect("start net-pathway")
-}
-
-/// A client of the binary listening on `port`, once it accepts connections.
-async fn connect_when_serving(port: u16, options: ClientOptions) -> NetPathwayClient {
-    let started = Instant::now();
-    loop {
-        match NetPathwayClient::connect_with(format!("http://127.0.0.1:{port}"), options.clone())
-            .await
-        {
-            Ok(c) => return c,
-            Err(e) if started.elapsed() > Duration::from_secs(20) => panic!("no server: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// Stops the binary the way an orchestrator does.

@@ -4,15 +4,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use net_pathway::engine::Policy;
 use net_pathway::pb::{self, PrimarySite};
 
 const DOC: &str = include_str!("../docs/policy.md");
 const BUNDLED: &str = include_str!("../policy/net-pathway.toml");
-const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
 
 /// The (find, replace) pairs documented under `<!-- edit: NAME -->` markers, in order.
 fn edits(name: &str) -> Vec<(String, String)> {
@@ -56,15 +53,8 @@ fn policy_check(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, text).expect("write policy");
-    let out = Command::new(BIN)
-        .args(["policy", "check"])
-        .arg(&path)
-        .output()
-        .expect("run net-pathway");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout),
-    )
+    let (code, output) = run_to_exit(&["policy".as_ref(), "check".as_ref(), path.as_os_str()]);
+    (code.unwrap_or(-1), output)
 }
 
 async fn served(names: &[&str]) -> TestServer {

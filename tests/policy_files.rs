@@ -1,10 +1,12 @@
 //! Policy files are refused with file, line and reason, through the real binary:
 //! `net-pathway policy check FILE` and start-up with `--policy`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
+use std::path::{Path, PathBuf};
+
+use common::run_to_exit;
+
 const BUNDLED: &str = include_str!("../policy/net-pathway.toml");
 
 /// Writes `text` as a policy file in a fresh temporary directory.
@@ -32,19 +34,8 @@ fn line_of(text: &str, needle: &str) -> usize {
 }
 
 fn check(path: &Path) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(["policy", "check"])
-        .arg(path)
-        .output()
-        .expect("run net-pathway");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, output) = run_to_exit(&["policy".as_ref(), "check".as_ref(), path.as_os_str()]);
+    (code.unwrap_or(-1), output)
 }
 
 #[test]
@@ -167,14 +158,13 @@ fn a_policy_whose_example_case_fails_is_refused_with_exit_3() {
 fn the_server_refuses_to_start_on_a_broken_policy() {
     let text = edited("check = \"krenning_at_least\"", "check = \"nonsense\"");
     let (_dir, path) = policy_file(&text);
-    let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--policy"])
-        .arg(&path)
-        .output()
-        .expect("run net-pathway");
-    assert_eq!(out.status.code(), Some(2));
-    let logs =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let (code, logs) = run_to_exit(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--policy".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert_eq!(code, Some(2), "{logs}");
     assert!(
         logs.contains("refusing to start") && logs.contains("unknown check 'nonsense'"),
         "{logs}"

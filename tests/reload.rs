@@ -132,7 +132,7 @@ async fn sighup_reloads_the_policy_file_and_a_broken_file_leaves_the_last_good_o
         .local_addr()
         .expect("addr")
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_net-pathway"))
+    let mut child = Command::new(BIN)
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),

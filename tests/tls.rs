@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -323,27 +322,16 @@ async fn kubernetes_probes_get_plaintext_health_beside_a_tls_only_service() {
     assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
 }
 
-fn refused(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_net-pathway"))
-        .args(args)
-        .output()
-        .expect("run");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 #[test]
 fn listening_beyond_loopback_needs_tls_and_authentication_or_an_explicit_flag() {
-    let (code, logs) = refused(&["--listen", "0.0.0.0:0"]);
+    let (code, logs) = run_to_exit(&["--listen", "0.0.0.0:0"]);
     assert_eq!(code, Some(4), "{logs}");
     assert!(
         logs.contains("without TLS") && logs.contains("--allow-plaintext"),
         "{logs}"
     );
 
-    let (code, logs) = refused(&["--listen", "0.0.0.0:0", "--allow-plaintext"]);
+    let (code, logs) = run_to_exit(&["--listen", "0.0.0.0:0", "--allow-plaintext"]);
     assert_eq!(code, Some(4), "{logs}");
     assert!(
         logs.contains("without caller authentication") && logs.contains("--allow-unauthenticated"),

@@ -141,6 +141,52 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("address").port()
 }
 
+/// The service's binary, as cargo built it for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
+
+/// Runs the binary to its end with `args`: its exit code (none if a signal ended it) and
+/// everything it wrote, stdout then stderr.
+pub fn run_to_exit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run net-pathway");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A client of the binary listening on `port`, once its health answers SERVING (as a
+/// Kubernetes readiness probe asks); the test fails if that takes more than 20 seconds.
+pub async fn connect_when_serving(
+    port: u16,
+    options: net_pathway::client::ClientOptions,
+) -> NetPathwayClient {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Ok(client) =
+            NetPathwayClient::connect_with(format!("http://127.0.0.1:{port}"), options.clone())
+                .await
+        {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(client.channel());
+            let status = health
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|r| r.into_inner().status());
+            if matches!(status, Ok(ServingStatus::Serving)) {
+                return client;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "net-pathway on port {port} was not serving within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn start(
     policy: Policy,
     url: &str,
