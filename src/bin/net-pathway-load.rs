@@ -2,6 +2,8 @@
 //! net-pathway server: first grpc.health.v1 `Check` as the baseline (what the framework alone
 //! costs), then the chosen RPC with the same connections, concurrency and duration, and
 //! prints calls (or patients) per second, latency percentiles and the ratio to the baseline.
+//! With `--rounds N` it alternates the two phases N times and reports each round's ratio,
+//! their median and the pooled figures.
 //!
 //! It targets 127.0.0.1:50051 unless given another address. See docs/performance.md.
 #![forbid(unsafe_code)]
@@ -85,6 +87,11 @@ struct Args {
     /// Skip the health Check baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Alternate the baseline and the RPC this many times, each phase `--duration` seconds,
+    /// and report each round's ratio and their median: on a shared machine whose speed
+    /// drifts, a ratio of two phases taken seconds apart moves less than one of two long ones.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Write each request as a gRPC-framed body into this directory, for an independent load
     /// generator such as h2load (`-d FILE`), and exit without calling the server.
     #[arg(long, value_name = "DIR")]
@@ -318,14 +325,37 @@ impl Phase {
         phase
     }
 
+    /// The rounds' phases as one: their calls, failures, measured time and latencies.
+    fn pooled(name: &str, phases: &[Phase]) -> Phase {
+        let mut pooled = Phase {
+            name: name.into(),
+            completed: 0,
+            failed: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+        };
+        for phase in phases {
+            pooled.completed += phase.completed;
+            pooled.failed += phase.failed;
+            pooled.elapsed += phase.elapsed;
+            let _ = pooled.latency.add(&phase.latency);
+        }
+        pooled
+    }
+
     fn rate(&self) -> f64 {
-        self.completed as f64 / self.elapsed.as_secs_f64()
+        self.completed as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// This phase's rate as a percentage of the baseline's.
+    fn ratio_to(&self, baseline: &Phase) -> f64 {
+        100.0 * self.rate() / baseline.rate().max(f64::MIN_POSITIVE)
     }
 
     fn print(&self, unit: &str) {
         let us = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
         report!(
-            "{:<28} {:>10.0} {unit}/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({} ok, {} failed, {:.1} s)",
+            "{:<36} {:>10.0} {unit}/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  ({} ok, {} failed, {:.1} s)",
             self.name,
             self.rate(),
             us(0.50),
@@ -339,6 +369,15 @@ impl Phase {
     }
 }
 
+/// The middle of sorted values (the mean of the middle two for an even count).
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     // Microseconds from 1 µs to 60 s, 3 significant figures.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
@@ -346,18 +385,17 @@ fn histogram() -> Histogram<u64> {
 
 /// Runs `concurrency` workers calling `call` until warm-up plus duration have passed; only
 /// calls that start after the warm-up are measured.
-async fn unary<F, Fut>(name: &str, args: &Args, call: F) -> Phase
+async fn unary<F, Fut>(name: String, args: &Args, call: &Arc<F>) -> Phase
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
 {
-    let call = Arc::new(call);
     let started = Instant::now();
     let measure_from = started + Duration::from_secs(args.warmup);
     let stop = measure_from + Duration::from_secs(args.duration);
     let workers: Vec<_> = (0..args.concurrency)
         .map(|worker| {
-            let call = Arc::clone(&call);
+            let call = Arc::clone(call);
             tokio::spawn(async move {
                 let mut latency = histogram();
                 let (mut ok, mut failed) = (0u64, 0u64);
@@ -384,12 +422,13 @@ where
         })
         .collect();
     // Calls are counted when they start inside the measured window.
-    Phase::gather(name.into(), Duration::from_secs(args.duration), workers).await
+    Phase::gather(name, Duration::from_secs(args.duration), workers).await
 }
 
 /// Streams patients on `args.concurrency` streams, each keeping up to `stream_window`
 /// unanswered; latency is from sending a patient to receiving its answer.
 async fn screen(
+    name: String,
     args: &Args,
     clients: &[NetPathwayClient],
     mix: Arc<Vec<pb::EvaluateEligibilityRequest>>,
@@ -468,12 +507,7 @@ async fn screen(
             })
         })
         .collect();
-    Phase::gather(
-        format!("ScreenCohort ({} streams)", args.concurrency),
-        Duration::from_secs(args.duration),
-        streams,
-    )
-    .await
+    Phase::gather(name, Duration::from_secs(args.duration), streams).await
 }
 
 #[tokio::main]
@@ -520,27 +554,28 @@ async fn main() -> std::process::ExitCode {
         };
     }
     report!(
-        "target {}  connections {}  concurrency {}  {} s (+{} s warm-up) per phase  rpc {:?}  view {:?}  mix {} patients",
+        "target {}  connections {}  concurrency {}  {} s (+{} s warm-up) per phase, {} round{}  rpc {:?}  view {:?}  mix {} patients",
         args.target,
         clients.len(),
         args.concurrency,
         args.duration,
         args.warmup,
+        args.rounds,
+        if args.rounds == 1 { "" } else { "s" },
         args.rpc,
         args.view,
         mix.len()
     );
     let clients = Arc::new(clients);
 
-    let baseline = if args.no_baseline {
-        None
-    } else {
-        let health: Vec<_> = clients
-            .iter()
-            .map(|c| tonic_health::pb::health_client::HealthClient::new(c.channel()))
-            .collect();
-        let health = Arc::new(health);
-        let phase = unary("grpc.health.v1 Check", &args, move |worker, _| {
+    let check = (!args.no_baseline).then(|| {
+        let health: Arc<Vec<_>> = Arc::new(
+            clients
+                .iter()
+                .map(|c| tonic_health::pb::health_client::HealthClient::new(c.channel()))
+                .collect(),
+        );
+        Arc::new(move |worker: usize, _: u64| {
             let mut client = health[worker % health.len()].clone();
             async move {
                 client
@@ -551,48 +586,86 @@ async fn main() -> std::process::ExitCode {
                     .map(|_| ())
             }
         })
-        .await;
-        phase.print("calls");
-        Some(phase)
-    };
-
-    let phase = match args.rpc {
-        Rpc::Eligibility | Rpc::Funding => {
-            let (clients, mix, rpc) = (Arc::clone(&clients), Arc::clone(&mix), args.rpc);
-            let name = if rpc == Rpc::Eligibility {
-                "EvaluateEligibility"
-            } else {
-                "ClassifyFunding"
-            };
-            let phase = unary(name, &args, move |worker, n| {
-                let client = clients[worker % clients.len()].clone();
-                let request = mix[(n as usize) % mix.len()].clone();
-                async move {
-                    if rpc == Rpc::Eligibility {
-                        client.evaluate_eligibility(request).await.map(|_| ())
-                    } else {
-                        client
-                            .classify_funding(funding_request(request))
-                            .await
-                            .map(|_| ())
-                    }
+    });
+    let unary_call = {
+        let (clients, mix, rpc) = (Arc::clone(&clients), Arc::clone(&mix), args.rpc);
+        Arc::new(move |worker: usize, n: u64| {
+            let client = clients[worker % clients.len()].clone();
+            let request = mix[(n as usize) % mix.len()].clone();
+            async move {
+                if rpc == Rpc::Eligibility {
+                    client.evaluate_eligibility(request).await.map(|_| ())
+                } else {
+                    client
+                        .classify_funding(funding_request(request))
+                        .await
+                        .map(|_| ())
                 }
-            })
-            .await;
-            phase.print("calls");
-            phase
-        }
-        Rpc::Screen => {
-            let phase = screen(&args, &clients, Arc::clone(&mix)).await;
-            phase.print("patients");
-            phase
-        }
+            }
+        })
     };
-    if let Some(baseline) = baseline {
-        report!(
-            "ratio to the health Check baseline: {:.1} %",
-            100.0 * phase.rate() / baseline.rate().max(f64::MIN_POSITIVE)
-        );
+    let (name, unit) = match args.rpc {
+        Rpc::Eligibility => ("EvaluateEligibility".to_string(), "calls"),
+        Rpc::Funding => ("ClassifyFunding".to_string(), "calls"),
+        Rpc::Screen => (
+            format!("ScreenCohort ({} streams)", args.concurrency),
+            "patients",
+        ),
+    };
+    const CHECK: &str = "grpc.health.v1 Check";
+    let (mut baselines, mut phases) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let label = |name: &str| match args.rounds {
+            1 => name.to_string(),
+            rounds => format!("{name} [round {round}/{rounds}]"),
+        };
+        if let Some(check) = &check {
+            let baseline = unary(label(CHECK), &args, check).await;
+            baseline.print("calls");
+            baselines.push(baseline);
+        }
+        let phase = match args.rpc {
+            Rpc::Eligibility | Rpc::Funding => unary(label(&name), &args, &unary_call).await,
+            Rpc::Screen => screen(label(&name), &args, &clients, Arc::clone(&mix)).await,
+        };
+        phase.print(unit);
+        if let (Some(baseline), true) = (baselines.last(), args.rounds > 1) {
+            report!(
+                "round {round}: {:.1} % of the baseline",
+                phase.ratio_to(baseline)
+            );
+        }
+        phases.push(phase);
+    }
+    let phase = Phase::pooled(&name, &phases);
+    if args.rounds > 1 {
+        report!("all {} rounds:", args.rounds);
+        if !baselines.is_empty() {
+            Phase::pooled(CHECK, &baselines).print("calls");
+        }
+        phase.print(unit);
+    }
+    if !baselines.is_empty() {
+        let baseline = Phase::pooled(CHECK, &baselines);
+        let mut ratios: Vec<f64> = phases
+            .iter()
+            .zip(&baselines)
+            .map(|(p, b)| p.ratio_to(b))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        match ratios.as_slice() {
+            [_] | [] => report!(
+                "ratio to the health Check baseline: {:.1} %",
+                phase.ratio_to(&baseline)
+            ),
+            [lowest, .., highest] => report!(
+                "ratio to the health Check baseline: {:.1} % (all rounds pooled); median of the rounds {:.1} %, from {:.1} to {:.1} %",
+                phase.ratio_to(&baseline),
+                median(&ratios),
+                lowest,
+                highest
+            ),
+        }
     }
     if phase.failed > 0 {
         eprintln!("{} calls failed", phase.failed);
