@@ -3,17 +3,23 @@
 
 /// Runs a handler body inside the call's span (method, trace id, caller, decision id: every
 /// log line of the call carries them), records the call in the metrics, logs one line when it
-/// finishes, and returns the trace id to the caller as `x-trace-id`.
+/// finishes, and returns the trace id to the caller as `x-trace-id`. The call ends inside the
+/// span, also when its caller goes away: dropping an instrumented future enters its span.
 macro_rules! observed {
     ($state:expr, $method:literal, $request:ident, $body:block) => {{
-        let call = crate::api::Call::start($method, $request.metadata(), &*$state.metrics);
-        let result: Result<_, tonic::Status> =
-            tracing::Instrument::instrument(async move { $body }, call.span.clone()).await;
-        let code = result
-            .as_ref()
-            .map_or_else(|s: &tonic::Status| s.code(), |_| tonic::Code::Ok);
-        let trace_id = call.finish(code);
-        crate::telemetry::with_trace_id(result, &trace_id)
+        let (call, span) = crate::api::Call::start($method, $request.metadata(), &*$state.metrics);
+        tracing::Instrument::instrument(
+            async move {
+                let result: Result<_, tonic::Status> = async move { $body }.await;
+                let code = result
+                    .as_ref()
+                    .map_or_else(|s: &tonic::Status| s.code(), |_| tonic::Code::Ok);
+                let trace_id = call.finish(code);
+                crate::telemetry::with_trace_id(result, &trace_id)
+            },
+            span,
+        )
+        .await
     }};
 }
 
@@ -465,10 +471,11 @@ pub fn new_decision_id() -> String {
         .to_owned()
 }
 
-/// One call as operators see it: its span (method, trace id, caller, decision id), its
-/// `call finished` line and its metrics, written when the call ends. A unary call ends when it
-/// answers; a ScreenCohort stream when its last answer is sent. A call that is dropped before
-/// it ends (its caller reset the stream, so hyper dropped the call) is logged and counted as
+/// One call as operators see it: its `call finished` line and its metrics, written when the
+/// call ends, inside the call's span (method, trace id, caller, decision id), which
+/// [`Call::start`] makes and the caller enters. A unary call ends when it answers; a
+/// ScreenCohort stream when its last answer is sent. A call that is dropped before it ends
+/// (its caller reset the stream, so hyper dropped the call) is logged and counted as
 /// CANCELLED, so a caller's give-up is seen rather than lost from the logs and metrics.
 /// `M` is how the call reaches the metrics: borrowed for a unary call, shared for a stream,
 /// whose end comes on a task of its own.
@@ -476,17 +483,18 @@ pub struct Call<M: std::ops::Deref<Target = crate::metrics::Metrics>> {
     method: &'static str,
     started: std::time::Instant,
     pub trace_id: String,
-    pub span: tracing::Span,
     metrics: M,
     ended: bool,
 }
 
 impl<M: std::ops::Deref<Target = crate::metrics::Metrics>> Call<M> {
+    /// The call and its span. The span is returned rather than kept, so that it can be moved
+    /// into the future it instruments: a clone would cost a unary call about 1k instructions.
     pub fn start(
         method: &'static str,
         metadata: &tonic::metadata::MetadataMap,
         metrics: M,
-    ) -> Self {
+    ) -> (Self, tracing::Span) {
         let started = std::time::Instant::now();
         let trace_id = crate::telemetry::trace_id(metadata);
         let span = tracing::info_span!(
@@ -497,18 +505,18 @@ impl<M: std::ops::Deref<Target = crate::metrics::Metrics>> Call<M> {
             caller = tracing::field::Empty,
             decision_id = tracing::field::Empty,
         );
-        Call {
+        let call = Call {
             method,
             started,
             trace_id,
-            span,
             metrics,
             ended: false,
-        }
+        };
+        (call, span)
     }
 
-    /// Counts the call and writes its `call finished` (or refused, or failed) line; returns
-    /// the trace id, for the answer's `x-trace-id`.
+    /// Counts the call and writes its `call finished` (or refused, or failed) line in the
+    /// current span, which is the call's; returns the trace id, for the answer's `x-trace-id`.
     pub fn finish(mut self, code: tonic::Code) -> String {
         self.end(code);
         std::mem::take(&mut self.trace_id)
@@ -518,8 +526,7 @@ impl<M: std::ops::Deref<Target = crate::metrics::Metrics>> Call<M> {
         self.ended = true;
         let elapsed = self.started.elapsed();
         self.metrics.call(self.method, code, elapsed);
-        self.span
-            .in_scope(|| crate::telemetry::call_finished(code, elapsed));
+        crate::telemetry::call_finished(code, elapsed);
     }
 }
 

@@ -43,16 +43,16 @@ impl ScreeningService for ScreeningApi {
     ) -> Result<Response<Answers>, Status> {
         // The call finishes when the stream does: its line and metrics give the stream's
         // duration and the status its caller receives, not the time taken to open it.
-        let call = super::Call::start(
+        let (call, span) = super::Call::start(
             "ScreenCohort",
             request.metadata(),
             std::sync::Arc::clone(&self.state.metrics),
         );
         let trace_id = call.trace_id.clone();
-        let opened = call.span.in_scope(|| self.open(request));
+        let opened = span.in_scope(|| self.open(request));
         let result = match opened {
             Ok((answers, stream)) => {
-                let span = call.span.clone();
+                // The call ends in its span, also if the task is dropped at shutdown.
                 tokio::spawn(tracing::Instrument::instrument(
                     async move {
                         let code = stream.await;
@@ -63,7 +63,7 @@ impl ScreeningService for ScreeningApi {
                 Ok(Response::new(answers))
             }
             Err(status) => {
-                call.finish(status.code());
+                span.in_scope(|| call.finish(status.code()));
                 Err(status)
             }
         };
