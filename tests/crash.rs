@@ -4,8 +4,9 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,22 +18,8 @@ const CLIENTS: usize = 16;
 const DECISIONS_BEFORE_KILL: usize = 300;
 
 fn start(port: u16, url: &str, data_dir: &Path) -> Child {
-    Command::new(BIN)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--database-url",
-            url,
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start net-pathway")
+    let args = ["--admin-listen", "127.0.0.1:0", "--database-url", url].map(OsStr::new);
+    start_binary(port, data_dir, &args, "warn", Stdio::null())
 }
 
 async fn crash_and_recover(backend: &str, url: &str) {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -239,17 +240,11 @@ fn start_logging_json(
     admin: &str,
     more: &[&std::ffi::OsStr],
 ) -> Child {
-    Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", admin, "--log-format", "json"])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(more)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start net-pathway")
+    let mut args = ["--admin-listen", admin, "--log-format", "json"]
+        .map(OsStr::new)
+        .to_vec();
+    args.extend_from_slice(more);
+    start_binary(port, dir, &args, "info", Stdio::piped())
 }
 
 /// Stops the binary the way an orchestrator does.

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,28 +128,16 @@ async fn sighup_reloads_the_policy_file_and_a_broken_file_leaves_the_last_good_o
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, BUNDLED).expect("write policy");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--policy-poll-seconds",
-            "0",
-            "--policy",
-        ])
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
+    let port = free_port();
+    let args = [
+        OsStr::new("--admin-listen"),
+        OsStr::new("127.0.0.1:0"),
+        OsStr::new("--policy-poll-seconds"),
+        OsStr::new("0"),
+        OsStr::new("--policy"),
+        path.as_os_str(),
+    ];
+    let mut child = start_binary(port, &dir.path().join("data"), &args, "info", Stdio::null());
     let address = format!("http://127.0.0.1:{port}");
     let version = |client: NetPathwayClient| async move {
         client

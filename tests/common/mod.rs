@@ -144,6 +144,27 @@ pub fn free_port() -> u16 {
 /// The service's binary, as cargo built it for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
 
+/// The binary serving on loopback `port` with its data in `data_dir`, and `args` besides; its
+/// log at `log` (RUST_LOG) to `stdout`, stderr discarded. The test stops it.
+pub fn start_binary(
+    port: u16,
+    data_dir: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    log: &str,
+    stdout: std::process::Stdio,
+) -> std::process::Child {
+    std::process::Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", log)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start net-pathway")
+}
+
 /// Runs the binary to its end with `args`: its exit code (none if a signal ended it) and
 /// everything it wrote, stdout then stderr.
 pub fn run_to_exit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
