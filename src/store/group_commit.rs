@@ -52,15 +52,15 @@ impl CommitCounters {
 #[derive(Clone, Debug)]
 pub struct DecisionLog {
     /// `None` when the decision log is off.
-    queue: Option<mpsc::Sender<(NewDecision, Reply)>>,
+    writer: Option<Arc<Writer>>,
     store: Store,
     counters: CommitCounters,
-    /// The writer's thread and the switch that closes its queue; `None` when the log is off.
-    writer: Option<Arc<Writer>>,
 }
 
+/// The writer's queue, its thread, and the switch that closes the queue.
 #[derive(Debug)]
 struct Writer {
+    queue: mpsc::Sender<(NewDecision, Reply)>,
     closing: Arc<Notify>,
     /// Taken by the first `close`.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -84,13 +84,13 @@ impl DecisionLog {
             .spawn(move || runtime.block_on(write_batches(writer, jobs, committed, &close_switch)))
             .map_err(|e| StoreError::WriterThread(e.to_string()))?;
         Ok(DecisionLog {
-            queue: Some(queue),
-            store,
-            counters,
             writer: Some(Arc::new(Writer {
+                queue,
                 closing,
                 thread: Mutex::new(Some(thread)),
             })),
+            store,
+            counters,
         })
     }
 
@@ -115,10 +115,9 @@ impl DecisionLog {
     /// registry and reads of decisions recorded earlier.
     pub fn off(store: Store) -> Result<Self, StoreError> {
         Ok(DecisionLog {
-            queue: None,
+            writer: None,
             store,
             counters: CommitCounters::new()?,
-            writer: None,
         })
     }
 
@@ -129,7 +128,7 @@ impl DecisionLog {
 
     /// Whether decisions are recorded.
     pub fn enabled(&self) -> bool {
-        self.queue.is_some()
+        self.writer.is_some()
     }
 
     pub fn store(&self) -> &Store {
@@ -138,16 +137,17 @@ impl DecisionLog {
 
     /// Decisions waiting for the writer now.
     pub fn queue_depth(&self) -> usize {
-        self.queue
+        self.writer
             .as_ref()
-            .map_or(0, |q| QUEUE_DEPTH.saturating_sub(q.capacity()))
+            .map_or(0, |w| QUEUE_DEPTH.saturating_sub(w.queue.capacity()))
     }
 
     /// Writes one decision durably, sharing the transaction with whatever else is waiting.
     pub async fn record(&self, decision: NewDecision) -> Result<WriteOutcome, StoreError> {
-        let queue = self.queue.as_ref().ok_or(StoreError::LogOff)?;
+        let writer = self.writer.as_ref().ok_or(StoreError::LogOff)?;
         let (reply, answer) = oneshot::channel();
-        queue
+        writer
+            .queue
             .send((decision, reply))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
