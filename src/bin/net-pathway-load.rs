@@ -638,15 +638,15 @@ async fn main() -> std::process::ExitCode {
         phases.push(phase);
     }
     let phase = Phase::pooled(&name, &phases);
+    let baseline = (!baselines.is_empty()).then(|| Phase::pooled(CHECK, &baselines));
     if args.rounds > 1 {
         report!("all {} rounds:", args.rounds);
-        if !baselines.is_empty() {
-            Phase::pooled(CHECK, &baselines).print("calls");
+        if let Some(baseline) = &baseline {
+            baseline.print("calls");
         }
         phase.print(unit);
     }
-    if !baselines.is_empty() {
-        let baseline = Phase::pooled(CHECK, &baselines);
+    if let Some(baseline) = baseline {
         let mut ratios: Vec<f64> = phases
             .iter()
             .zip(&baselines)
