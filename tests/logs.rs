@@ -5,7 +5,7 @@ mod common;
 
 use std::ffi::OsStr;
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::jwt::{self, IdentityProvider};
@@ -89,7 +89,7 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
 
     // Stopped the way an orchestrator stops it: lines still queued for the log writer are
     // written before the process exits.
-    terminate(&server);
+    send_signal(&server, "TERM");
     let (logs, lines) = lines_until_exit(&mut server).await;
     let of_call: Vec<&serde_json::Value> = lines
         .iter()
@@ -181,7 +181,7 @@ async fn a_caller_who_gives_up_is_logged_as_cancelled_and_its_decision_outlives_
 
     // Stopped while the decision still waits: no call is in flight, so the drain is over at
     // once, and the log is freed only once the server has stopped listening.
-    terminate(&server);
+    send_signal(&server, "TERM");
     let listening = format!("127.0.0.1:{port}");
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(&listening).await.is_err() {
@@ -245,15 +245,6 @@ fn start_logging_json(
         .to_vec();
     args.extend_from_slice(more);
     start_binary(port, dir, &args, "info", Stdio::piped())
-}
-
-/// Stops the binary the way an orchestrator does.
-fn terminate(server: &Child) {
-    let stopped = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(stopped.success());
 }
 
 /// Everything the binary wrote to stdout until it exited, and each line as JSON. Read off the

@@ -5,7 +5,7 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -166,19 +166,12 @@ async fn sighup_reloads_the_policy_file_and_a_broken_file_leaves_the_last_good_o
         }
     };
     wait_for("2026.11.1").await;
-    let hangup = |pid: u32| {
-        Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("kill -HUP")
-    };
-
     write_atomically(&path, &version_b());
-    assert!(hangup(child.id()).success());
+    send_signal(&child, "HUP");
     wait_for("reload-b").await;
 
     write_atomically(&path, &broken());
-    assert!(hangup(child.id()).success());
+    send_signal(&child, "HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     wait_for("reload-b").await;
     assert!(

@@ -165,6 +165,16 @@ pub fn start_binary(
         .expect("start net-pathway")
 }
 
+/// Sends `signal` (`TERM`, `HUP`, ...) to the binary, as an orchestrator or an operator does;
+/// the test fails if it cannot be sent.
+pub fn send_signal(server: &std::process::Child, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{signal}"), server.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{signal} {}", server.id());
+}
+
 /// Runs the binary to its end with `args`: its exit code (none if a signal ended it) and
 /// everything it wrote, stdout then stderr.
 pub fn run_to_exit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
