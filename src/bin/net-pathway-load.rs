@@ -104,6 +104,11 @@ struct Args {
     /// are (criteria's citations, descriptions, values, explanations, the rest), then exit.
     #[arg(long)]
     answer_bytes: bool,
+    /// The server's process id, when it runs on this machine (Linux): each phase then also
+    /// reports the CPU time per call (or patient) that the server and this generator spent,
+    /// user and system, and how much more than the baseline's each spent per call.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
 }
 
 const DEFAULT_MIX: &str = include_str!("../../examples/load/patient-mix.jsonl");
@@ -289,6 +294,103 @@ async fn answer_bytes(
     Ok(())
 }
 
+/// CPU time a process has used, from /proc/PID/stat.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuTime {
+    user: Duration,
+    system: Duration,
+}
+
+impl CpuTime {
+    /// `pid` is a process id or `self`.
+    fn of(pid: &str) -> Result<CpuTime, String> {
+        let path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        CpuTime::parse(&stat).map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// User and system time from a /proc/PID/stat line: fields 14 and 15, in clock ticks of
+    /// USER_HZ, which Linux fixes at 100 per second for user space (proc(5)).
+    fn parse(stat: &str) -> Result<CpuTime, String> {
+        // The command name (field 2) may hold spaces and parentheses: fields are counted from
+        // after its last ')', where field 3 (state) comes first.
+        let (_, after_name) = stat
+            .rsplit_once(')')
+            .ok_or("no command name in parentheses")?;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks = |field: usize| {
+            fields
+                .get(field - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|t| Duration::from_millis(t * 10))
+                .ok_or_else(|| format!("field {field} is not a tick count"))
+        };
+        Ok(CpuTime {
+            user: ticks(14)?,
+            system: ticks(15)?,
+        })
+    }
+
+    fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+
+    fn plus(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+
+    fn total(self) -> Duration {
+        self.user + self.system
+    }
+}
+
+/// The CPU the server and this generator used over a phase's measured seconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    server: CpuTime,
+    generator: CpuTime,
+}
+
+/// Reads both processes' CPU time at the start and end of a phase's measured window.
+#[derive(Debug, Clone)]
+struct CpuMeter {
+    server: String,
+}
+
+impl CpuMeter {
+    fn read(&self) -> Result<CpuUse, String> {
+        Ok(CpuUse {
+            server: CpuTime::of(&self.server)?,
+            generator: CpuTime::of("self")?,
+        })
+    }
+
+    /// What both used from `from` to `until` (None, said on stderr, if either could not
+    /// be read: the server may have stopped).
+    async fn measure(meter: Option<&CpuMeter>, from: Instant, until: Instant) -> Option<CpuUse> {
+        let meter = meter?;
+        tokio::time::sleep_until(from.into()).await;
+        let start = meter.read();
+        tokio::time::sleep_until(until.into()).await;
+        match (start, meter.read()) {
+            (Ok(start), Ok(end)) => Some(CpuUse {
+                server: end.server.since(start.server),
+                generator: end.generator.since(start.generator),
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("CPU time not measured: {e}");
+                None
+            }
+        }
+    }
+}
+
 /// What one phase measured.
 struct Phase {
     name: String,
@@ -296,6 +398,8 @@ struct Phase {
     failed: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
+    /// With `--server-pid`: the CPU each process used over the measured seconds.
+    cpu: Option<CpuUse>,
 }
 
 /// What one worker or stream measured: its latencies, successes and failures.
@@ -314,6 +418,7 @@ impl Phase {
             failed: 0,
             elapsed,
             latency: histogram(),
+            cpu: None,
         };
         for worker in workers {
             if let Ok((latency, ok, failed)) = worker.await {
@@ -333,14 +438,28 @@ impl Phase {
             failed: 0,
             elapsed: Duration::ZERO,
             latency: histogram(),
+            cpu: Some(CpuUse::default()),
         };
         for phase in phases {
             pooled.completed += phase.completed;
             pooled.failed += phase.failed;
             pooled.elapsed += phase.elapsed;
             let _ = pooled.latency.add(&phase.latency);
+            // Pooled CPU only when every round's was measured.
+            pooled.cpu = match (pooled.cpu, phase.cpu) {
+                (Some(a), Some(b)) => Some(CpuUse {
+                    server: a.server.plus(b.server),
+                    generator: a.generator.plus(b.generator),
+                }),
+                _ => None,
+            };
         }
         pooled
+    }
+
+    /// Microseconds of CPU per call (or patient).
+    fn per_call(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / (self.completed.max(1) as f64)
     }
 
     fn rate(&self) -> f64 {
@@ -366,6 +485,29 @@ impl Phase {
             self.failed,
             self.elapsed.as_secs_f64()
         );
+        if let Some(cpu) = self.cpu {
+            let cores = |t: CpuTime| t.total().as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9);
+            report!(
+                "{:<36} CPU per {}: net-pathway {:.1} µs user + {:.1} µs system ({:.2} cores), net-pathway-load {:.1} + {:.1} µs ({:.2} cores)",
+                "",
+                unit.trim_end_matches('s'),
+                self.per_call(cpu.server.user),
+                self.per_call(cpu.server.system),
+                cores(cpu.server),
+                self.per_call(cpu.generator.user),
+                self.per_call(cpu.generator.system),
+                cores(cpu.generator)
+            );
+        }
+    }
+
+    /// How much more CPU per call each process spent in this phase than in the baseline.
+    fn cpu_over(&self, baseline: &Phase) -> Option<(f64, f64)> {
+        let (mine, base) = (self.cpu?, baseline.cpu?);
+        Some((
+            self.per_call(mine.server.total()) - baseline.per_call(base.server.total()),
+            self.per_call(mine.generator.total()) - baseline.per_call(base.generator.total()),
+        ))
     }
 }
 
@@ -385,7 +527,7 @@ fn histogram() -> Histogram<u64> {
 
 /// Runs `concurrency` workers calling `call` until warm-up plus duration have passed; only
 /// calls that start after the warm-up are measured.
-async fn unary<F, Fut>(name: String, args: &Args, call: &Arc<F>) -> Phase
+async fn unary<F, Fut>(name: String, args: &Args, call: &Arc<F>, meter: Option<&CpuMeter>) -> Phase
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
@@ -421,8 +563,11 @@ where
             })
         })
         .collect();
+    let cpu = CpuMeter::measure(meter, measure_from, stop).await;
     // Calls are counted when they start inside the measured window.
-    Phase::gather(name, Duration::from_secs(args.duration), workers).await
+    let mut phase = Phase::gather(name, Duration::from_secs(args.duration), workers).await;
+    phase.cpu = cpu;
+    phase
 }
 
 /// Streams patients on `args.concurrency` streams, each keeping up to `stream_window`
@@ -432,6 +577,7 @@ async fn screen(
     args: &Args,
     clients: &[NetPathwayClient],
     mix: Arc<Vec<pb::EvaluateEligibilityRequest>>,
+    meter: Option<&CpuMeter>,
 ) -> Phase {
     let started = Instant::now();
     let measure_from = started + Duration::from_secs(args.warmup);
@@ -507,7 +653,10 @@ async fn screen(
             })
         })
         .collect();
-    Phase::gather(name, Duration::from_secs(args.duration), streams).await
+    let cpu = CpuMeter::measure(meter, measure_from, stop).await;
+    let mut phase = Phase::gather(name, Duration::from_secs(args.duration), streams).await;
+    phase.cpu = cpu;
+    phase
 }
 
 #[tokio::main]
@@ -528,6 +677,13 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(2)
             }
         };
+    }
+    let meter = args.server_pid.map(|pid| CpuMeter {
+        server: pid.to_string(),
+    });
+    if let Some(Err(e)) = meter.as_ref().map(CpuMeter::read) {
+        eprintln!("--server-pid: {e}");
+        return std::process::ExitCode::from(2);
     }
     let options = ClientOptions {
         bearer_token: args.token.clone(),
@@ -620,13 +776,24 @@ async fn main() -> std::process::ExitCode {
             rounds => format!("{name} [round {round}/{rounds}]"),
         };
         if let Some(check) = &check {
-            let baseline = unary(label(CHECK), &args, check).await;
+            let baseline = unary(label(CHECK), &args, check, meter.as_ref()).await;
             baseline.print("calls");
             baselines.push(baseline);
         }
         let phase = match args.rpc {
-            Rpc::Eligibility | Rpc::Funding => unary(label(&name), &args, &unary_call).await,
-            Rpc::Screen => screen(label(&name), &args, &clients, Arc::clone(&mix)).await,
+            Rpc::Eligibility | Rpc::Funding => {
+                unary(label(&name), &args, &unary_call, meter.as_ref()).await
+            }
+            Rpc::Screen => {
+                screen(
+                    label(&name),
+                    &args,
+                    &clients,
+                    Arc::clone(&mix),
+                    meter.as_ref(),
+                )
+                .await
+            }
         };
         phase.print(unit);
         if let (Some(baseline), true) = (baselines.last(), args.rounds > 1) {
@@ -666,10 +833,79 @@ async fn main() -> std::process::ExitCode {
                 highest
             ),
         }
+        // A patient on a stream is not a call: only unary phases compare with Check's CPU.
+        if let (Some((server, generator)), false) =
+            (phase.cpu_over(&baseline), args.rpc == Rpc::Screen)
+        {
+            report!(
+                "CPU per call beyond a Check call's: net-pathway {server:+.1} µs, net-pathway-load {generator:+.1} µs"
+            );
+        }
     }
     if phase.failed > 0 {
         eprintln!("{} calls failed", phase.failed);
         return std::process::ExitCode::FAILURE;
     }
     std::process::ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parentheses() {
+        // A line as Linux writes it, for a command named "a) b": utime 250 and stime 75 ticks.
+        let stat = "4242 (a) b) S 1 4242 4242 0 -1 4194560 120 0 0 0 250 75 0 0 20 0 3 0 100 0 0";
+        let cpu = CpuTime::parse(stat).expect("a well-formed line");
+        assert_eq!(cpu.user, Duration::from_millis(2500));
+        assert_eq!(cpu.system, Duration::from_millis(750));
+    }
+
+    #[test]
+    fn a_stat_line_without_its_times_is_refused() {
+        assert!(CpuTime::parse("4242 (net-pathway) S 1 4242").is_err());
+        assert!(CpuTime::parse("no command name").is_err());
+    }
+
+    #[test]
+    fn this_process_has_a_cpu_time() {
+        // Reading our own entry works wherever /proc does (CI runs on Linux).
+        assert!(CpuTime::of("self").is_ok());
+    }
+
+    #[test]
+    fn a_phase_reports_cpu_per_call_and_beyond_the_baseline() {
+        let phase = |completed, server_us, generator_us| Phase {
+            name: String::new(),
+            completed,
+            failed: 0,
+            elapsed: Duration::from_secs(1),
+            latency: histogram(),
+            cpu: Some(CpuUse {
+                server: CpuTime {
+                    user: Duration::from_micros(server_us),
+                    system: Duration::ZERO,
+                },
+                generator: CpuTime {
+                    user: Duration::from_micros(generator_us),
+                    system: Duration::ZERO,
+                },
+            }),
+        };
+        // 100k Check calls on one core each side; 60k calls of the RPC on the same cores.
+        let (check, rpc) = (
+            phase(100_000, 1_000_000, 1_000_000),
+            phase(60_000, 1_020_000, 840_000),
+        );
+        let (server, generator) = rpc.cpu_over(&check).expect("both measured");
+        assert!((server - 7.0).abs() < 1e-9, "{server}");
+        assert!((generator - 4.0).abs() < 1e-9, "{generator}");
+        let pooled = Phase::pooled("rpc", &[rpc, phase(40_000, 680_000, 560_000)]);
+        assert_eq!(pooled.completed, 100_000);
+        assert_eq!(
+            pooled.cpu.map(|c| c.server.total()),
+            Some(Duration::from_millis(1700))
+        );
+    }
 }
