@@ -350,6 +350,22 @@ impl CpuTime {
     }
 }
 
+/// The server's resident memory from /proc/PID/status: its peak since it started (VmHWM) and
+/// now (VmRSS), in kB.
+fn resident_memory(pid: &str) -> Result<(u64, u64), String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let kb = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("{path}: no {name} in kB"))
+    };
+    Ok((kb("VmHWM:")?, kb("VmRSS:")?))
+}
+
 /// The CPU the server and this generator used over a phase's measured seconds.
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuUse {
@@ -842,6 +858,16 @@ async fn main() -> std::process::ExitCode {
             );
         }
     }
+    if let Some(meter) = &meter {
+        match resident_memory(&meter.server) {
+            Ok((peak, now)) => report!(
+                "server resident memory: {:.1} MB at its peak since it started (VmHWM), {:.1} MB now (VmRSS)",
+                peak as f64 / 1024.0,
+                now as f64 / 1024.0
+            ),
+            Err(e) => eprintln!("resident memory not read: {e}"),
+        }
+    }
     if phase.failed > 0 {
         eprintln!("{} calls failed", phase.failed);
         return std::process::ExitCode::FAILURE;
@@ -869,7 +895,9 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_a_cpu_time() {
+    fn this_process_has_a_cpu_time_and_resident_memory() {
+        let (peak, now) = resident_memory("self").expect("/proc/self/status has VmHWM and VmRSS");
+        assert!(peak >= now && now > 0, "peak {peak} kB, now {now} kB");
         // Reading our own entry works wherever /proc does (CI runs on Linux).
         assert!(CpuTime::of("self").is_ok());
     }
