@@ -132,6 +132,12 @@ impl Metrics {
         ] {
             registry.register(collector)?;
         }
+        // CPU seconds, resident memory, open files and threads under the process_* names that
+        // dashboards expect: the memory budget (docs/performance.md) is watched here in service.
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Metrics {
             registry,
             calls,

@@ -1,6 +1,6 @@
 //! Prometheus metrics on the admin listener after a mixed load: calls per method by status
 //! code, latency histograms, decisions by therapy and outcome, decision-log writes, the active
-//! policy as an info metric, and policy reloads by outcome.
+//! policy as an info metric, policy reloads by outcome, and the process's own figures.
 
 mod common;
 
@@ -73,6 +73,22 @@ async fn metrics_show_per_status_counts_after_a_mixed_load() {
         text.contains("netpathway_decision_log_commit_seconds_total "),
         "the writer's busy time is exposed:\n{text}"
     );
+    // The process's own figures, as every Prometheus dashboard reads them: a server holds
+    // memory, files and threads (its CPU seconds, in 10 ms ticks, may still read 0 here).
+    for (name, at_least) in [
+        ("process_cpu_seconds_total", 0.0),
+        ("process_resident_memory_bytes", 1_000_000.0),
+        ("process_open_fds", 1.0),
+        ("process_threads", 2.0),
+        ("process_start_time_seconds", 1_700_000_000.0),
+    ] {
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no `{name}` sample in:\n{text}"));
+        assert!(value >= at_least, "{name} is {value}");
+    }
     let policy = net_pathway::engine::Policy::bundled().expect("bundled");
     let info = format!(
         r#"netpathway_policy_info{{content_hash="{}",version="{}"}} 1"#,
