@@ -310,7 +310,7 @@ impl CpuTime {
     }
 
     /// User and system time from a /proc/PID/stat line: fields 14 and 15, in clock ticks of
-    /// USER_HZ, which Linux fixes at 100 per second for user space (proc(5)).
+    /// USER_HZ, which is 100 per second on x86-64 and arm64 Linux (proc(5), sysconf(3)).
     fn parse(stat: &str) -> Result<CpuTime, String> {
         // The command name (field 2) may hold spaces and parentheses: fields are counted from
         // after its last ')', where field 3 (state) comes first.
