@@ -422,19 +422,21 @@ struct Phase {
 type Tally = (Histogram<u64>, u64, u64);
 
 impl Phase {
-    /// Merges what every worker measured.
+    /// Merges what every worker measured in the window `from` to `until`, and with a meter
+    /// the CPU both processes used in it.
     async fn gather(
         name: String,
-        elapsed: Duration,
+        (from, until): (Instant, Instant),
         workers: Vec<tokio::task::JoinHandle<Tally>>,
+        meter: Option<&CpuMeter>,
     ) -> Phase {
         let mut phase = Phase {
             name,
             completed: 0,
             failed: 0,
-            elapsed,
+            elapsed: until.duration_since(from),
             latency: histogram(),
-            cpu: None,
+            cpu: CpuMeter::measure(meter, from, until).await,
         };
         for worker in workers {
             if let Ok((latency, ok, failed)) = worker.await {
@@ -579,11 +581,8 @@ where
             })
         })
         .collect();
-    let cpu = CpuMeter::measure(meter, measure_from, stop).await;
     // Calls are counted when they start inside the measured window.
-    let mut phase = Phase::gather(name, Duration::from_secs(args.duration), workers).await;
-    phase.cpu = cpu;
-    phase
+    Phase::gather(name, (measure_from, stop), workers, meter).await
 }
 
 /// Streams patients on `args.concurrency` streams, each keeping up to `stream_window`
@@ -669,10 +668,7 @@ async fn screen(
             })
         })
         .collect();
-    let cpu = CpuMeter::measure(meter, measure_from, stop).await;
-    let mut phase = Phase::gather(name, Duration::from_secs(args.duration), streams).await;
-    phase.cpu = cpu;
-    phase
+    Phase::gather(name, (measure_from, stop), streams, meter).await
 }
 
 #[tokio::main]
