@@ -995,9 +995,15 @@ impl Check {
                         why!(detail, "{d} ({})", f.grade.differentiation_basis),
                     )
                     .value(DIFFERENTIATION, d.label()),
+                // A stated grade implies the differentiation unless it cannot (MiNEN, or a
+                // WHO 2010 G3), and then only the differentiation itself would settle it.
                 None => detail.unknown(
-                    &[DIFFERENTIATION, "patient.tumour.who_grade"],
-                    "differentiation not recorded",
+                    if p.tumour.who_grade.is_some() {
+                        &[DIFFERENTIATION][..]
+                    } else {
+                        &[DIFFERENTIATION, "patient.tumour.who_grade"][..]
+                    },
+                    why!(detail, "differentiation {}", f.grade.differentiation_basis),
                 ),
             },
             Check::GradeIn { grades } => {

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use super::criteria::Detail;
-use crate::domain::{Differentiation, LungClassification, Patient, WhoGrade};
+use crate::domain::{Differentiation, GradingSystem, LungClassification, Patient, WhoGrade};
 
 /// Grade cut-offs, read from the policy file so a future WHO edition is a policy change.
 #[derive(Debug, Clone, Deserialize)]
@@ -132,9 +132,10 @@ impl GradingParameters {
         };
 
         let stated = t.who_grade;
+        let edition = Edition(t.grading_system);
         if let Some(s) = stated {
             a.values.push((WHO_GRADE, s.label().into()));
-            reasons.add(|| format!("stated grade {s}"));
+            reasons.add(|| format!("stated grade {s}{edition}"));
         }
         a.grade = stated.max(measured);
         if let (Some(s), Some(m)) = (stated, measured)
@@ -142,9 +143,13 @@ impl GradingParameters {
         {
             let used = s.max(m);
             a.conflict = Some(format!(
-                "stated grade {s} conflicts with the measured values ({m}); the higher grade {used} is used"
+                "stated grade {s}{edition} conflicts with the measured values ({m}); the higher grade {used} is used"
             ));
         }
+        // WHO 2010's G3 was its neuroendocrine carcinoma category; WHO 2017 and 2019 split it
+        // into well-differentiated NET G3 and poorly differentiated NEC (PMC5087808 Table 1).
+        let g3_under_who_2010 =
+            stated == Some(WhoGrade::G3) && t.grading_system == Some(GradingSystem::Who2010);
         match a.grade {
             Some(g) => {
                 a.basis = reasons.words(|said| {
@@ -169,6 +174,12 @@ impl GradingParameters {
         a.differentiation = t.differentiation;
         a.differentiation_basis = match (t.differentiation, a.grade) {
             (Some(d), _) => reasons.words(|_| format!("stated: {d}")),
+            (None, Some(WhoGrade::G3)) if g3_under_who_2010 => reasons.words(|_| {
+                "not recorded, and a G3 stated under WHO 2010 does not imply it: WHO 2010's G3 \
+                 was neuroendocrine carcinoma, which later editions split into well-differentiated \
+                 NET G3 and poorly differentiated NEC"
+                    .into()
+            }),
             // WHO 2019: NET G1-G3 are well differentiated by definition, NEC poorly.
             (None, Some(WhoGrade::G1 | WhoGrade::G2 | WhoGrade::G3))
                 if stated.is_some() || lung =>
@@ -228,6 +239,20 @@ impl GradingParameters {
             format!("mitoses {mitoses} per 2 mm² and necrosis make it {class}, mapped to {g}")
         });
         Some(g)
+    }
+}
+
+/// The WHO edition a stated grade follows, written after the grade: " (WHO 2010)", or nothing
+/// when the report did not say.
+#[derive(Clone, Copy)]
+struct Edition(Option<GradingSystem>);
+
+impl std::fmt::Display for Edition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(e) => write!(f, " ({e})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -305,6 +330,53 @@ mod tests {
     }
 
     #[test]
+    fn a_g3_stated_under_who_2010_does_not_imply_the_differentiation() {
+        // WHO 2010's G3 was neuroendocrine carcinoma; WHO 2019 splits it into well-differentiated
+        // NET G3 and poorly differentiated NEC (PMC5087808 Table 1; reference §0.1).
+        let mut p = tumour(PrimarySite::Pancreas);
+        p.tumour.who_grade = Some(WhoGrade::G3);
+        p.tumour.grading_system = Some(GradingSystem::Who2010);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.grade, Some(WhoGrade::G3));
+        assert_eq!(a.differentiation, None);
+        assert_eq!(a.basis, "stated grade G3 (WHO 2010)");
+        assert!(
+            a.differentiation_basis
+                .contains("WHO 2010's G3 was neuroendocrine carcinoma"),
+            "{}",
+            a.differentiation_basis
+        );
+
+        // The same stated grade under WHO 2019 is a NET G3, well differentiated by definition.
+        p.tumour.grading_system = Some(GradingSystem::Who2019);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.differentiation, Some(Differentiation::Well));
+        // And a WHO 2010 G2 was a NET: well differentiated as well.
+        p.tumour.grading_system = Some(GradingSystem::Who2010);
+        p.tumour.who_grade = Some(WhoGrade::G2);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.differentiation, Some(Differentiation::Well));
+    }
+
+    #[test]
+    fn a_conflict_names_the_edition_the_stated_grade_follows() {
+        // WHO 2010 graded Ki-67 above 2 % as G2; WHO 2019 grades 2.5 % as G1 (reference §0.1).
+        let mut p = tumour(PrimarySite::JejunumIleum);
+        p.tumour.who_grade = Some(WhoGrade::G2);
+        p.tumour.grading_system = Some(GradingSystem::Who2010);
+        p.tumour.ki67_percent = Some(2.5);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.grade, Some(WhoGrade::G2));
+        assert_eq!(
+            a.conflict.as_deref(),
+            Some(
+                "stated grade G2 (WHO 2010) conflicts with the measured values (G1); \
+                 the higher grade G2 is used"
+            )
+        );
+    }
+
+    #[test]
     fn lung_carcinoids_map_to_nice_grades() {
         let mut p = tumour(PrimarySite::Lung);
         p.tumour.lung_classification = Some(LungClassification::AtypicalCarcinoid);
@@ -337,7 +409,8 @@ mod tests {
     #[test]
     fn a_basic_assessment_differs_from_an_explained_one_only_in_its_words() {
         // Every path through the grading: GEP by Ki-67, mitoses or both, a stated grade in
-        // conflict, poorly differentiated, lung by class or by mitoses and necrosis, nothing.
+        // conflict, poorly differentiated, lung by class or by mitoses and necrosis, a WHO 2010
+        // G3, nothing.
         let mut cases = Vec::new();
         let mut p = tumour(PrimarySite::Pancreas);
         p.tumour.ki67_percent = Some(8.0);
@@ -356,6 +429,10 @@ mod tests {
         cases.push(p);
         let mut p = tumour(PrimarySite::JejunumIleum);
         p.tumour.who_grade = Some(WhoGrade::G2);
+        cases.push(p);
+        let mut p = tumour(PrimarySite::Pancreas);
+        p.tumour.who_grade = Some(WhoGrade::G3);
+        p.tumour.grading_system = Some(GradingSystem::Who2010);
         cases.push(p);
         cases.push(tumour(PrimarySite::JejunumIleum));
         // Measured numbers are written only when explained; stated labels cost nothing.
