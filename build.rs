@@ -34,6 +34,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.rpc", "::tonic_types::pb")
         // prost's encoding, with answers' therapy lists written by src/wire.rs.
         .codec_path("crate::wire::Codec")
+        // A patient profile is most of a request's size; boxed, a request is cheap to move
+        // through the futures that carry it from decoding to the handler.
+        .boxed(".netpathway.v1.EvaluateEligibilityRequest.patient")
+        .boxed(".netpathway.v1.ClassifyFundingRequest.patient")
+        .boxed(".netpathway.v1.ScreenCohortRequest.patient")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let eligibility = client
         .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-            patient: Some(patient.clone()),
+            patient: Some(Box::new(patient.clone())),
             therapies: therapies.clone(),
             ..Default::default()
         })
@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let funding = client
         .classify_funding(pb::ClassifyFundingRequest {
-            patient: Some(patient),
+            patient: Some(Box::new(patient)),
             therapies,
             ..Default::default()
         })

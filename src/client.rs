@@ -17,7 +17,7 @@
 //! };
 //! let answer = client
 //!     .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-//!         patient: Some(patient),
+//!         patient: Some(Box::new(patient)),
 //!         therapies: vec![pb::Therapy::PrrtLu177Dotatate as i32],
 //!         ..Default::default()
 //!     })

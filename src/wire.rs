@@ -406,7 +406,7 @@ mod tests {
             for full in [false, true] {
                 let e = Evaluation {
                     request_id: "req-1".into(),
-                    patient: case.patient.clone(),
+                    patient: Box::new(case.patient.clone()),
                     therapies: Therapy::ALL.to_vec(),
                     as_of: case.as_of,
                     full,

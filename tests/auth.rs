@@ -38,7 +38,7 @@ fn as_caller(server: &TestServer, token: &str) -> NetPathwayClient {
 /// The TA539 patient in England, for eligibility.
 fn referral() -> pb::EvaluateEligibilityRequest {
     pb::EvaluateEligibilityRequest {
-        patient: Some(ta539_small_bowel().england().profile()),
+        patient: Some(Box::new(ta539_small_bowel().england().profile())),
         therapies: vec![Therapy::PrrtLu177Dotatate as i32],
         ..Default::default()
     }

@@ -33,7 +33,7 @@ async fn violations(s: &TestServer, request: pb::EvaluateEligibilityRequest) -> 
 
 fn request(patient: Patient) -> pb::EvaluateEligibilityRequest {
     pb::EvaluateEligibilityRequest {
-        patient: Some(patient.profile()),
+        patient: Some(Box::new(patient.profile())),
         ..Default::default()
     }
 }
@@ -341,7 +341,7 @@ async fn classify_funding_validates_the_same_way() {
     let status = s
         .client
         .classify_funding(pb::ClassifyFundingRequest {
-            patient: Some(ta539_small_bowel().ki67(101.0).profile()),
+            patient: Some(Box::new(ta539_small_bowel().ki67(101.0).profile())),
             ..Default::default()
         })
         .await

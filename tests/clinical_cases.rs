@@ -104,7 +104,7 @@ async fn the_clinical_case_suite() {
             let eligibility = s
                 .client
                 .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-                    patient: Some(patient.clone()),
+                    patient: Some(Box::new(patient.clone())),
                     therapies: vec![therapy as i32],
                     as_of_date: as_of,
                     ..Default::default()
@@ -116,7 +116,7 @@ async fn the_clinical_case_suite() {
             let funding = s
                 .client
                 .classify_funding(pb::ClassifyFundingRequest {
-                    patient: Some(patient.clone()),
+                    patient: Some(Box::new(patient.clone())),
                     therapies: vec![therapy as i32],
                     as_of_date: as_of,
                     ..Default::default()

@@ -41,7 +41,7 @@ async fn crash_and_recover(backend: &str, url: &str) {
                 });
                 loop {
                     let request = pb::ClassifyFundingRequest {
-                        patient: Some(patient.clone()),
+                        patient: Some(Box::new(patient.clone())),
                         ..Default::default()
                     };
                     match client.classify_funding(request).await {

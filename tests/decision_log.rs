@@ -27,7 +27,7 @@ fn identified(patient: Patient, nhs_number: &str) -> pb::PatientProfile {
 fn funding_request(request_id: &str, patient: pb::PatientProfile) -> pb::ClassifyFundingRequest {
     pb::ClassifyFundingRequest {
         request_id: request_id.into(),
-        patient: Some(patient),
+        patient: Some(Box::new(patient)),
         therapies: vec![LU177 as i32],
         as_of_date: Some(date(2026, 11, 28)),
         ..Default::default()
@@ -94,7 +94,7 @@ async fn a_request_id_reused_for_a_different_request_is_already_exists() {
     // The same id on the other RPC is a different request too.
     let eligibility = pb::EvaluateEligibilityRequest {
         request_id: id.into(),
-        patient: Some(ta539_small_bowel().england().profile()),
+        patient: Some(Box::new(ta539_small_bowel().england().profile())),
         ..Default::default()
     };
     assert_eq!(
@@ -143,7 +143,7 @@ async fn decisions_are_found_by_nhs_number_and_the_database_holds_no_nhs_number_
     }
     s.client
         .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-            patient: Some(patient),
+            patient: Some(Box::new(patient)),
             ..Default::default()
         })
         .await
@@ -412,7 +412,7 @@ async fn replay_shows_what_a_policy_change_would_change_and_why() {
         let answer = s
             .client
             .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-                patient: Some(krenning_2.profile()),
+                patient: Some(Box::new(krenning_2.profile())),
                 therapies: vec![LU177 as i32],
                 as_of_date: Some(date(2026, 11, 28)),
                 ..Default::default()

@@ -15,7 +15,7 @@ use tonic_types::StatusExt;
 
 fn lu177_request(patient: pb::PatientProfile) -> pb::EvaluateEligibilityRequest {
     pb::EvaluateEligibilityRequest {
-        patient: Some(patient),
+        patient: Some(Box::new(patient)),
         therapies: vec![Therapy::PrrtLu177Dotatate as i32],
         ..Default::default()
     }

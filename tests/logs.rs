@@ -51,7 +51,7 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
         ..Default::default()
     });
     let mut request = tonic::Request::new(pb::EvaluateEligibilityRequest {
-        patient: Some(patient),
+        patient: Some(Box::new(patient)),
         ..Default::default()
     });
     request.metadata_mut().insert(
@@ -150,7 +150,7 @@ async fn a_caller_who_gives_up_is_logged_as_cancelled_and_its_decision_outlives_
         .await
         .expect("hold the decision log");
     let asking = client.evaluate_eligibility(pb::EvaluateEligibilityRequest {
-        patient: Some(ta539_small_bowel().england().profile()),
+        patient: Some(Box::new(ta539_small_bowel().england().profile())),
         ..Default::default()
     });
     // Not a timing assertion: the call cannot answer while the log is held (the writer waits

@@ -676,7 +676,7 @@ async fn stated_g1_with_ki67_8_percent_is_flagged_and_graded_g2() {
     let response = s
         .client
         .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-            patient: Some(patient.profile()),
+            patient: Some(Box::new(patient.profile())),
             therapies: vec![LU177 as i32],
             ..Default::default()
         })
@@ -726,7 +726,7 @@ async fn basic_view_answers_status_and_route_only() {
     let e = s
         .client
         .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-            patient: Some(patient.profile()),
+            patient: Some(Box::new(patient.profile())),
             view: pb::EvaluationView::Basic as i32,
             ..Default::default()
         })
@@ -752,7 +752,7 @@ async fn basic_view_answers_status_and_route_only() {
     let f = s
         .client
         .classify_funding(pb::ClassifyFundingRequest {
-            patient: Some(patient.profile()),
+            patient: Some(Box::new(patient.profile())),
             therapies: vec![LU177 as i32],
             view: pb::EvaluationView::Basic as i32,
             ..Default::default()
@@ -775,7 +775,7 @@ async fn a_basic_answer_gives_the_full_ones_status_and_leaves_why_to_full() {
     let s = server().await;
     let patient = ta539_small_bowel().england().krenning(1);
     let ask = |view: pb::EvaluationView| pb::EvaluateEligibilityRequest {
-        patient: Some(patient.profile()),
+        patient: Some(Box::new(patient.profile())),
         view: view as i32,
         ..Default::default()
     };
@@ -821,7 +821,7 @@ async fn every_criterion_cites_its_source_and_the_answer_names_the_policy() {
         .client
         .evaluate_eligibility(pb::EvaluateEligibilityRequest {
             request_id: "0b0e1c4e-5f5a-4d8e-9d3c-2f1e6a7b8c9d".into(),
-            patient: Some(ta539_small_bowel().england().profile()),
+            patient: Some(Box::new(ta539_small_bowel().england().profile())),
             therapies: vec![LU177 as i32],
             ..Default::default()
         })

@@ -31,7 +31,7 @@ async fn metrics_show_per_status_counts_after_a_mixed_load() {
     for _ in 0..3 {
         s.client
             .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-                patient: Some(ta539_small_bowel().england().profile()),
+                patient: Some(Box::new(ta539_small_bowel().england().profile())),
                 therapies: vec![Therapy::PrrtLu177Dotatate as i32],
                 ..Default::default()
             })
@@ -39,13 +39,13 @@ async fn metrics_show_per_status_counts_after_a_mixed_load() {
             .expect("evaluate");
     }
     let bad = pb::EvaluateEligibilityRequest {
-        patient: Some(ta539_small_bowel().ki67(140.0).profile()),
+        patient: Some(Box::new(ta539_small_bowel().ki67(140.0).profile())),
         ..Default::default()
     };
     assert!(s.client.evaluate_eligibility(bad).await.is_err());
     s.client
         .classify_funding(pb::ClassifyFundingRequest {
-            patient: Some(ta539_small_bowel().england().profile()),
+            patient: Some(Box::new(ta539_small_bowel().england().profile())),
             therapies: vec![Therapy::PrrtLu177Dotatate as i32],
             ..Default::default()
         })

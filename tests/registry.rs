@@ -52,7 +52,7 @@ async fn lu177_route(s: &TestServer, patient: pb::PatientProfile) -> pb::Therapy
     let answer = s
         .client
         .classify_funding(pb::ClassifyFundingRequest {
-            patient: Some(patient),
+            patient: Some(Box::new(patient)),
             therapies: vec![LU177 as i32],
             ..Default::default()
         })

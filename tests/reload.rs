@@ -70,7 +70,7 @@ async fn reloading_good_and_broken_policies_under_load_fails_no_call() {
                 let mut answers = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let request = pb::EvaluateEligibilityRequest {
-                        patient: Some(patient.clone()),
+                        patient: Some(Box::new(patient.clone())),
                         therapies: vec![LU177 as i32],
                         view: pb::EvaluationView::Basic as i32,
                         ..Default::default()

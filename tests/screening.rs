@@ -12,7 +12,7 @@ use net_pathway::pb::screen_cohort_response::Result as Answer;
 fn screening(id: &str, patient: &Patient) -> pb::ScreenCohortRequest {
     pb::ScreenCohortRequest {
         correlation_id: id.into(),
-        patient: Some(patient.profile()),
+        patient: Some(Box::new(patient.profile())),
         therapies: vec![Therapy::PrrtLu177Dotatate as i32],
         as_of_date: Some(date(2026, 11, 1)),
         view: pb::EvaluationView::Basic as i32,
@@ -357,7 +357,7 @@ async fn with_the_decision_log_off_decisions_are_answered_but_not_recorded() {
     let answer = server
         .client
         .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-            patient: Some(ta539_small_bowel().england().profile()),
+            patient: Some(Box::new(ta539_small_bowel().england().profile())),
             ..Default::default()
         })
         .await

@@ -141,7 +141,7 @@ async fn the_policy_service_describes_every_therapy_and_its_sources() {
     let e = s
         .client
         .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-            patient: Some(ta539_small_bowel().profile()),
+            patient: Some(Box::new(ta539_small_bowel().profile())),
             ..Default::default()
         })
         .await
@@ -157,7 +157,7 @@ async fn each_decision_gets_its_own_time_ordered_uuid_v7() {
         let e = s
             .client
             .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-                patient: Some(ta539_small_bowel().profile()),
+                patient: Some(Box::new(ta539_small_bowel().profile())),
                 therapies: vec![Therapy::PrrtLu177Dotatate as i32],
                 ..Default::default()
             })
@@ -186,7 +186,7 @@ async fn an_unspecified_as_of_date_means_today() {
     let e = s
         .client
         .classify_funding(pb::ClassifyFundingRequest {
-            patient: Some(ta539_small_bowel().england().profile()),
+            patient: Some(Box::new(ta539_small_bowel().england().profile())),
             therapies: vec![Therapy::PrrtLu177Dotatate as i32],
             ..Default::default()
         })
@@ -212,7 +212,7 @@ async fn gzip_compressed_calls_work() {
         .expect("connect");
     let f = client
         .classify_funding(pb::ClassifyFundingRequest {
-            patient: Some(ta539_small_bowel().england().profile()),
+            patient: Some(Box::new(ta539_small_bowel().england().profile())),
             therapies: vec![Therapy::PrrtLu177Dotatate as i32],
             ..Default::default()
         })

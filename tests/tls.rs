@@ -180,7 +180,7 @@ async fn evaluate(
         .expect("connect");
     client
         .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-            patient: Some(ta539_small_bowel().england().profile()),
+            patient: Some(Box::new(ta539_small_bowel().england().profile())),
             ..Default::default()
         })
         .await

@@ -312,7 +312,9 @@ fn earliest_as_of() -> NaiveDate {
 #[derive(Clone)]
 pub struct Evaluation {
     pub request_id: String,
-    pub patient: Patient,
+    /// Boxed: an evaluation moves through several futures on its way to the answer, and the
+    /// patient is most of its size.
+    pub patient: Box<Patient>,
     pub therapies: Vec<Therapy>,
     pub as_of: NaiveDate,
     pub full: bool,
@@ -399,7 +401,7 @@ pub fn read_evaluation(
     }
     Ok(Evaluation {
         request_id: request_id.to_string(),
-        patient,
+        patient: Box::new(patient),
         therapies,
         as_of,
         full,

@@ -399,14 +399,14 @@ macro_rules! evaluation_request {
                 let $r = self;
                 (
                     $request_id,
-                    self.patient.as_ref(),
+                    self.patient.as_deref(),
                     &self.therapies,
                     self.as_of_date.as_ref(),
                     self.view,
                 )
             }
             fn patient_mut(&mut self) -> Option<&mut pb::PatientProfile> {
-                self.patient.as_mut()
+                self.patient.as_deref_mut()
             }
             fn into_record_request(self) -> pb::decision_record::Request {
                 pb::decision_record::Request::$variant(self)

@@ -482,7 +482,7 @@ impl TestServer {
         let response = self
             .client
             .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-                patient: Some(patient.profile()),
+                patient: Some(Box::new(patient.profile())),
                 therapies: vec![therapy as i32],
                 as_of_date: Some(as_of),
                 ..Default::default()
@@ -506,7 +506,7 @@ impl TestServer {
         let response = self
             .client
             .classify_funding(pb::ClassifyFundingRequest {
-                patient: Some(patient.profile()),
+                patient: Some(Box::new(patient.profile())),
                 therapies: vec![therapy as i32],
                 as_of_date: Some(as_of),
                 ..Default::default()
