@@ -204,10 +204,12 @@ async fn enrolment_while_the_registry_is_closed_is_a_failed_precondition_naming_
         failure.violations[0].subject,
         "registries/non-gep-prrt-registry"
     );
+    // The registry by its name, then the policy version that closed it.
     assert!(
-        failure.violations[0]
-            .description
-            .contains("closed to new patients"),
+        failure.violations[0].description.starts_with(
+            "The prospective audit and registry for non-GEP NET and retreatment PRRT \
+             is closed to new patients under policy "
+        ),
         "{}",
         failure.violations[0].description
     );

@@ -225,8 +225,8 @@ impl RegistryService for RegistryApi {
                         "REGISTRY_NOT_IN_EFFECT",
                         &subject,
                         format!(
-                            "policy {} has no state for {} today",
-                            policy.version, registry.name
+                            "{} has no state today under policy {}",
+                            registry.name, policy.version
                         ),
                     ));
                 }
@@ -235,8 +235,8 @@ impl RegistryService for RegistryApi {
                         "REGISTRY_CLOSED",
                         &subject,
                         format!(
-                            "policy {} ({}) has {} closed to new patients: {}",
-                            policy.version, policy.content_hash, registry.name, state.note
+                            "{} is closed to new patients under policy {} ({}): {}",
+                            registry.name, policy.version, policy.content_hash, state.note
                         ),
                     ));
                 }
