@@ -98,8 +98,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(policy) = funding.policy {
         println!(
-            "decision {} under policy {} ({})",
-            funding.decision_id, policy.version, policy.content_hash
+            "decision {} under policy {} ({}), service build {}",
+            funding.decision_id, policy.version, policy.content_hash, policy.service_build
         );
     }
     Ok(())

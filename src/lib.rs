@@ -33,6 +33,12 @@ pub mod google {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/netpathway_descriptor.bin"));
 
+/// This build of the service: the package version and, when built from a git checkout (or given
+/// `NET_PATHWAY_REVISION` at build time), the commit as SemVer build metadata, for example
+/// `0.1.0+f45f353c0a1b`. Every answer's policy reference carries it, so a decision record names
+/// the build that applied the policy as well as the policy.
+pub const SERVICE_BUILD: &str = env!("NET_PATHWAY_BUILD");
+
 #[cfg(feature = "client")]
 pub mod client;
 

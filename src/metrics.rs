@@ -117,8 +117,17 @@ impl Metrics {
             Opts::new("netpathway_policy_info", "The active policy (value 1)."),
             &["version", "content_hash"],
         )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "netpathway_build_info",
+                "This build of the service (value 1): version and commit, as answers name it.",
+            ),
+            &["build"],
+        )?;
+        build_info.with_label_values(&[crate::SERVICE_BUILD]).set(1);
         for collector in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info),
             Box::new(latency.clone()),
             Box::new(decisions.clone()),
             Box::new(log_write.clone()),

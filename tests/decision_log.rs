@@ -440,14 +440,15 @@ async fn replay_shows_what_a_policy_change_would_change_and_why() {
         })
         .await
         .expect("replay");
-    assert_eq!(
-        replay.original_policy.map(|p| p.version),
-        Some("2026.11.1".into())
+    let (then, now) = (
+        replay.original_policy.expect("original"),
+        replay.current_policy.expect("current"),
     );
-    assert_eq!(
-        replay.current_policy.map(|p| p.version),
-        Some("replay-test".into())
-    );
+    assert_eq!(then.version, "2026.11.1");
+    assert_eq!(now.version, "replay-test");
+    // The record names the build that decided, beside the policy: here, this one.
+    assert_eq!(then.service_build, net_pathway::SERVICE_BUILD);
+    assert_eq!(now.service_build, net_pathway::SERVICE_BUILD);
     let lu = &replay.therapies[0];
     assert!(lu.changed);
     assert_eq!(lu.original_status(), Status::NotEligible);

@@ -95,4 +95,9 @@ async fn metrics_show_per_status_counts_after_a_mixed_load() {
         policy.content_hash, policy.version
     );
     assert!(text.contains(&info), "missing `{info}`");
+    let build = format!(
+        r#"netpathway_build_info{{build="{}"}} 1"#,
+        net_pathway::SERVICE_BUILD
+    );
+    assert!(text.contains(&build), "missing `{build}`");
 }

@@ -86,6 +86,7 @@ async fn the_policy_service_describes_every_therapy_and_its_sources() {
     let bundled = net_pathway::engine::Policy::bundled().expect("bundled policy");
     assert_eq!(reference.version, bundled.version);
     assert_eq!(reference.content_hash, bundled.content_hash);
+    assert_eq!(reference.service_build, net_pathway::SERVICE_BUILD);
     assert_eq!(p.effective_from, Some(date(2026, 11, 28)));
     assert!(p.example_case_count >= 5);
     assert_eq!(p.therapies.len(), 14, "every therapy the service covers");
@@ -263,4 +264,44 @@ async fn health_is_not_serving_while_the_database_is_unreachable() {
         health(&s, "").await.expect("health"),
         ServingStatus::NotServing
     );
+}
+
+/// Two builds can answer differently under one policy (the WHO 2010 G3 fix did), so every
+/// answer names the build that applied the policy: the package version and, built from a git
+/// checkout, its commit as SemVer build metadata.
+#[tokio::test]
+async fn every_answer_names_the_build_that_applied_the_policy() {
+    let s = server().await;
+    let answer = s
+        .client
+        .evaluate_eligibility(pb::EvaluateEligibilityRequest {
+            patient: Some(Box::new(ta539_small_bowel().england().profile())),
+            as_of_date: Some(date(2026, 11, 28)),
+            ..Default::default()
+        })
+        .await
+        .expect("evaluate");
+    let build = answer.policy.expect("policy reference").service_build;
+    assert_eq!(build, net_pathway::SERVICE_BUILD);
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        build == version || build.starts_with(&format!("{version}+")),
+        "{build:?} is the package version {version}, with or without build metadata"
+    );
+    // Built from this checkout (CI's fresh clone is one), the build names its commit.
+    let checkout = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    if let (Some(commit), Err(_)) = (checkout, std::env::var("NET_PATHWAY_REVISION")) {
+        assert_eq!(build, format!("{version}+{commit}"));
+    }
 }

@@ -346,6 +346,7 @@ pub fn policy_reference(policy: &Policy) -> pb::PolicyReference {
     pb::PolicyReference {
         version: policy.version.clone(),
         content_hash: policy.content_hash.clone(),
+        service_build: crate::SERVICE_BUILD.to_owned(),
     }
 }
 
