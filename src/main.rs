@@ -182,7 +182,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, build = net_pathway::SERVICE_BUILD, "serving gRPC");
+    tracing::info!(address = %listener.local_addr()?, build = %net_pathway::SERVICE_BUILD, "serving gRPC");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(address) = config.admin_listen.0 {

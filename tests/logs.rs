@@ -100,6 +100,12 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
         lines.last().is_some_and(|l| l["message"] == "stopped"),
         "the last line written is the server stopping: {logs}"
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "serving gRPC" && l["build"] == net_pathway::SERVICE_BUILD),
+        "the start names the build its answers name: {logs}"
+    );
     for line in &of_call {
         assert_eq!(line["span"]["decision_id"], decision_id.as_str(), "{line}");
         assert_eq!(line["span"]["caller"], "mdt-workflow", "{line}");
