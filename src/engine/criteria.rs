@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::grading::GradeAssessment;
+use super::grading::{DIFFERENTIATION, GradeAssessment, WHO_GRADE};
 use crate::domain::{
     ChildPugh, Differentiation, Extent, ExtrahepaticSite, FunctionalSyndrome, MibgInterferingDrug,
     Nation, Patient, PrimarySite, Sex, Therapy, WelshRegion, WhoGrade,
@@ -346,7 +346,6 @@ const PRIMARY_SITE: &str = "patient.tumour.primary_site";
 const EXTENT: &str = "patient.extent.extent";
 const RESECTABLE: &str = "patient.extent.resectable_with_curative_intent";
 const PROGRESSIVE: &str = "patient.progression.progressive";
-const DIFFERENTIATION: &str = "patient.tumour.differentiation";
 const KRENNING: &str = "patient.imaging.krenning_score";
 const PREGNANT: &str = "patient.demographics.pregnant";
 const BREASTFEEDING: &str = "patient.demographics.breastfeeding";
@@ -1001,7 +1000,7 @@ impl Check {
                     if p.tumour.who_grade.is_some() {
                         &[DIFFERENTIATION][..]
                     } else {
-                        &[DIFFERENTIATION, "patient.tumour.who_grade"][..]
+                        &[DIFFERENTIATION, WHO_GRADE][..]
                     },
                     why!(detail, "differentiation {}", f.grade.differentiation_basis),
                 ),

@@ -75,10 +75,10 @@ impl Reasons {
 
 const KI67: &str = "patient.tumour.ki67_percent";
 const MITOSES: &str = "patient.tumour.mitoses_per_2mm2";
-const WHO_GRADE: &str = "patient.tumour.who_grade";
+pub(super) const WHO_GRADE: &str = "patient.tumour.who_grade";
 const LUNG_CLASS: &str = "patient.tumour.lung_classification";
 const NECROSIS: &str = "patient.tumour.necrosis";
-const DIFFERENTIATION: &str = "patient.tumour.differentiation";
+pub(super) const DIFFERENTIATION: &str = "patient.tumour.differentiation";
 
 impl GradingParameters {
     fn grade_by(&self, value: f64, g2_from: f64, g3_above: f64) -> WhoGrade {
