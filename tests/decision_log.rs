@@ -419,14 +419,15 @@ async fn replay_shows_what_a_policy_change_would_change_and_why() {
             })
             .await
             .expect("evaluate");
-        assert_eq!(answer.therapies[0].status(), Status::NotEligible);
+        assert_eq!(answer.therapies[0].status(), Status::Eligible);
         answer.decision_id
     };
+    // The candidate policy needs Krenning 3 where the licence says uptake equal to liver (2).
     let bundled = include_str!("../policy/net-pathway.toml");
-    let threshold = "params = { score = 3 }   # reference §0.3; some sources accept ≥ 2 (§14.7)";
+    let threshold = "params = { score = 2 }   # the Lutathera licence's own words";
     let edited = bundled
-        .replacen(threshold, "params = { score = 2 }", 1)
-        .replacen("version = \"2026.11.1\"", "version = \"replay-test\"", 1);
+        .replacen(threshold, "params = { score = 3 }   #", 1)
+        .replacen("version = \"2026.12.1\"", "version = \"replay-test\"", 1);
     let s = server_on(
         Policy::parse("edited.toml", &edited).expect("valid"),
         &url,
@@ -444,15 +445,15 @@ async fn replay_shows_what_a_policy_change_would_change_and_why() {
         replay.original_policy.expect("original"),
         replay.current_policy.expect("current"),
     );
-    assert_eq!(then.version, "2026.11.1");
+    assert_eq!(then.version, "2026.12.1");
     assert_eq!(now.version, "replay-test");
     // The record names the build that decided, beside the policy: here, this one.
     assert_eq!(then.service_build, net_pathway::SERVICE_BUILD);
     assert_eq!(now.service_build, net_pathway::SERVICE_BUILD);
     let lu = &replay.therapies[0];
     assert!(lu.changed);
-    assert_eq!(lu.original_status(), Status::NotEligible);
-    assert_eq!(lu.current_status(), Status::Eligible);
+    assert_eq!(lu.original_status(), Status::Eligible);
+    assert_eq!(lu.current_status(), Status::NotEligible);
     assert_eq!(lu.changed_criteria, vec!["sstr-positive"]);
 }
 

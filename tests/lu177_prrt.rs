@@ -190,10 +190,11 @@ async fn welsh_phaeochromocytoma_is_registry_only_with_ipfr_next() {
 #[tokio::test]
 async fn a_second_course_for_a_gep_net_is_retreatment_and_registry_only() {
     // Service page: those requiring retreatment are not funded by NHSE; audit registry only.
+    // Lutathera SmPC (reference §16.1): retreatment is a further course after a completed one.
     let s = server().await;
     let patient = ta539_small_bowel()
         .england()
-        .previously_treated_with(Therapy::PrrtLu177Dotatate);
+        .previously_treated_with(Therapy::PrrtLu177Dotatate, 4);
     let f = s.funding_on(&patient, LU177, today()).await;
     assert_eq!(f.route(), Route::AuditRegistryClosed, "{}", f.summary);
     assert_eq!(f.route_id, "lu177.england.retreatment-registry");
@@ -207,6 +208,18 @@ async fn a_second_course_for_a_gep_net_is_retreatment_and_registry_only() {
         .find(|c| c.criterion_id == "prrt-retreatment")
         .expect("retreatment criterion");
     assert_eq!(retreatment.outcome(), CriterionOutcome::Met);
+
+    // A first course in progress (2 of 4 infusions) is not retreatment: TA539 still applies.
+    let in_progress = ta539_small_bowel()
+        .england()
+        .previously_treated_with(Therapy::PrrtLu177Dotatate, 2);
+    let f = s.funding_on(&in_progress, LU177, today()).await;
+    assert_eq!(
+        f.route(),
+        Route::RoutinelyCommissionedNiceTa,
+        "{}",
+        f.summary
+    );
 }
 
 #[tokio::test]
@@ -217,7 +230,7 @@ async fn unknown_primary_leaves_the_ta539_question_to_the_mdt() {
         .england()
         .primary(PrimarySite::UnknownPrimary);
     let f = s.funding_on(&patient, LU177, today()).await;
-    assert_eq!(f.route(), Route::Undetermined);
+    assert_eq!(f.route(), Route::MdtDecision);
     assert!(f.summary.contains("MDT must decide"), "{}", f.summary);
     assert!(
         f.missing_inputs.is_empty(),
@@ -316,7 +329,7 @@ async fn grade_3_gep_net_is_not_eligible_and_falls_to_ifr_in_england() {
     let grade = e
         .criteria
         .iter()
-        .find(|c| c.criterion_id == "grade-1-or-2")
+        .find(|c| c.criterion_id == "lutathera-grade-1-or-2")
         .expect("grade criterion");
     assert_eq!(grade.outcome(), CriterionOutcome::Unmet);
     assert!(
@@ -367,13 +380,20 @@ async fn stable_disease_is_not_eligible() {
 }
 
 #[tokio::test]
-async fn krenning_2_uptake_is_not_sstr_positive_enough() {
-    // Reference §0.3: PRRT usually considered at Krenning ≥ 3.
+async fn krenning_2_uptake_is_sstr_positive_and_flagged() {
+    // Lutathera SmPC 4.2 (reference §16.1): uptake at least as high as normal liver; PRRT at
+    // Krenning ≥ 3 is usual but disputed (§0.3, §14.7): a review flag, not a boundary.
     let s = server().await;
-    let e = s
-        .eligibility_on(&ta539_small_bowel().england().krenning(2), LU177, today())
+    let patient = ta539_small_bowel().england().krenning(2);
+    let e = s.eligibility_on(&patient, LU177, today()).await;
+    assert_eq!(e.status(), Status::Eligible);
+    assert!(flag_ids(&e).contains(&"prrt-krenning-below-3"));
+    let f = s.funding_on(&patient, LU177, today()).await;
+    assert_eq!(f.route(), Route::RoutinelyCommissionedNiceTa);
+    let below = s
+        .eligibility_on(&ta539_small_bowel().england().krenning(1), LU177, today())
         .await;
-    assert_eq!(e.status(), Status::NotEligible);
+    assert_eq!(below.status(), Status::NotEligible);
 }
 
 #[tokio::test]
@@ -433,7 +453,13 @@ async fn missing_sstr_imaging_is_indeterminate_naming_the_krenning_score() {
     patient.0.imaging = None;
     let e = s.eligibility_on(&patient, LU177, today()).await;
     assert_eq!(e.status(), Status::Indeterminate);
-    assert_eq!(e.missing_inputs, vec!["patient.imaging.krenning_score"]);
+    assert_eq!(
+        e.missing_inputs,
+        vec![
+            "patient.imaging.krenning_score",
+            "patient.imaging.sstr_positive"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -562,7 +588,9 @@ async fn low_blood_counts_raise_withhold_flags() {
         l.neutrophils_10e9_per_l = Some(0.8);
     });
     let e = s.eligibility_on(&patient, LU177, today()).await;
-    assert_eq!(e.status(), Status::Eligible);
+    // Position 10: a withhold flag holds the therapy; reading the status alone shows it.
+    assert_eq!(e.status(), Status::Held);
+    assert!(e.summary.starts_with("Held"), "{}", e.summary);
     for id in [
         "radionuclide-haemoglobin",
         "radionuclide-platelets",
@@ -809,7 +837,7 @@ async fn a_basic_answer_gives_the_full_ones_status_and_leaves_why_to_full() {
     assert_eq!(lu(&basic).status(), Status::NotEligible);
     let why = lu(&full).summary;
     assert!(
-        why.contains("Krenning score 1; needs ≥ 3"),
+        why.contains("Krenning score 1; needs ≥ 2"),
         "the FULL summary quotes the unmet criterion's finding: {why}"
     );
 }
@@ -839,12 +867,20 @@ async fn every_criterion_cites_its_source_and_the_answer_names_the_policy() {
     let adult = response.therapies[0]
         .criteria
         .iter()
-        .find(|c| c.criterion_id == "adult")
+        .find(|c| c.criterion_id == "lutathera-adult")
         .expect("adult criterion");
+    // Position 3 and 11: eligibility follows the licence, and cites it.
     let source = adult.source.as_ref().expect("source");
-    assert!(source.document.starts_with("NICE TA539"));
-    assert_eq!(source.url, "https://www.nice.org.uk/guidance/ta539");
-    assert_eq!(source.published, Some(date(2018, 8, 29)));
+    assert!(
+        source.document.starts_with("Lutathera"),
+        "{}",
+        source.document
+    );
+    assert!(source.section.contains("4.1"), "{}", source.section);
+    assert_eq!(
+        source.url,
+        "https://www.ema.europa.eu/en/medicines/human/EPAR/lutathera"
+    );
     assert!(
         response.therapies[0]
             .criteria

@@ -67,38 +67,45 @@ async fn served(names: &[&str]) -> TestServer {
 const LU177: Therapy = Therapy::PrrtLu177Dotatate;
 
 #[tokio::test]
-async fn example_1_accepting_krenning_2_makes_the_patient_eligible_and_ta539_funded() {
-    let patient = ta539_small_bowel().england().krenning(2);
+async fn example_1_a_withhold_flag_holds_embolisation() {
+    let mut patient = ta539_small_bowel().england().male();
+    patient.0.extent = Some(pb::DiseaseExtent {
+        extent: pb::Extent::Metastatic as i32,
+        liver_metastases: Some(true),
+        liver_dominant: Some(true),
+        liver_burden_percent: Some(80.0),
+        resectable_with_curative_intent: Some(false),
+        extrahepatic_sites: vec![pb::ExtrahepaticSite::None as i32],
+        ..Default::default()
+    });
+    let on = date(2026, 12, 2);
     let before = server().await;
-    assert_eq!(
-        before
-            .eligibility_on(&patient, LU177, date(2026, 11, 28))
-            .await
-            .status(),
-        Status::NotEligible
-    );
-    assert_eq!(
-        before
-            .funding_on(&patient, LU177, date(2026, 11, 28))
-            .await
-            .route(),
-        Route::IndividualFundingRequest
-    );
+    let e = before.eligibility_on(&patient, Therapy::LiverTae, on).await;
+    assert_eq!(e.status(), Status::Eligible, "{}", e.summary);
+    let flag = |e: &pb::TherapyEligibility| {
+        e.safety_flags
+            .iter()
+            .find(|f| f.flag_id == "liver-burden-above-70")
+            .map(|f| f.severity())
+    };
+    assert_eq!(flag(&e), Some(pb::SafetyFlagSeverity::Review));
+    let route_before = before
+        .funding_on(&patient, Therapy::LiverTae, on)
+        .await
+        .route();
 
-    let after = served(&["krenning"]).await;
+    let after = served(&["liver-burden"]).await;
+    for therapy in [Therapy::LiverTae, Therapy::LiverTace] {
+        let e = after.eligibility_on(&patient, therapy, on).await;
+        assert_eq!(e.status(), Status::Held, "{}", e.summary);
+        assert_eq!(flag(&e), Some(pb::SafetyFlagSeverity::Withhold));
+    }
     assert_eq!(
         after
-            .eligibility_on(&patient, LU177, date(2026, 11, 28))
-            .await
-            .status(),
-        Status::Eligible
-    );
-    assert_eq!(
-        after
-            .funding_on(&patient, LU177, date(2026, 11, 28))
+            .funding_on(&patient, Therapy::LiverTae, on)
             .await
             .route(),
-        Route::RoutinelyCommissionedNiceTa
+        route_before
     );
 }
 

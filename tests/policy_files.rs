@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use common::run_to_exit;
 
 const BUNDLED: &str = include_str!("../policy/net-pathway.toml");
+/// The check line of the `sstr-positive` criterion, with its parameters so that it is unique.
+const SSTR_CHECK: &str = "check = \"krenning_at_least\"\nparams = { score = 2 }   # the Lutathera";
 
 /// Writes `text` as a policy file in a fresh temporary directory.
 fn policy_file(text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -49,8 +51,8 @@ fn the_bundled_policy_checks_clean() {
 #[test]
 fn an_unknown_criterion_check_is_refused_with_its_line() {
     let text = edited(
-        "check = \"krenning_at_least\"",
-        "check = \"krenning_at_leest\"",
+        SSTR_CHECK,
+        &SSTR_CHECK.replace("krenning_at_least", "krenning_at_leest"),
     );
     let (_dir, path) = policy_file(&text);
     let (code, output) = check(&path);
@@ -66,7 +68,10 @@ fn an_unknown_criterion_check_is_refused_with_its_line() {
 
 #[test]
 fn a_parameter_of_the_wrong_type_is_refused() {
-    let text = edited("params = { score = 3 }", "params = { score = \"three\" }");
+    let text = edited(
+        "params = { score = 2 }   # the Lutathera",
+        "params = { score = \"two\" }   # the Lutathera",
+    );
     let (_dir, path) = policy_file(&text);
     let (code, output) = check(&path);
     assert_eq!(code, 2, "{output}");
@@ -156,7 +161,10 @@ fn a_policy_whose_example_case_fails_is_refused_with_exit_3() {
 
 #[test]
 fn the_server_refuses_to_start_on_a_broken_policy() {
-    let text = edited("check = \"krenning_at_least\"", "check = \"nonsense\"");
+    let text = edited(
+        SSTR_CHECK,
+        &SSTR_CHECK.replace("krenning_at_least", "nonsense"),
+    );
     let (_dir, path) = policy_file(&text);
     let (code, logs) = run_to_exit(&[
         "--listen".as_ref(),

@@ -17,15 +17,15 @@ use net_pathway::pb;
 use net_pathway::reload::{ReloadCounters, watch};
 
 const BUNDLED: &str = include_str!("../policy/net-pathway.toml");
-const THRESHOLD: &str =
-    "params = { score = 3 }   # reference §0.3; some sources accept ≥ 2 (§14.7)";
+const THRESHOLD: &str = "params = { score = 2 }   # the Lutathera licence's own words (reference §16.1); TA539 says only \"SSTR-positive\"";
 const LU177: Therapy = Therapy::PrrtLu177Dotatate;
 
-/// Version B accepts Krenning 2; version A (the bundled policy) does not.
+/// Version B needs Krenning 3 to count as SSTR-positive; version A (the bundled policy) takes
+/// the licence's Krenning 2.
 fn version_b() -> String {
     BUNDLED
-        .replacen(THRESHOLD, "params = { score = 2 }", 1)
-        .replacen("version = \"2026.11.1\"", "version = \"reload-b\"", 1)
+        .replacen(THRESHOLD, "params = { score = 3 }", 1)
+        .replacen("version = \"2026.12.1\"", "version = \"reload-b\"", 1)
 }
 
 fn broken() -> String {
@@ -35,7 +35,7 @@ fn broken() -> String {
             "check = \"krenning_at_leest\"",
             1,
         )
-        .replacen("version = \"2026.11.1\"", "version = \"broken\"", 1)
+        .replacen("version = \"2026.12.1\"", "version = \"broken\"", 1)
 }
 
 fn write_atomically(path: &std::path::Path, text: &str) {
@@ -100,12 +100,14 @@ async fn reloading_good_and_broken_policies_under_load_fails_no_call() {
             let version = answer.policy.expect("policy").version;
             let status = answer.therapies[0].status();
             match version.as_str() {
-                "2026.11.1" => assert_eq!(
-                    status,
-                    Status::NotEligible,
-                    "Krenning 2 under the bundled policy"
-                ),
-                "reload-b" => assert_eq!(status, Status::Eligible, "Krenning 2 under version B"),
+                "2026.12.1" => {
+                    assert_eq!(
+                        status,
+                        Status::Eligible,
+                        "Krenning 2 under the bundled policy"
+                    )
+                }
+                "reload-b" => assert_eq!(status, Status::NotEligible, "Krenning 2 under version B"),
                 other => panic!("an answer recorded policy version {other}"),
             }
             *by_version.entry(version).or_default() += 1;
@@ -165,7 +167,7 @@ async fn sighup_reloads_the_policy_file_and_a_broken_file_leaves_the_last_good_o
             }
         }
     };
-    wait_for("2026.11.1").await;
+    wait_for("2026.12.1").await;
     write_atomically(&path, &version_b());
     send_signal(&child, "HUP");
     wait_for("reload-b").await;

@@ -87,7 +87,7 @@ async fn the_policy_service_describes_every_therapy_and_its_sources() {
     assert_eq!(reference.version, bundled.version);
     assert_eq!(reference.content_hash, bundled.content_hash);
     assert_eq!(reference.service_build, net_pathway::SERVICE_BUILD);
-    assert_eq!(p.effective_from, Some(date(2026, 11, 28)));
+    assert_eq!(p.effective_from, Some(date(2026, 12, 2)));
     assert!(p.example_case_count >= 5);
     assert_eq!(p.therapies.len(), 14, "every therapy the service covers");
     let lu = p

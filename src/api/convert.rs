@@ -44,6 +44,8 @@ bridge! {
     Nation { England, Wales }
     WelshRegion { North, SouthMid }
     Sex { Female, Male }
+    WelshHealthBoard { AneurinBevan, BetsiCadwaladr, CardiffAndVale, CwmTafMorgannwg, HywelDda, Powys, SwanseaBay }
+    SsaIndication { SymptomControl, TumourControl, SymptomAndTumourControl }
     PrimarySite { Pancreas, Stomach, Duodenum, JejunumIleum, Appendix, Colon, Rectum, Lung, Thymus, UnknownPrimary,
                   Paraganglioma, Phaeochromocytoma, MedullaryThyroid, Other }
     Differentiation { Well, Moderate, Poor }
@@ -167,6 +169,10 @@ impl Reader {
                 sex: self.enumeration(at!("demographics.sex"), demographics.sex),
                 pregnant: demographics.pregnant,
                 breastfeeding: demographics.breastfeeding,
+                welsh_health_board: self.enumeration(
+                    at!("demographics.welsh_health_board"),
+                    demographics.welsh_health_board,
+                ),
             },
             tumour: domain::Tumour {
                 primary_site: self.enumeration(at!("tumour.primary_site"), tumour.primary_site),
@@ -188,6 +194,7 @@ impl Reader {
                     tumour.functional_syndrome,
                 ),
                 symptoms_controlled_on_ssa: tumour.symptoms_controlled_on_ssa,
+                primary_tumour_size_mm: tumour.primary_tumour_size_mm,
             },
             extent: domain::DiseaseExtent {
                 extent: self.enumeration(at!("extent.extent"), extent.extent),
@@ -232,6 +239,7 @@ impl Reader {
                     at!("imaging.mibg_scan_date"),
                     imaging.mibg_scan_date.as_ref(),
                 ),
+                sstr_positive: imaging.sstr_positive,
             },
             prior_treatments: p
                 .prior_treatments
@@ -265,6 +273,8 @@ impl Reader {
                     at!("medication.mibg_interfering_drugs"),
                     &medication.mibg_interfering_drugs,
                 ),
+                ssa_indication: self
+                    .enumeration(at!("medication.ssa_indication"), medication.ssa_indication),
             },
             fitness: domain::Fitness {
                 ecog_performance_status: fitness.ecog_performance_status,
@@ -284,6 +294,7 @@ impl Reader {
                 portal_vein_thrombosis: fitness.portal_vein_thrombosis,
                 ascites: fitness.ascites,
                 biliary_enteric_anastomosis: fitness.biliary_enteric_anastomosis,
+                fit_for_surgery: fitness.fit_for_surgery,
             },
             labs: domain::LaboratoryResults {
                 collected_date: self.date(at!("labs.collected_date"), labs.collected_date.as_ref()),
@@ -379,6 +390,8 @@ pub fn route(r: FundingRoute) -> pb::FundingRoute {
         }
         FundingRoute::NotRoutinelyCommissioned => pb::FundingRoute::NotRoutinelyCommissioned,
         FundingRoute::Undetermined => pb::FundingRoute::Undetermined,
+        FundingRoute::MdtDecision => pb::FundingRoute::MdtDecision,
+        FundingRoute::Contraindicated => pb::FundingRoute::Contraindicated,
     }
 }
 
@@ -412,6 +425,7 @@ fn criterion(policy: &Policy, r: &CriterionReport) -> pb::CriterionResult {
             Outcome::Met => pb::CriterionOutcome::Met,
             Outcome::Unmet => pb::CriterionOutcome::Unmet,
             Outcome::Unknown => pb::CriterionOutcome::Unknown,
+            Outcome::NotApplicable => pb::CriterionOutcome::NotApplicable,
         } as i32,
         values_used: r
             .finding
@@ -439,6 +453,23 @@ fn flag(policy: &Policy, f: &FlagReport) -> pb::SafetyFlag {
             f.finding.missing.join(", "),
             "not recorded".to_string(),
             String::new(),
+        ),
+        FlagKind::UnverifiedCriterion => (
+            format!(
+                "'{}' rests on no document that says it as applied here (the source is tagged to verify): specialist review of this criterion.",
+                c.description
+            ),
+            f.finding
+                .values
+                .first()
+                .map(|(field, _)| (*field).to_string())
+                .unwrap_or_default(),
+            f.finding
+                .values
+                .first()
+                .map(|(_, value)| value.to_string())
+                .unwrap_or_default(),
+            c.check.threshold_text(),
         ),
         FlagKind::SafetyLimit => {
             let (field, value) = f
@@ -469,6 +500,7 @@ pub fn eligibility(policy: &Policy, a: EligibilityAnswer, full: bool) -> pb::The
         Status::Eligible => pb::EligibilityStatus::Eligible,
         Status::NotEligible => pb::EligibilityStatus::NotEligible,
         Status::Indeterminate => pb::EligibilityStatus::Indeterminate,
+        Status::Held => pb::EligibilityStatus::Held,
     };
     let mut out = pb::TherapyEligibility {
         therapy: a.therapy.to_proto(),
@@ -539,7 +571,13 @@ pub fn funding(policy: &Policy, a: FundingAnswer, full: bool) -> pb::TherapyFund
 }
 
 pub fn derived(facts: &Facts) -> pb::DerivedFindings {
-    let GradeAssessment { grade, basis, .. } = &facts.grade;
+    let GradeAssessment {
+        grade,
+        basis,
+        differentiation,
+        differentiation_basis,
+        ..
+    } = &facts.grade;
     let gep = match facts.patient.tumour.primary_site {
         None => pb::GepClassification::Unspecified,
         Some(domain::PrimarySite::UnknownPrimary) => pb::GepClassification::UnknownPrimary,
@@ -551,6 +589,9 @@ pub fn derived(facts: &Facts) -> pb::DerivedFindings {
         grade_basis: basis.clone(),
         gep_classification: gep as i32,
         age_years: facts.age,
+        differentiation: differentiation
+            .map_or(pb::Differentiation::Unspecified as i32, |d| d.to_proto()),
+        differentiation_basis: differentiation_basis.clone(),
     }
 }
 

@@ -39,6 +39,7 @@ pub struct Demographics {
     pub sex: Option<Sex>,
     pub pregnant: Option<bool>,
     pub breastfeeding: Option<bool>,
+    pub welsh_health_board: Option<WelshHealthBoard>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -55,6 +56,7 @@ pub struct Tumour {
     pub grading_system: Option<GradingSystem>,
     pub functional_syndrome: Option<FunctionalSyndrome>,
     pub symptoms_controlled_on_ssa: Option<bool>,
+    pub primary_tumour_size_mm: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -96,6 +98,7 @@ pub struct Imaging {
     pub mibg_uptake_score: Option<i32>,
     #[serde(deserialize_with = "dates::optional")]
     pub mibg_scan_date: Option<NaiveDate>,
+    pub sstr_positive: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -121,6 +124,7 @@ pub struct Medication {
     #[serde(deserialize_with = "dates::optional")]
     pub ssa_last_dose_date: Option<NaiveDate>,
     pub mibg_interfering_drugs: Vec<MibgInterferingDrug>,
+    pub ssa_indication: Option<SsaIndication>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -141,6 +145,7 @@ pub struct Fitness {
     pub portal_vein_thrombosis: Option<bool>,
     pub ascites: Option<bool>,
     pub biliary_enteric_anastomosis: Option<bool>,
+    pub fit_for_surgery: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -224,6 +229,39 @@ vocabulary!(WelshRegion { North => "North Wales", SouthMid => "South and Mid Wal
 vocabulary!(Sex { Female => "female", Male => "male" });
 
 vocabulary!(
+    /// The seven NHS Wales local health boards.
+    WelshHealthBoard {
+        AneurinBevan => "Aneurin Bevan University Health Board",
+        BetsiCadwaladr => "Betsi Cadwaladr University Health Board",
+        CardiffAndVale => "Cardiff and Vale University Health Board",
+        CwmTafMorgannwg => "Cwm Taf Morgannwg University Health Board",
+        HywelDda => "Hywel Dda University Health Board",
+        Powys => "Powys Teaching Health Board",
+        SwanseaBay => "Swansea Bay University Health Board",
+    }
+);
+
+impl WelshHealthBoard {
+    /// The referral region the board's patients belong to: Betsi Cadwaladr serves North Wales
+    /// (Liverpool centre), the others South and Mid Wales (reference §1 Wales).
+    pub fn region(self) -> WelshRegion {
+        match self {
+            WelshHealthBoard::BetsiCadwaladr => WelshRegion::North,
+            _ => WelshRegion::SouthMid,
+        }
+    }
+}
+
+vocabulary!(
+    /// What a somatostatin analogue is asked for (reference §2).
+    SsaIndication {
+        SymptomControl => "symptom control",
+        TumourControl => "tumour growth control",
+        SymptomAndTumourControl => "symptom and tumour growth control",
+    }
+);
+
+vocabulary!(
     /// Where the tumour arose.
     PrimarySite {
         Pancreas => "pancreas",
@@ -247,6 +285,27 @@ impl PrimarySite {
     /// Lung and thymic NETs are classified as typical/atypical carcinoid (reference §0.2).
     pub fn uses_lung_classification(self) -> bool {
         matches!(self, PrimarySite::Lung | PrimarySite::Thymus)
+    }
+
+    /// Whether the WHO digestive (GEP) grading by Ki-67 and mitoses applies: phaeochromocytoma,
+    /// paraganglioma and medullary thyroid cancer are not graded by it (clinical README,
+    /// position 6), and lung and thymic NETs have their own classification.
+    pub fn graded_by_who_digestive_system(self) -> bool {
+        !matches!(
+            self,
+            PrimarySite::Paraganglioma
+                | PrimarySite::Phaeochromocytoma
+                | PrimarySite::MedullaryThyroid
+                | PrimarySite::Lung
+                | PrimarySite::Thymus
+        )
+    }
+
+    /// Whether a WHO grade means anything for this site: the digestive grades, and the lung
+    /// classification mapped to G1/G2 (reference §0.2). Phaeochromocytoma, paraganglioma and
+    /// medullary thyroid cancer have neither.
+    pub fn has_who_grade(self) -> bool {
+        self.graded_by_who_digestive_system() || self.uses_lung_classification()
     }
 
     /// Gastroenteropancreatic: the pancreas and the gastrointestinal tract.
@@ -341,5 +400,17 @@ impl Patient {
             Some(dob) => Some(dates::whole_years_between(dob, on)),
             None => self.demographics.age_years,
         }
+    }
+
+    /// The Welsh referral region: as recorded, or from the health board.
+    pub fn welsh_region(&self) -> Option<WelshRegion> {
+        self.demographics
+            .welsh_region
+            .or_else(|| self.demographics.welsh_health_board.map(|b| b.region()))
+    }
+
+    /// Whether a WHO grade applies to the tumour; `true` while the site is not recorded.
+    pub fn has_who_grade(&self) -> bool {
+        self.tumour.primary_site.is_none_or(|s| s.has_who_grade())
     }
 }

@@ -162,6 +162,22 @@ impl Patient {
                 "is only for patients in Wales".into(),
             );
         }
+        if let Some(board) = d.welsh_health_board {
+            if d.nation == Some(Nation::England) {
+                c.push(
+                    "demographics.welsh_health_board",
+                    "is only for patients in Wales".into(),
+                );
+            }
+            if let Some(region) = d.welsh_region
+                && region != board.region()
+            {
+                c.push(
+                    "demographics.welsh_health_board",
+                    format!("{board} is in {}, not {region}", board.region()),
+                );
+            }
+        }
         if d.sex == Some(Sex::Male) {
             for (field, value) in [
                 ("demographics.pregnant", d.pregnant),
@@ -175,6 +191,13 @@ impl Patient {
 
         let t = &self.tumour;
         c.number("tumour.ki67_percent", t.ki67_percent, 0.0, 100.0, " %");
+        c.number(
+            "tumour.primary_tumour_size_mm",
+            t.primary_tumour_size_mm,
+            0.0,
+            300.0,
+            " mm",
+        );
         c.number(
             "tumour.mitoses_per_2mm2",
             t.mitoses_per_2mm2,

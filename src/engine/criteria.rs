@@ -11,15 +11,25 @@ use serde::de::DeserializeOwned;
 use super::grading::{DIFFERENTIATION, GradeAssessment, WHO_GRADE};
 use crate::domain::{
     ChildPugh, Differentiation, Extent, ExtrahepaticSite, FunctionalSyndrome, MibgInterferingDrug,
-    Nation, Patient, PrimarySite, Sex, Therapy, WelshRegion, WhoGrade,
+    Nation, Patient, PrimarySite, Sex, SsaIndication, Therapy, WelshRegion, WhoGrade,
 };
 
-/// Three-valued outcome (clinical README, position 2).
+/// Three-valued outcome (clinical README, position 2), and "does not apply" for a criterion
+/// that has no meaning for the patient (a WHO digestive grade for a phaeochromocytoma,
+/// position 6): it neither blocks nor supports, and the therapy's other criteria decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Met,
     Unmet,
     Unknown,
+    NotApplicable,
+}
+
+impl Outcome {
+    /// Whether a required criterion with this outcome lets the answer through.
+    pub fn holds(self) -> bool {
+        matches!(self, Outcome::Met | Outcome::NotApplicable)
+    }
 }
 
 /// Text in an answer: the policy's own words are borrowed, anything formatted is owned.
@@ -85,6 +95,10 @@ impl Detail {
             },
             explained: self.explain,
         }
+    }
+
+    fn not_applicable(self, explanation: impl Into<Text>) -> Finding {
+        self.finding(Outcome::NotApplicable, explanation)
     }
 
     fn decided(self, met: bool, explanation: impl Into<Text>) -> Finding {
@@ -169,6 +183,17 @@ pub struct NumericInput {
     read: fn(&Patient) -> Option<f64>,
 }
 
+impl NumericInput {
+    /// The measure's name as a clinician says it: the field name without units.
+    pub fn measure(&self) -> &'static str {
+        match self.path {
+            "patient.labs.creatinine_clearance_ml_per_min" => "creatinine clearance",
+            "patient.labs.egfr_ml_per_min_per_1_73m2" => "eGFR",
+            path => path.rsplit('.').next().unwrap_or(path),
+        }
+    }
+}
+
 /// A yes/no patient input a check may name in the policy file.
 pub struct BooleanInput {
     pub path: &'static str,
@@ -197,6 +222,9 @@ pub static NUMERIC_INPUTS: &[NumericInput] = &[
     numeric!("tumour.mitoses_per_2mm2", "per 2 mm²", |p| p
         .tumour
         .mitoses_per_2mm2),
+    numeric!("tumour.primary_tumour_size_mm", "mm", |p| p
+        .tumour
+        .primary_tumour_size_mm),
     numeric!("extent.liver_burden_percent", "%", |p| p
         .extent
         .liver_burden_percent),
@@ -281,12 +309,7 @@ pub static BOOLEAN_INPUTS: &[BooleanInput] = &[
     boolean!("tumour.symptoms_controlled_on_ssa", |p| p
         .tumour
         .symptoms_controlled_on_ssa),
-    boolean!("extent.bilobar_liver_disease", |p| p
-        .extent
-        .bilobar_liver_disease),
-    boolean!("tumour.symptoms_controlled_on_ssa", |p| p
-        .tumour
-        .symptoms_controlled_on_ssa),
+    boolean!("fitness.fit_for_surgery", |p| p.fitness.fit_for_surgery),
     boolean!("extent.resectable_with_curative_intent", |p| p
         .extent
         .resectable_with_curative_intent),
@@ -336,17 +359,31 @@ pub static DATE_INPUTS: &[DateInput] = &[
         path: "patient.progression.progression_scan_date",
         read: |p| p.progression.progression_scan_date,
     },
+    DateInput {
+        path: "patient.extent.resectability_mdt_date",
+        read: |p| p.extent.resectability_mdt_date,
+    },
+    DateInput {
+        path: "patient.mdt.mdt_date",
+        read: |p| p.mdt.mdt_date,
+    },
 ];
 
 const AGE: &str = "patient.demographics.age_years";
 const DATE_OF_BIRTH: &str = "patient.demographics.date_of_birth";
 const NATION: &str = "patient.demographics.nation";
 const WELSH_REGION: &str = "patient.demographics.welsh_region";
+const WELSH_HEALTH_BOARD: &str = "patient.demographics.welsh_health_board";
+/// Krenning 2 is uptake equal to normal liver: the level a "positive" read means (reference §16.1).
+const LIVER_LEVEL_KRENNING: i32 = 2;
 const PRIMARY_SITE: &str = "patient.tumour.primary_site";
 const EXTENT: &str = "patient.extent.extent";
 const RESECTABLE: &str = "patient.extent.resectable_with_curative_intent";
 const PROGRESSIVE: &str = "patient.progression.progressive";
 const KRENNING: &str = "patient.imaging.krenning_score";
+const SSTR_POSITIVE: &str = "patient.imaging.sstr_positive";
+const PRIOR_CYCLES: &str = "patient.prior_treatments.cycles";
+const SSA_INDICATION: &str = "patient.medication.ssa_indication";
 const PREGNANT: &str = "patient.demographics.pregnant";
 const BREASTFEEDING: &str = "patient.demographics.breastfeeding";
 const PRIOR_TREATMENTS: &str = "patient.prior_treatments";
@@ -371,8 +408,28 @@ pub enum Check {
     GradeIn {
         grades: Vec<WhoGrade>,
     },
-    KrenningAtLeast {
+    /// SSTR uptake at least (or, with `at_least` false, below) a Krenning score; a scan read
+    /// only as positive or negative settles thresholds at the liver level (score 2).
+    Krenning {
         score: i32,
+        at_least: bool,
+    },
+    /// Younger than `years` on the as-of date.
+    AgeUnder {
+        years: i32,
+    },
+    /// A completed course of one of `therapies`: at least `administrations` given.
+    PriorCompletedCourse {
+        therapies: Vec<Therapy>,
+        administrations: i32,
+    },
+    /// The somatostatin analogue indication asked for allows `indication` (none asked: any).
+    SsaIndicationAllows {
+        indication: SsaIndication,
+    },
+    /// A numeric input is recorded (never UNMET: absent is UNKNOWN).
+    Recorded {
+        input: &'static NumericInput,
     },
     PregnantOrBreastfeeding,
     PriorTherapyAnyOf {
@@ -460,6 +517,17 @@ pub const CATALOGUE: &[(&str, &str)] = &[
         "grades: list of WHO grades (g1, g2, g3, nec, minen)",
     ),
     ("krenning_at_least", "score: integer 0-4"),
+    ("krenning_below", "score: integer 0-4"),
+    ("age_under", "years: integer"),
+    (
+        "prior_completed_course",
+        "therapies: list of therapies, administrations: integer (a completed course)",
+    ),
+    (
+        "ssa_indication_allows",
+        "indication: symptom_control | tumour_control",
+    ),
+    ("recorded", "input: numeric input (MET when recorded)"),
     ("pregnant_or_breastfeeding", "(none)"),
     ("prior_therapy_any_of", "therapies: list of therapies"),
     ("nation_is", "nation: england | wales"),
@@ -602,6 +670,17 @@ impl Check {
         }
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
+        struct Course {
+            therapies: Vec<Therapy>,
+            administrations: i32,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Indication {
+            indication: SsaIndication,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
         struct NationParam {
             nation: Nation,
         }
@@ -695,13 +774,39 @@ impl Check {
             "grade_in" => Check::GradeIn {
                 grades: non_empty(params::<Grades>(table)?.grades, "grades")?,
             },
-            "krenning_at_least" => {
+            "krenning_at_least" | "krenning_below" => {
                 let score = params::<Score>(table)?.score;
                 if !(0..=4).contains(&score) {
                     return Err(format!("score must be a Krenning score 0-4, got {score}"));
                 }
-                Check::KrenningAtLeast { score }
+                Check::Krenning {
+                    score,
+                    at_least: name == "krenning_at_least",
+                }
             }
+            "age_under" => Check::AgeUnder {
+                years: params::<Years>(table)?.years,
+            },
+            "prior_completed_course" => {
+                let p = params::<Course>(table)?;
+                if p.administrations < 1 {
+                    return Err("administrations must be at least 1".into());
+                }
+                Check::PriorCompletedCourse {
+                    therapies: non_empty(p.therapies, "therapies")?,
+                    administrations: p.administrations,
+                }
+            }
+            "ssa_indication_allows" => {
+                let indication = params::<Indication>(table)?.indication;
+                if indication == SsaIndication::SymptomAndTumourControl {
+                    return Err("indication must be symptom_control or tumour_control".into());
+                }
+                Check::SsaIndicationAllows { indication }
+            }
+            "recorded" => Check::Recorded {
+                input: numeric(&params::<Input>(table)?.input)?,
+            },
             "pregnant_or_breastfeeding" => none(Check::PregnantOrBreastfeeding)?,
             "prior_therapy_any_of" => Check::PriorTherapyAnyOf {
                 therapies: non_empty(params::<Therapies>(table)?.therapies, "therapies")?,
@@ -814,8 +919,13 @@ impl Check {
                 format!("> {multiple} x upper limit of normal")
             }
             Check::OlderThanDays { days, .. } => format!("older than {days} days"),
-            Check::KrenningAtLeast { score } => format!("Krenning ≥ {score}"),
+            Check::Krenning {
+                score,
+                at_least: true,
+            } => format!("Krenning ≥ {score}"),
+            Check::Krenning { score, .. } => format!("Krenning < {score}"),
             Check::AgeAtLeast { years } => format!("age ≥ {years}"),
+            Check::AgeUnder { years } => format!("age < {years}"),
             Check::ValueAtMost { input, limit } => {
                 format!("≤ {limit} {}", input.unit).trim_end().to_string()
             }
@@ -987,6 +1097,21 @@ impl Check {
                     .value(PROGRESSIVE, "no"),
                 None => detail.unknown(&[PROGRESSIVE], "progression not recorded"),
             },
+            // A stated differentiation still decides: only the grade has no meaning there.
+            Check::DifferentiationIn { .. } if !p.has_who_grade() && f.grade.differentiation.is_none() => {
+                detail.not_applicable(why!(
+                    detail,
+                    "{} is not graded by the WHO neuroendocrine grading and no differentiation is stated: its own criteria decide",
+                    p.tumour.primary_site.map_or("", |s| s.label())
+                ))
+            }
+            Check::GradeIn { .. } | Check::StatedGradeConflicts if !p.has_who_grade() => {
+                detail.not_applicable(why!(
+                    detail,
+                    "{} is not graded by the WHO neuroendocrine grading: its own criteria decide",
+                    p.tumour.primary_site.map_or("", |s| s.label())
+                ))
+            }
             Check::DifferentiationIn { accepted } => match f.grade.differentiation {
                 Some(d) => detail
                     .decided(
@@ -1027,20 +1152,146 @@ impl Check {
                 }
                 finding
             }
-            Check::KrenningAtLeast { score } => match p.imaging.krenning_score {
-                Some(k) => {
-                    let mut f = detail
-                        .decided(
-                            k >= *score,
-                            why!(detail, "Krenning score {k}; needs ≥ {score}"),
-                        )
-                        .value(KRENNING, why!(detail, "{k}"));
-                    if let Some(m) = p.imaging.sstr_modality {
-                        f = f.value("patient.imaging.sstr_modality", m.label());
+            Check::Krenning { score, at_least } => {
+                let finding = match (p.imaging.krenning_score, p.imaging.sstr_positive) {
+                    (Some(k), _) => {
+                        let holds = (k >= *score) == *at_least;
+                        detail
+                            .decided(
+                                holds,
+                                why!(
+                                    detail,
+                                    "Krenning score {k}; {} {score}",
+                                    if *at_least { "needs ≥" } else { "below" }
+                                ),
+                            )
+                            .value(KRENNING, why!(detail, "{k}"))
                     }
-                    f
+                    // Reference §16.1: "positive" is uptake at least as high as normal liver,
+                    // Krenning 2, so a read without a score settles thresholds at 2 only.
+                    (None, Some(positive)) if *score == LIVER_LEVEL_KRENNING => {
+                        let holds = positive == *at_least;
+                        detail
+                            .decided(
+                                holds,
+                                if positive {
+                                    "SSTR scan read as positive (uptake at least as high as liver); no Krenning score"
+                                } else {
+                                    "SSTR scan read as negative; no Krenning score"
+                                },
+                            )
+                            .value(SSTR_POSITIVE, if positive { "positive" } else { "negative" })
+                    }
+                    (None, Some(_)) => detail.unknown(
+                        &[KRENNING],
+                        why!(
+                            detail,
+                            "the SSTR scan was read as positive or negative without a score; Krenning {score} needs the score"
+                        ),
+                    ),
+                    (None, None) => detail.unknown(
+                        &[KRENNING, SSTR_POSITIVE],
+                        "SSTR uptake (Krenning score or a positive/negative read) not recorded",
+                    ),
+                };
+                match p.imaging.sstr_modality {
+                    Some(m) if finding.outcome != Outcome::Unknown => {
+                        finding.value("patient.imaging.sstr_modality", m.label())
+                    }
+                    _ => finding,
                 }
-                None => detail.unknown(&[KRENNING], "SSTR uptake (Krenning score) not recorded"),
+            }
+            Check::AgeUnder { years } => match f.age {
+                Some(age) => detail
+                    .decided(
+                        age < *years,
+                        why!(detail, "age {age} on {}; under {years}?", f.as_of),
+                    )
+                    .value(
+                        if p.demographics.date_of_birth.is_some() {
+                            DATE_OF_BIRTH
+                        } else {
+                            AGE
+                        },
+                        why!(detail, "{age} years"),
+                    ),
+                None => detail.unknown(&[AGE, DATE_OF_BIRTH], "age not recorded"),
+            },
+            Check::PriorCompletedCourse {
+                therapies,
+                administrations,
+            } => {
+                let courses = p
+                    .prior_treatments
+                    .iter()
+                    .filter(|t| therapies.contains(&t.therapy));
+                let completed = courses
+                    .clone()
+                    .find(|t| t.cycles.is_some_and(|c| c >= *administrations));
+                let uncounted = courses.clone().any(|t| t.cycles.is_none());
+                match completed {
+                    Some(t) => detail
+                        .decided(
+                            true,
+                            why!(
+                                detail,
+                                "a completed course of {}: {} administrations (a course is {administrations})",
+                                t.therapy,
+                                t.cycles.unwrap_or_default()
+                            ),
+                        )
+                        .value(PRIOR_CYCLES, why!(detail, "{}", t.cycles.unwrap_or_default())),
+                    None if uncounted => detail.unknown(
+                        &[PRIOR_CYCLES],
+                        why!(
+                            detail,
+                            "a previous course is recorded without its number of administrations: a course is {administrations}, and a further course after a completed one is retreatment"
+                        ),
+                    ),
+                    None if courses.clone().next().is_some() => detail
+                        .decided(
+                            false,
+                            why!(
+                                detail,
+                                "the recorded course is not complete (fewer than {administrations} administrations): a course in progress is not retreatment"
+                            ),
+                        )
+                        .value(
+                            PRIOR_CYCLES,
+                            why!(
+                                detail,
+                                "{}",
+                                courses
+                                    .map(|t| t.cycles.unwrap_or_default().to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ),
+                    None => detail
+                        .decided(false, "no previous course in the recorded prior treatments")
+                        .value(
+                            PRIOR_TREATMENTS,
+                            why!(detail, "{} recorded", p.prior_treatments.len()),
+                        ),
+                }
+            }
+            Check::SsaIndicationAllows { indication } => match p.medication.ssa_indication {
+                None => detail.decided(
+                    true,
+                    "no indication asked: symptom or tumour growth control may apply",
+                ),
+                Some(asked) => detail
+                    .decided(
+                        asked == *indication || asked == SsaIndication::SymptomAndTumourControl,
+                        why!(detail, "asked for {asked}"),
+                    )
+                    .value(SSA_INDICATION, asked.label()),
+            },
+            Check::Recorded { input } => match (input.read)(p) {
+                Some(v) => detail
+                    .decided(true, why!(detail, "{v} {}", input.unit))
+                    .value(input.path, with_unit(detail, v, input.unit)),
+                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
             Check::PregnantOrBreastfeeding => pregnant_or_breastfeeding(detail, p),
             Check::PriorTherapyAnyOf { therapies } => {
@@ -1069,11 +1320,18 @@ impl Check {
                     .value(NATION, n.label()),
                 None => detail.unknown(&[NATION], "nation not recorded"),
             },
-            Check::WelshRegionIs { region } => match p.demographics.welsh_region {
-                Some(r) => detail
-                    .decided(r == *region, why!(detail, "Welsh region is {r}"))
-                    .value(WELSH_REGION, r.label()),
-                None => detail.unknown(&[WELSH_REGION], "Welsh region not recorded"),
+            Check::WelshRegionIs { region } => match (p.welsh_region(), p.demographics.welsh_health_board) {
+                (Some(r), board) => {
+                    let f = detail.decided(r == *region, why!(detail, "Welsh region is {r}"));
+                    match (p.demographics.welsh_region, board) {
+                        (None, Some(b)) => f.value(WELSH_HEALTH_BOARD, b.label()),
+                        _ => f.value(WELSH_REGION, r.label()),
+                    }
+                }
+                (None, _) => detail.unknown(
+                    &[WELSH_REGION, WELSH_HEALTH_BOARD],
+                    "Welsh region (or health board) not recorded",
+                ),
             },
             Check::ValueBelow {
                 input,
@@ -1085,6 +1343,30 @@ impl Check {
                     .flatten()
                     .find(|i| (i.read)(p).is_some());
                 match chosen.and_then(|i| (i.read)(p).map(|v| (i, v))) {
+                    // The threshold is set for `input`'s measure: a value of the fallback measure
+                    // says so, so the flag cannot read as if the measures were the same.
+                    Some((i, v)) if !std::ptr::eq(i, *input) => detail
+                        .decided(
+                            v < *threshold,
+                            why!(
+                                detail,
+                                "{v} {} ({}) used in place of {}, which is not recorded; the threshold < {threshold} is for {}",
+                                i.unit,
+                                i.measure(),
+                                input.measure(),
+                                input.measure()
+                            ),
+                        )
+                        .value(
+                            i.path,
+                            why!(
+                                detail,
+                                "{v} {} ({}, not {})",
+                                i.unit,
+                                i.measure(),
+                                input.measure()
+                            ),
+                        ),
                     Some((i, v)) => detail
                         .decided(
                             v < *threshold,
@@ -1184,6 +1466,12 @@ fn combine<'f>(
     members: impl Iterator<Item = &'f Finding> + Clone,
     any: bool,
 ) -> Finding {
+    // A member that does not apply takes no part; a composite none of whose members apply
+    // does not apply either.
+    let members = members.filter(|f| f.outcome != Outcome::NotApplicable);
+    if members.clone().next().is_none() {
+        return detail.not_applicable("none of its criteria apply");
+    }
     // OR is settled by a MET member, AND by an UNMET one.
     let settles = if any { Outcome::Met } else { Outcome::Unmet };
     let decisive = members.clone().any(|f| f.outcome == settles);

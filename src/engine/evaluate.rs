@@ -28,6 +28,8 @@ pub enum FlagKind {
     ContraindicationNotRecorded,
     /// A safety limit is met: specialist review.
     SafetyLimit,
+    /// A criterion that decided the answer rests on no document that says it (position 11).
+    UnverifiedCriterion,
 }
 
 /// A safety finding for specialist review; its words come from the policy and the finding.
@@ -155,7 +157,7 @@ impl Policy {
         for &c in when {
             let report = self.report(c, facts);
             match report.finding.outcome {
-                Outcome::Met => {}
+                Outcome::Met | Outcome::NotApplicable => {}
                 Outcome::Unmet => unmet = true,
                 Outcome::Unknown => {
                     unknown = true;
@@ -183,23 +185,27 @@ impl Policy {
             .find(|s| {
                 s.when
                     .iter()
-                    .all(|&c| self.finding(c, facts).outcome == Outcome::Met)
+                    .all(|&c| self.finding(c, facts).outcome.holds())
             })
             .map(|s| s.target)
     }
 
-    /// The deciding MDT: the therapy's own rule, else the geographic rule, else the fallback.
+    /// The deciding MDT: an overriding rule (a child's paediatric MDT), else the therapy's own
+    /// rule, else the geographic rule, else the fallback.
     fn deciding_mdt(&self, therapy: Therapy, facts: &Facts) -> usize {
-        let own = self
-            .therapies
-            .get(&therapy)
-            .and_then(|t| self.select(&t.mdt, facts));
-        own.or_else(|| {
-            *facts
-                .geographic_mdt
-                .get_or_init(|| self.select(&self.mdt_rules, facts))
-        })
-        .unwrap_or(self.fallback_mdt)
+        let own = || {
+            self.therapies
+                .get(&therapy)
+                .and_then(|t| self.select(&t.mdt, facts))
+        };
+        let chosen = self.select(&self.mdt_overrides, facts).or_else(own);
+        chosen
+            .or_else(|| {
+                *facts
+                    .geographic_mdt
+                    .get_or_init(|| self.select(&self.mdt_rules, facts))
+            })
+            .unwrap_or(self.fallback_mdt)
     }
 
     /// The summary of a therapy the policy does not decide (explained answers only).
@@ -255,18 +261,33 @@ impl Policy {
                 }),
                 _ => {}
             }
+            if criterion.to_verify
+                && criterion.role != Role::Safety
+                && matches!(f.outcome, Outcome::Met | Outcome::Unmet)
+            {
+                flags.push(FlagReport {
+                    criterion: c,
+                    severity: Severity::Review,
+                    kind: FlagKind::UnverifiedCriterion,
+                    finding: f,
+                });
+            }
             if explains {
                 criteria.push(report);
             }
         }
+        // Position 10: a withhold flag is a hard stop that reading the status alone shows.
+        let withheld = flags.iter().any(|f| f.severity == Severity::Withhold);
         let status = if contraindicated || unmet {
             Status::NotEligible
+        } else if withheld {
+            Status::Held
         } else if !missing.is_empty() {
             Status::Indeterminate
         } else {
             Status::Eligible
         };
-        if status != Status::Indeterminate {
+        if !matches!(status, Status::Indeterminate | Status::Held) {
             missing.clear();
         }
         let mut answer = EligibilityAnswer {
@@ -333,6 +354,27 @@ impl Policy {
         } else if answer.status == Status::NotEligible {
             let mut summary = sentence(&["Not eligible for ", therapy_name, ": "]);
             quote(&mut summary, Role::Required, Outcome::Unmet);
+            summary
+        } else if answer.status == Status::Held {
+            let mut summary = sentence(&[
+                "Held: do not give ",
+                therapy_name,
+                " until a specialist clears: ",
+            ]);
+            let withholding = flags.iter().filter(|f| f.severity == Severity::Withhold);
+            for (i, f) in withholding.enumerate() {
+                if i > 0 {
+                    summary.push_str("; ");
+                }
+                summary.push_str(&self.criteria[f.criterion].description);
+                summary.push_str(" (");
+                summary.push_str(&f.finding.explanation);
+                summary.push(')');
+            }
+            let _ = write!(summary, ". Deciding MDT: {}.", self.mdts[*mdt].name);
+            if !missing.is_empty() {
+                let _ = write!(summary, " Also not yet recorded: {}.", missing.join(", "));
+            }
             summary
         } else if !missing.is_empty() {
             let mut summary = sentence(&[
@@ -464,10 +506,31 @@ impl Policy {
             }
             return answer;
         };
+        // Position 10: a therapy the patient cannot have has no funding route, whatever the
+        // commissioning text says.
+        let contraindication = rules.eligibility.iter().copied().find(|&c| {
+            self.criteria[c].role == Role::Contraindication
+                && self.finding(c, facts).outcome == Outcome::Met
+        });
+        if let Some(c) = contraindication {
+            let criterion = &self.criteria[c];
+            answer.route = FundingRoute::Contraindicated;
+            answer.source = Some(criterion.source);
+            if explains {
+                answer.summary = Cow::Owned(format!(
+                    "No funding route: {therapy} is contraindicated ({}: {}). The eligibility answer names the contraindication.",
+                    criterion.description,
+                    self.finding(c, facts).explanation
+                ));
+                answer.criteria.push(self.report(c, facts));
+            }
+            return answer;
+        }
         let as_of = facts.as_of;
-        let routes = rules
-            .routes
+        let routes = self
+            .common_routes
             .iter()
+            .chain(&rules.routes)
             .filter(|r| r.nation == nation && r.period.contains(as_of));
         for route in routes {
             let registry = route

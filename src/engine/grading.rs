@@ -100,6 +100,18 @@ impl GradingParameters {
             detail,
             said: Vec::new(),
         };
+        if !patient.has_who_grade() {
+            // Position 6: phaeochromocytoma, paraganglioma and medullary thyroid cancer are not
+            // graded by the WHO neuroendocrine systems; criteria that need a grade do not apply.
+            let site = t.primary_site.map_or("", |s| s.label());
+            a.basis = reasons.words(|_| format!("{site} is not graded by the WHO grading"));
+            a.differentiation = t.differentiation;
+            a.differentiation_basis = match t.differentiation {
+                Some(d) => reasons.words(|_| format!("stated: {d}")),
+                None => reasons.words(|_| "not recorded".into()),
+            };
+            return a;
+        }
         let lung = t.primary_site.is_some_and(|s| s.uses_lung_classification());
 
         let measured = if lung {
@@ -142,14 +154,20 @@ impl GradingParameters {
             && s != m
         {
             let used = s.max(m);
-            a.conflict = Some(format!(
+            let conflict = format!(
                 "stated grade {s}{edition} conflicts with the measured values ({m}); the higher grade {used} is used"
-            ));
+            );
+            a.conflict = Some(match a.conflict.take() {
+                Some(lung) => format!("{lung}; {conflict}"),
+                None => conflict,
+            });
         }
-        // WHO 2010's G3 was its neuroendocrine carcinoma category; WHO 2017 and 2019 split it
-        // into well-differentiated NET G3 and poorly differentiated NEC (PMC5087808 Table 1).
-        let g3_under_who_2010 =
-            stated == Some(WhoGrade::G3) && t.grading_system == Some(GradingSystem::Who2010);
+        // WHO 2010's G3 was its neuroendocrine carcinoma category; WHO 2017 and later split it
+        // into well-differentiated NET G3 and poorly differentiated NEC (PMC5087808 Table 1), so
+        // a G3 says nothing of differentiation unless the report names a later edition.
+        let stated_g3_of_later_edition = stated == Some(WhoGrade::G3)
+            && t.grading_system
+                .is_some_and(|e| e != GradingSystem::Who2010);
         match a.grade {
             Some(g) => {
                 a.basis = reasons.words(|said| {
@@ -173,17 +191,34 @@ impl GradingParameters {
 
         a.differentiation = t.differentiation;
         a.differentiation_basis = match (t.differentiation, a.grade) {
+            // A carcinoma is poorly differentiated by definition (WHO 2019): a report that also
+            // says well or moderately differentiated conflicts, and the higher grade wins.
+            (Some(d @ (Differentiation::Well | Differentiation::Moderate)), Some(WhoGrade::Nec)) => {
+                a.differentiation = Some(Differentiation::Poor);
+                let conflict =
+                    format!("stated {d} conflicts with the grade NEC; poorly differentiated is used");
+                a.conflict = Some(match a.conflict.take() {
+                    Some(earlier) => format!("{earlier}; {conflict}"),
+                    None => conflict,
+                });
+                reasons.words(|_| {
+                    format!("stated {d}, but a carcinoma (NEC) is poorly differentiated: that is used")
+                })
+            }
+            // TA449 1.1 and CLARINET say "well or moderately differentiated": moderately
+            // differentiated is the older term for a well-differentiated (G2) NET (reference §0.1).
+            (Some(Differentiation::Moderate), _) => {
+                a.differentiation = Some(Differentiation::Well);
+                reasons.words(|_| {
+                    "stated: moderately differentiated, the older term for a well-differentiated \
+                     NET, read as well differentiated"
+                        .into()
+                })
+            }
             (Some(d), _) => reasons.words(|_| format!("stated: {d}")),
-            (None, Some(WhoGrade::G3)) if g3_under_who_2010 => reasons.words(|_| {
-                "not recorded, and a G3 stated under WHO 2010 does not imply it: WHO 2010's G3 \
-                 was neuroendocrine carcinoma, which later editions split into well-differentiated \
-                 NET G3 and poorly differentiated NEC"
-                    .into()
-            }),
-            // WHO 2019: NET G1-G3 are well differentiated by definition, NEC poorly.
-            (None, Some(WhoGrade::G1 | WhoGrade::G2 | WhoGrade::G3))
-                if stated.is_some() || lung =>
-            {
+            // WHO 2019: NET G1 and G2 are well differentiated by definition (under WHO 2010
+            // too), NEC poorly; a G3 is a NET only under WHO 2017 or later.
+            (None, Some(WhoGrade::G1 | WhoGrade::G2)) => {
                 a.differentiation = Some(Differentiation::Well);
                 reasons.words(|_| {
                     format!(
@@ -192,6 +227,26 @@ impl GradingParameters {
                     )
                 })
             }
+            (None, Some(WhoGrade::G3)) if stated_g3_of_later_edition => {
+                a.differentiation = Some(Differentiation::Well);
+                reasons.words(|_| format!("implied by a NET G3 stated under{edition}"))
+            }
+            (None, Some(WhoGrade::G3)) => reasons.words(|_| match (stated, t.grading_system) {
+                (Some(WhoGrade::G3), Some(GradingSystem::Who2010)) => {
+                    "not recorded, and a G3 stated under WHO 2010 does not imply it: WHO 2010's G3 \
+                     was neuroendocrine carcinoma, which later editions split into well-differentiated \
+                     NET G3 and poorly differentiated NEC"
+                        .into()
+                }
+                (Some(WhoGrade::G3), None) => {
+                    "not recorded, and a G3 stated without its WHO edition does not imply it: under \
+                     WHO 2010 a G3 was a carcinoma; record the differentiation or the edition"
+                        .into()
+                }
+                _ => "not recorded, and a G3 by measurement does not imply it: morphology, not \
+                      Ki-67 alone, separates NET G3 from NEC (reference §0.1)"
+                    .into(),
+            }),
             (None, Some(WhoGrade::Nec)) => {
                 a.differentiation = Some(Differentiation::Poor);
                 reasons.words(|_| "implied by the WHO category NEC".into())
@@ -201,7 +256,8 @@ impl GradingParameters {
         a
     }
 
-    /// Lung and thymic NETs: TC/AC from the stated class, or from mitoses and necrosis.
+    /// Lung and thymic NETs: TC/AC from the stated class and from mitoses and necrosis; where
+    /// they disagree the higher is used and the conflict recorded (position 6).
     fn lung_grade(
         &self,
         patient: &Patient,
@@ -209,12 +265,34 @@ impl GradingParameters {
         reasons: &mut Reasons,
     ) -> Option<WhoGrade> {
         let t = &patient.tumour;
-        if let Some(class) = t.lung_classification {
+        let stated = t.lung_classification.map(|class| {
             a.values.push((LUNG_CLASS, class.label().into()));
             let g = lung_class_grade(class);
             reasons.add(|| format!("{class} maps to {g}"));
-            return Some(g);
+            (class, g)
+        });
+        let measured = self.lung_class_measured(patient, a, reasons);
+        match (stated, measured) {
+            (Some((s, sg)), Some((m, mg))) if lung_class_rank(s) != lung_class_rank(m) => {
+                let (used, g) = if mg > sg { (m, mg) } else { (s, sg) };
+                a.conflict = Some(format!(
+                    "stated {s} conflicts with the mitoses and necrosis ({m}); the higher, {used} ({g}), is used"
+                ));
+                Some(g)
+            }
+            (Some((_, g)), _) | (None, Some((_, g))) => Some(g),
+            (None, None) => None,
         }
+    }
+
+    /// Reference §0.2: the lung class from mitoses and necrosis, when they settle it.
+    fn lung_class_measured(
+        &self,
+        patient: &Patient,
+        a: &mut GradeAssessment,
+        reasons: &mut Reasons,
+    ) -> Option<(LungClassification, WhoGrade)> {
+        let t = &patient.tumour;
         let mitoses = t.mitoses_per_2mm2?;
         a.values.push((
             MITOSES,
@@ -238,7 +316,7 @@ impl GradingParameters {
         reasons.add(|| {
             format!("mitoses {mitoses} per 2 mm² and necrosis make it {class}, mapped to {g}")
         });
-        Some(g)
+        Some((class, g))
     }
 }
 
@@ -253,6 +331,15 @@ impl std::fmt::Display for Edition {
             Some(e) => write!(f, " ({e})"),
             None => Ok(()),
         }
+    }
+}
+
+/// The lung classes in order of grade; the two carcinomas rank alike.
+fn lung_class_rank(class: LungClassification) -> u8 {
+    match class {
+        LungClassification::TypicalCarcinoid => 0,
+        LungClassification::AtypicalCarcinoid => 1,
+        LungClassification::LargeCellNec | LungClassification::SmallCellCarcinoma => 2,
     }
 }
 
@@ -464,5 +551,108 @@ mod tests {
                 p.tumour
             );
         }
+    }
+
+    #[test]
+    fn a_g3_stated_without_its_edition_does_not_imply_the_differentiation() {
+        // Position 6: under WHO 2010 a G3 was a carcinoma, so a report that names no edition
+        // cannot say whether its G3 is a NET G3 or a NEC (reference §0.1).
+        let mut p = tumour(PrimarySite::Pancreas);
+        p.tumour.who_grade = Some(WhoGrade::G3);
+        p.tumour.ki67_percent = Some(70.0);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.grade, Some(WhoGrade::G3));
+        assert_eq!(a.differentiation, None);
+        assert!(
+            a.differentiation_basis.contains("without its WHO edition"),
+            "{}",
+            a.differentiation_basis
+        );
+        // Under WHO 2017 or later the same G3 is a NET G3.
+        p.tumour.grading_system = Some(GradingSystem::Who2017);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.differentiation, Some(Differentiation::Well));
+    }
+
+    #[test]
+    fn a_measured_g1_or_g2_implies_well_differentiated_and_a_measured_g3_does_not() {
+        // WHO 2019: NET G1 and G2 are well differentiated; morphology, not Ki-67 alone,
+        // separates NET G3 from NEC (reference §0.1).
+        for (ki67, mitoses, implied) in [
+            (2.0, None, Some(Differentiation::Well)),
+            (20.0, Some(19.0), Some(Differentiation::Well)),
+            (12.0, Some(25.0), None),
+            (35.0, None, None),
+        ] {
+            let mut p = tumour(PrimarySite::JejunumIleum);
+            p.tumour.ki67_percent = Some(ki67);
+            p.tumour.mitoses_per_2mm2 = mitoses;
+            let a = who2019().assess(&p, Detail::EXPLAINED);
+            assert_eq!(
+                a.differentiation, implied,
+                "Ki-67 {ki67}, mitoses {mitoses:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn moderately_differentiated_is_read_as_well_differentiated() {
+        // TA449 1.1 and CLARINET: "well or moderately differentiated" (reference §0.1, §10).
+        let mut p = tumour(PrimarySite::Pancreas);
+        p.tumour.differentiation = Some(Differentiation::Moderate);
+        p.tumour.ki67_percent = Some(8.0);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.differentiation, Some(Differentiation::Well));
+        assert!(a.differentiation_basis.contains("older term"));
+    }
+
+    #[test]
+    fn a_lung_class_the_counts_contradict_is_flagged_and_the_higher_used() {
+        // Reference §0.2: > 10 mitoses per 2 mm² is a carcinoma whatever the stated class.
+        let mut p = tumour(PrimarySite::Lung);
+        p.tumour.lung_classification = Some(LungClassification::TypicalCarcinoid);
+        p.tumour.mitoses_per_2mm2 = Some(15.0);
+        p.tumour.necrosis = Some(true);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.grade, Some(WhoGrade::Nec));
+        assert_eq!(a.differentiation, Some(Differentiation::Poor));
+        let conflict = a.conflict.unwrap_or_default();
+        assert!(
+            conflict.contains("typical carcinoid") && conflict.contains("large-cell"),
+            "{conflict}"
+        );
+        // Counts that agree with the stated class raise nothing.
+        p.tumour.mitoses_per_2mm2 = Some(1.0);
+        p.tumour.necrosis = Some(false);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!((a.grade, a.conflict), (Some(WhoGrade::G1), None));
+    }
+
+    #[test]
+    fn sites_outside_the_who_grading_get_no_grade_and_ask_for_none() {
+        // Position 6: phaeochromocytoma, paraganglioma and medullary thyroid cancer are not
+        // graded by the WHO neuroendocrine systems, even when a Ki-67 is sent.
+        for site in [
+            PrimarySite::Phaeochromocytoma,
+            PrimarySite::Paraganglioma,
+            PrimarySite::MedullaryThyroid,
+        ] {
+            let mut p = tumour(site);
+            p.tumour.ki67_percent = Some(5.0);
+            let a = who2019().assess(&p, Detail::EXPLAINED);
+            assert_eq!((a.grade, a.missing.len()), (None, 0), "{site}");
+            assert!(a.basis.contains("not graded"), "{}", a.basis);
+        }
+    }
+
+    #[test]
+    fn a_carcinoma_stated_well_differentiated_is_read_as_poorly_differentiated() {
+        // WHO 2019: NEC is poorly differentiated by definition; the higher grade wins.
+        let mut p = tumour(PrimarySite::Pancreas);
+        p.tumour.differentiation = Some(Differentiation::Well);
+        p.tumour.who_grade = Some(WhoGrade::Nec);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.differentiation, Some(Differentiation::Poor));
+        assert!(a.conflict.is_some());
     }
 }

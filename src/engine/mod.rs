@@ -4,6 +4,8 @@ pub mod criteria;
 pub mod evaluate;
 pub mod grading;
 pub mod policy;
+#[cfg(test)]
+mod properties;
 
 pub use criteria::{Detail, Facts, Finding, Outcome, Text};
 pub use evaluate::{EligibilityAnswer, FundingAnswer};

@@ -60,7 +60,7 @@ fn list(issues: &[PolicyIssue]) -> String {
         .join("\n")
 }
 
-/// How strongly a source supports a rule (reference.md evidence tags).
+/// How strongly a source supports a rule (the evidence tags of docs/clinical-reference.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Evidence {
@@ -101,7 +101,8 @@ pub enum RouteKind {
     IndividualFundingRequest,
     IndividualPatientFundingRequest,
     NotRoutinelyCommissioned,
-    Undetermined,
+    /// The MDT must decide, for the reason the route's summary gives (not missing inputs).
+    MdtDecision,
 }
 
 /// A funding route as answered.
@@ -116,7 +117,12 @@ pub enum FundingRoute {
     IndividualFundingRequest,
     IndividualPatientFundingRequest,
     NotRoutinelyCommissioned,
+    /// Inputs are missing: the answer names them.
     Undetermined,
+    /// The deciding MDT must decide, for the reason in the summary.
+    MdtDecision,
+    /// An absolute contraindication: no funding route applies.
+    Contraindicated,
 }
 
 impl From<RouteKind> for FundingRoute {
@@ -133,7 +139,7 @@ impl From<RouteKind> for FundingRoute {
                 FundingRoute::IndividualPatientFundingRequest
             }
             RouteKind::NotRoutinelyCommissioned => FundingRoute::NotRoutinelyCommissioned,
-            RouteKind::Undetermined => FundingRoute::Undetermined,
+            RouteKind::MdtDecision => FundingRoute::MdtDecision,
         }
     }
 }
@@ -192,6 +198,9 @@ pub enum Status {
     Eligible,
     NotEligible,
     Indeterminate,
+    /// No required criterion unmet and no contraindication, but a withhold flag stands
+    /// (clinical README, position 10).
+    Held,
 }
 
 /// An inclusive date range; `None` ends are open.
@@ -239,6 +248,9 @@ pub struct Criterion {
     pub severity: Option<Severity>,
     /// The message a safety flag carries.
     pub flag: String,
+    /// No document in the reference says this as the criterion applies it: answers flag it
+    /// for specialist review (clinical README, position 11).
+    pub to_verify: bool,
 }
 
 pub struct Named {
@@ -374,6 +386,10 @@ pub struct Policy {
     pub sites: Vec<Named>,
     pub registries: Vec<Registry>,
     pub mdt_rules: Vec<Selector>,
+    /// MDT rules that come before a therapy's own (a child goes to the paediatric MDT).
+    pub mdt_overrides: Vec<Selector>,
+    /// Routes tried before each therapy's own routes (a child is outside the adult pathways).
+    pub common_routes: Vec<Route>,
     pub fallback_mdt: usize,
     pub therapies: TherapyPolicies,
     pub cases: Vec<Case>,
@@ -400,6 +416,10 @@ struct RawPolicy {
     criteria: Vec<Spanned<RawCriterion>>,
     #[serde(default)]
     mdt_rules: Vec<Spanned<RawSelector>>,
+    #[serde(default)]
+    mdt_overrides: Vec<Spanned<RawSelector>>,
+    #[serde(default)]
+    common_routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     therapies: Vec<Spanned<RawTherapy>>,
     #[serde(default)]
@@ -494,6 +514,8 @@ struct RawCriterion {
     source: String,
     severity: Option<Severity>,
     flag: Option<String>,
+    #[serde(default)]
+    to_verify: bool,
 }
 
 #[derive(Deserialize)]
@@ -1013,6 +1035,19 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
                 ),
             );
         }
+        if sources
+            .get(source)
+            .is_some_and(|s| s.evidence == Evidence::ToVerify)
+            && !c.to_verify
+        {
+            l.issue(
+                offset,
+                format!(
+                    "criterion '{}': its source '{}' is tagged to_verify, so the criterion must say `to_verify = true` and be flagged in answers",
+                    c.id, c.source
+                ),
+            );
+        }
         let parameters = if c.params.is_empty() {
             String::new()
         } else {
@@ -1028,6 +1063,7 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             source,
             severity: c.severity,
             flag: c.flag.unwrap_or_default(),
+            to_verify: c.to_verify,
         });
     }
 
@@ -1072,12 +1108,72 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             .collect()
     };
     let mdt_rules = selectors(l, raw.mdt_rules);
+    let mdt_overrides = selectors(l, raw.mdt_overrides);
     let fallback_mdt = l.lookup(
         &mdt_index,
         &header.fallback_mdt,
         "MDT (policy.fallback_mdt)",
         0,
     );
+
+    let compile_route = |l: &mut Loader, r: RawRoute, offset: usize| -> Route {
+        let period = l.period(r.effective_from, r.effective_to, offset);
+        let registry = r
+            .registry
+            .as_deref()
+            .map(|id| l.lookup(&registry_index, id, "registry", offset));
+        if (r.route == RouteKind::AuditRegistry) != registry.is_some() {
+            l.issue(
+                offset,
+                format!(
+                    "route '{}': a registry is named exactly when the route is audit_registry",
+                    r.id
+                ),
+            );
+        }
+        Route {
+            when: refs(l, &r.when, offset),
+            commissioner: l.lookup(&commissioner_index, &r.commissioner, "commissioner", offset),
+            source: l.lookup(&source_index, &r.source, "source", offset),
+            mdt: r
+                .mdt
+                .as_deref()
+                .map(|m| l.lookup(&mdt_index, m, "MDT", offset)),
+            sites: r.sites.map(|s| {
+                s.iter()
+                    .map(|s| l.lookup(&site_index, s, "delivery site", offset))
+                    .collect()
+            }),
+            id: r.id,
+            nation: r.nation,
+            kind: r.route,
+            prior_approval: r.prior_approval,
+            next_if_refused: r.next_if_refused,
+            period,
+            summary: r.summary,
+            notes: r.notes,
+            registry,
+        }
+    };
+    let mut route_ids = HashSet::new();
+    let mut common_routes = Vec::new();
+    for r in raw.common_routes {
+        let offset = r.span().start;
+        let route = compile_route(l, r.into_inner(), offset);
+        if !route_ids.insert(route.id.clone()) {
+            l.issue(offset, format!("duplicate route id '{}'", route.id));
+        }
+        if route.when.is_empty() {
+            l.issue(
+                offset,
+                format!(
+                    "common route '{}' needs conditions: it comes before every therapy's own routes",
+                    route.id
+                ),
+            );
+        }
+        common_routes.push(route);
+    }
 
     let mut therapies = TherapyPolicies::default();
     for t in raw.therapies {
@@ -1126,58 +1222,16 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             delivery.push(Delivery { when, periods });
         }
         let mut routes: Vec<Route> = Vec::new();
-        let mut route_ids = HashSet::new();
         let mut last_offset: HashMap<Nation, (usize, bool)> = HashMap::new();
         for r in t.routes {
             let offset = r.span().start;
-            let r = r.into_inner();
-            if !route_ids.insert(r.id.clone()) {
-                l.issue(offset, format!("duplicate route id '{}'", r.id));
+            let route = compile_route(l, r.into_inner(), offset);
+            if !route_ids.insert(route.id.clone()) {
+                l.issue(offset, format!("duplicate route id '{}'", route.id));
             }
-            let period = l.period(r.effective_from, r.effective_to, offset);
-            let catch_all = r.when.is_empty() && period == Period::default();
-            last_offset.insert(r.nation, (offset, catch_all));
-            let registry = r
-                .registry
-                .as_deref()
-                .map(|id| l.lookup(&registry_index, id, "registry", offset));
-            if (r.route == RouteKind::AuditRegistry) != registry.is_some() {
-                l.issue(
-                    offset,
-                    format!(
-                        "route '{}': a registry is named exactly when the route is audit_registry",
-                        r.id
-                    ),
-                );
-            }
-            routes.push(Route {
-                when: refs(l, &r.when, offset),
-                commissioner: l.lookup(
-                    &commissioner_index,
-                    &r.commissioner,
-                    "commissioner",
-                    offset,
-                ),
-                source: l.lookup(&source_index, &r.source, "source", offset),
-                mdt: r
-                    .mdt
-                    .as_deref()
-                    .map(|m| l.lookup(&mdt_index, m, "MDT", offset)),
-                sites: r.sites.map(|s| {
-                    s.iter()
-                        .map(|s| l.lookup(&site_index, s, "delivery site", offset))
-                        .collect()
-                }),
-                id: r.id,
-                nation: r.nation,
-                kind: r.route,
-                prior_approval: r.prior_approval,
-                next_if_refused: r.next_if_refused,
-                period,
-                summary: r.summary,
-                notes: r.notes,
-                registry,
-            });
+            let catch_all = route.when.is_empty() && route.period == Period::default();
+            last_offset.insert(route.nation, (offset, catch_all));
+            routes.push(route);
         }
         for (nation, (offset, catch_all)) in last_offset {
             if !catch_all {
@@ -1238,6 +1292,8 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
         sites,
         registries,
         mdt_rules,
+        mdt_overrides,
+        common_routes,
         fallback_mdt,
         therapies,
         cases,

@@ -422,9 +422,11 @@ impl Patient {
     }
 
     // History and fitness
-    pub fn previously_treated_with(mut self, therapy: Therapy) -> Self {
+    /// A completed earlier course: `cycles` administrations (a Lu-177 course is 4).
+    pub fn previously_treated_with(mut self, therapy: Therapy, cycles: i32) -> Self {
         self.0.prior_treatments.push(pb::PriorTreatment {
             therapy: therapy as i32,
+            cycles: Some(cycles),
             ..Default::default()
         });
         self
