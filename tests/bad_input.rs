@@ -302,6 +302,45 @@ async fn inconsistent_facts_are_refused() {
 }
 
 #[tokio::test]
+async fn a_welsh_health_board_must_agree_with_the_nation_and_region() {
+    // Betsi Cadwaladr is North Wales; a board is only for patients in Wales.
+    let s = server().await;
+    let mut south = ta539_small_bowel().south_wales();
+    south
+        .0
+        .demographics
+        .as_mut()
+        .expect("demographics")
+        .welsh_health_board = pb::WelshHealthBoard::BetsiCadwaladr as i32;
+    assert_eq!(
+        violations(&s, request(south)).await,
+        vec!["patient.demographics.welsh_health_board"]
+    );
+    let mut english = ta539_small_bowel().england();
+    english
+        .0
+        .demographics
+        .as_mut()
+        .expect("demographics")
+        .welsh_health_board = pb::WelshHealthBoard::CardiffAndVale as i32;
+    assert_eq!(
+        violations(&s, request(english)).await,
+        vec!["patient.demographics.welsh_health_board"]
+    );
+    let mut too_big = ta539_small_bowel().england();
+    too_big
+        .0
+        .tumour
+        .as_mut()
+        .expect("tumour")
+        .primary_tumour_size_mm = Some(301.0);
+    assert_eq!(
+        violations(&s, request(too_big)).await,
+        vec!["patient.tumour.primary_tumour_size_mm"]
+    );
+}
+
+#[tokio::test]
 async fn a_prior_treatment_must_say_what_it_was() {
     let s = server().await;
     let mut patient = ta539_small_bowel();

@@ -69,6 +69,39 @@ fn enum_name(prefix: &str, short: &str) -> String {
     format!("{prefix}_{}", short.to_ascii_uppercase())
 }
 
+/// The status and route the BASIC view answers for one therapy.
+async fn basic_view(
+    s: &TestServer,
+    patient: &pb::PatientProfile,
+    therapy: pb::Therapy,
+    as_of: Option<Date>,
+) -> Result<(pb::EligibilityStatus, pb::FundingRoute), tonic::Status> {
+    let view = pb::EvaluationView::Basic as i32;
+    let eligibility = s
+        .client
+        .evaluate_eligibility(pb::EvaluateEligibilityRequest {
+            patient: Some(Box::new(patient.clone())),
+            therapies: vec![therapy as i32],
+            as_of_date: as_of,
+            view,
+            ..Default::default()
+        })
+        .await?;
+    let funding = s
+        .client
+        .classify_funding(pb::ClassifyFundingRequest {
+            patient: Some(Box::new(patient.clone())),
+            therapies: vec![therapy as i32],
+            as_of_date: as_of,
+            view,
+            ..Default::default()
+        })
+        .await?;
+    let status = eligibility.therapies.first().map(|t| t.status());
+    let route = funding.therapies.first().map(|t| t.route());
+    Ok((status.unwrap_or_default(), route.unwrap_or_default()))
+}
+
 #[tokio::test]
 async fn the_clinical_case_suite() {
     let file: CaseFile =
@@ -125,8 +158,22 @@ async fn the_clinical_case_suite() {
                 .unwrap_or_else(|status| panic!("case '{}': {status:?}", case.name))
                 .therapies
                 .remove(0);
+            // The BASIC view, for screening, gives the same status and route as FULL.
+            let basic = basic_view(&s, &patient, therapy, as_of)
+                .await
+                .unwrap_or_else(|status| panic!("case '{}': {status:?}", case.name));
             let mut fail =
                 |what: String| failures.push(format!("{} / {}: {what}", case.name, expect.therapy));
+            if basic != (eligibility.status(), funding.route()) {
+                fail(format!(
+                    "BASIC answers {basic:?}, FULL {:?}",
+                    (eligibility.status(), funding.route())
+                ));
+            }
+            // Position 1: every answer names the MDT that decides.
+            if eligibility.deciding_mdt.is_none() || funding.deciding_mdt.is_none() {
+                fail("an answer names no deciding MDT".into());
+            }
 
             if let Some(status) = &expect.status {
                 let want = enum_name("ELIGIBILITY_STATUS", status);

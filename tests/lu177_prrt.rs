@@ -579,6 +579,38 @@ async fn dialysis_is_a_review_flag_not_a_refusal() {
 }
 
 #[tokio::test]
+async fn an_egfr_standing_in_for_creatinine_clearance_says_so() {
+    // Reference §14.8: the renal thresholds are for creatinine clearance; eGFR is an estimate
+    // of another measure, so a flag raised on it must say which measure it read.
+    let s = server().await;
+    let patient = ta539_small_bowel()
+        .england()
+        .labs(|l| l.egfr_ml_per_min_per_1_73m2 = Some(45.0));
+    let e = s.eligibility_on(&patient, LU177, today()).await;
+    let flag = e
+        .safety_flags
+        .iter()
+        .find(|f| f.flag_id == "radionuclide-renal-review")
+        .expect("renal flag");
+    assert_eq!(flag.field, "patient.labs.egfr_ml_per_min_per_1_73m2");
+    assert!(
+        flag.value.contains("eGFR, not creatinine clearance"),
+        "{}",
+        flag.value
+    );
+    let measured = ta539_small_bowel()
+        .england()
+        .labs(|l| l.creatinine_clearance_ml_per_min = Some(45.0));
+    let e = s.eligibility_on(&measured, LU177, today()).await;
+    let flag = e
+        .safety_flags
+        .iter()
+        .find(|f| f.flag_id == "radionuclide-renal-review")
+        .expect("renal flag");
+    assert_eq!(flag.value, "45 mL/min");
+}
+
+#[tokio::test]
 async fn low_blood_counts_raise_withhold_flags() {
     let s = server().await;
     let patient = ta539_small_bowel().england().male().labs(|l| {

@@ -67,6 +67,23 @@ fn an_unknown_criterion_check_is_refused_with_its_line() {
 }
 
 #[test]
+fn a_criterion_citing_a_source_to_verify_must_say_so() {
+    // Position 11: a criterion no document supports is tagged to verify, never presented as
+    // sourced; the loader refuses one that cites a to-verify source without saying so.
+    let find = "source = \"children-cancer-services\"\nto_verify = true\n\n[[criteria]]\nid = \"lutathera-adult\"";
+    let text = edited(find, &find.replace("to_verify = true\n", ""));
+    let (_dir, path) = policy_file(&text);
+    let (code, output) = check(&path);
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains(
+            "criterion 'child': its source 'children-cancer-services' is tagged to_verify"
+        ),
+        "{output}"
+    );
+}
+
+#[test]
 fn a_parameter_of_the_wrong_type_is_refused() {
     let text = edited(
         "params = { score = 2 }   # the Lutathera",

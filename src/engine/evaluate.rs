@@ -10,7 +10,8 @@ use chrono::NaiveDate;
 
 use super::criteria::{Detail, Facts, Finding, Outcome};
 use super::policy::{
-    FundingRoute, Period, Policy, PriorApproval, RegistryStatus, Role, Selector, Severity, Status,
+    Evidence, FundingRoute, Period, Policy, PriorApproval, RegistryStatus, Role, Selector,
+    Severity, Status,
 };
 use crate::domain::{Nation, Patient, Therapy};
 
@@ -612,6 +613,14 @@ impl Policy {
                 None => self.delivery_on(therapy, facts, &mut answer.notes),
             };
             if explains {
+                // Position 11: a route no document confirms is never presented as sourced.
+                let source = &self.sources[route.source];
+                if source.evidence == Evidence::ToVerify {
+                    answer.notes.push(Cow::Owned(format!(
+                        "This route rests on a source tagged to verify ({}): confirm it with the commissioner.",
+                        source.document
+                    )));
+                }
                 answer.notes.extend(
                     route
                         .notes

@@ -207,8 +207,17 @@ impl GradingParameters {
             }
             // TA449 1.1 and CLARINET say "well or moderately differentiated": moderately
             // differentiated is the older term for a well-differentiated (G2) NET (reference §0.1).
-            (Some(Differentiation::Moderate), _) => {
+            (Some(Differentiation::Moderate), grade) => {
                 a.differentiation = Some(Differentiation::Well);
+                if grade == Some(WhoGrade::G3) {
+                    let conflict = "stated moderately differentiated (a G2 term) conflicts with \
+                                    the grade G3: pathology review"
+                        .to_string();
+                    a.conflict = Some(match a.conflict.take() {
+                        Some(earlier) => format!("{earlier}; {conflict}"),
+                        None => conflict,
+                    });
+                }
                 reasons.words(|_| {
                     "stated: moderately differentiated, the older term for a well-differentiated \
                      NET, read as well differentiated"
@@ -604,6 +613,11 @@ mod tests {
         let a = who2019().assess(&p, Detail::EXPLAINED);
         assert_eq!(a.differentiation, Some(Differentiation::Well));
         assert!(a.differentiation_basis.contains("older term"));
+        assert_eq!(a.conflict, None);
+        // A G2 term beside a measured G3 is a conflict for pathology review.
+        p.tumour.ki67_percent = Some(30.0);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert!(a.conflict.is_some_and(|c| c.contains("moderately")));
     }
 
     #[test]

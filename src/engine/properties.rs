@@ -248,3 +248,81 @@ fn a_criterion_to_verify_raises_a_review_flag_when_it_decides() {
         .collect();
     assert!(flagged.contains(&"octreotide-adult"), "{flagged:?}");
 }
+
+#[test]
+fn criteria_cite_the_document_that_says_them() {
+    // Position 11: eligibility for Lu-177 rests on its licence, sunitinib and everolimus on
+    // TA449, Y-90's analogy with Lu-177 on a source to verify.
+    let policy = policy();
+    let cites = |id: &str| {
+        let c = policy
+            .criteria
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap_or_else(|| panic!("criterion {id}"));
+        policy.sources[c.source].id.as_str()
+    };
+    for (prefix, source) in [
+        ("lutathera-", "lutathera-smpc"),
+        ("ta449-", "nice-ta449"),
+        ("lanreotide-", "lanreotide-licence"),
+    ] {
+        let matching: Vec<&str> = policy
+            .criteria
+            .iter()
+            .filter(|c| c.id.starts_with(prefix))
+            .map(|c| c.id.as_str())
+            .collect();
+        assert!(!matching.is_empty(), "{prefix}");
+        for id in matching {
+            assert_eq!(cites(id), source, "{id}");
+        }
+    }
+    assert_eq!(cites("y90-selection"), "y90-by-analogy");
+    assert_eq!(cites("sact-pregnancy-review"), "sact-pregnancy");
+    assert_eq!(cites("ssa-pregnancy-review"), "ssa-pregnancy");
+    assert_eq!(cites("liver-directed-net"), "retnet");
+    assert_eq!(cites("sirt-net"), "nice-ipg786");
+    assert_eq!(
+        policy
+            .sources
+            .iter()
+            .find(|s| s.id == "nice-ipg786")
+            .and_then(|s| s.published),
+        NaiveDate::from_ymd_opt(2024, 5, 16)
+    );
+    // No therapy's eligibility rests on TA539's own criteria: TA539 decides funding routes.
+    for therapy in Therapy::ALL {
+        if let Some(rules) = policy.therapies.get(therapy) {
+            for &c in &rules.eligibility {
+                assert_ne!(
+                    policy.sources[policy.criteria[c].source].id, "nice-ta539",
+                    "{therapy}: eligibility criterion '{}' cites TA539",
+                    policy.criteria[c].id
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_route_resting_on_a_source_to_verify_says_so() {
+    // Reference §14.10: the SSA commissioner in England is assumed to be the ICB, to verify.
+    let policy = policy();
+    let mut p = Patient::default();
+    p.demographics.nation = Some(Nation::England);
+    p.demographics.age_years = Some(60);
+    p.tumour.functional_syndrome = Some(FunctionalSyndrome::Carcinoid);
+    p.tumour.differentiation = Some(Differentiation::Well);
+    let facts = policy.facts(&p, as_of(), Detail::EXPLAINED);
+    let funding = policy.funding(&facts, Therapy::SsaLanreotide);
+    assert_eq!(funding.route, FundingRoute::RoutinelyCommissioned);
+    assert!(
+        funding
+            .notes
+            .iter()
+            .any(|n| n.contains("rests on a source tagged to verify")),
+        "{:?}",
+        funding.notes
+    );
+}
