@@ -561,8 +561,9 @@ async fn renal_function_below_50_is_flagged_for_review_and_below_30_as_withhold(
 }
 
 #[tokio::test]
-async fn dialysis_is_a_review_flag_not_a_refusal() {
-    // BNMS (reference §14.8): dialysis alone is no reason to refuse radionuclide therapy.
+async fn dialysis_holds_the_therapy_for_a_specialist_and_never_refuses_it() {
+    // BNMS (reference §14.8): dialysis alone is no reason to refuse radionuclide therapy; NCCP
+    // (§3) puts it outside the routine pathway: held until a specialist clears it (position 10).
     let s = server().await;
     let e = s
         .eligibility_on(
@@ -574,7 +575,7 @@ async fn dialysis_is_a_review_flag_not_a_refusal() {
             today(),
         )
         .await;
-    assert_eq!(e.status(), Status::Eligible);
+    assert_eq!(e.status(), Status::Held);
     assert!(flag_ids(&e).contains(&"radionuclide-dialysis"));
 }
 
@@ -650,7 +651,14 @@ async fn normal_blood_counts_raise_no_flags() {
         l.creatinine_clearance_ml_per_min = Some(90.0);
     });
     let e = s.eligibility_on(&patient, LU177, today()).await;
-    assert!(e.safety_flags.is_empty(), "{:?}", flag_ids(&e));
+    // The fixture records no scan dates, so only the flags saying so may stand.
+    assert!(
+        flag_ids(&e)
+            .iter()
+            .all(|id| ["progression-undated", "sstr-scan-undated"].contains(id)),
+        "{:?}",
+        flag_ids(&e)
+    );
 }
 
 #[tokio::test]
@@ -721,7 +729,9 @@ async fn imaging_marrow_and_radiation_protection_flags() {
         .find(|f| f.flag_id == "prrt-long-acting-ssa")
         .expect("ssa flag");
     assert_eq!(ssa.severity(), SafetyFlagSeverity::Info);
-    assert!(e.summary.contains("4 safety flag(s)"), "{}", e.summary);
+    // The four above that need review, and progression recorded without its scan date.
+    assert!(flag_ids(&e).contains(&"progression-undated"));
+    assert!(e.summary.contains("5 safety flag(s)"), "{}", e.summary);
 }
 
 // ---- Grades (clinical README position 6) ----

@@ -216,6 +216,29 @@ macro_rules! numeric {
     };
 }
 
+/// A numeric or dated input whose presence a check tests.
+#[derive(Clone, Copy)]
+pub enum RecordedInput {
+    Numeric(&'static NumericInput),
+    Date(&'static DateInput),
+}
+
+impl RecordedInput {
+    fn path(self) -> &'static str {
+        match self {
+            RecordedInput::Numeric(i) => i.path,
+            RecordedInput::Date(i) => i.path,
+        }
+    }
+
+    fn present(self, p: &Patient) -> bool {
+        match self {
+            RecordedInput::Numeric(i) => (i.read)(p).is_some(),
+            RecordedInput::Date(i) => (i.read)(p).is_some(),
+        }
+    }
+}
+
 /// Every numeric input a policy may threshold.
 pub static NUMERIC_INPUTS: &[NumericInput] = &[
     numeric!("tumour.ki67_percent", "%", |p| p.tumour.ki67_percent),
@@ -310,6 +333,7 @@ pub static BOOLEAN_INPUTS: &[BooleanInput] = &[
         .tumour
         .symptoms_controlled_on_ssa),
     boolean!("fitness.fit_for_surgery", |p| p.fitness.fit_for_surgery),
+    boolean!("imaging.sstr_positive", |p| p.imaging.sstr_positive),
     boolean!("extent.resectable_with_curative_intent", |p| p
         .extent
         .resectable_with_curative_intent),
@@ -366,6 +390,10 @@ pub static DATE_INPUTS: &[DateInput] = &[
     DateInput {
         path: "patient.mdt.mdt_date",
         read: |p| p.mdt.mdt_date,
+    },
+    DateInput {
+        path: "patient.progression.baseline_scan_date",
+        read: |p| p.progression.baseline_scan_date,
     },
 ];
 
@@ -430,6 +458,11 @@ pub enum Check {
     /// A numeric input is recorded (never UNMET: absent is UNKNOWN).
     Recorded {
         input: &'static NumericInput,
+    },
+    /// An input is not recorded: MET when absent, UNMET when present, never UNKNOWN. For flags
+    /// about evidence that cannot be checked (a score or a date missing).
+    NotRecorded {
+        input: RecordedInput,
     },
     PregnantOrBreastfeeding,
     PriorTherapyAnyOf {
@@ -528,6 +561,10 @@ pub const CATALOGUE: &[(&str, &str)] = &[
         "indication: symptom_control | tumour_control",
     ),
     ("recorded", "input: numeric input (MET when recorded)"),
+    (
+        "not_recorded",
+        "input: numeric or date input (MET when absent, UNMET when recorded)",
+    ),
     ("pregnant_or_breastfeeding", "(none)"),
     ("prior_therapy_any_of", "therapies: list of therapies"),
     ("nation_is", "nation: england | wales"),
@@ -807,6 +844,17 @@ impl Check {
             "recorded" => Check::Recorded {
                 input: numeric(&params::<Input>(table)?.input)?,
             },
+            "not_recorded" => {
+                let name = params::<Input>(table)?.input;
+                let input = match numeric(&name) {
+                    Ok(i) => RecordedInput::Numeric(i),
+                    Err(_) => RecordedInput::Date(
+                        date_input(&name)
+                            .map_err(|_| format!("unknown numeric or date input '{name}'"))?,
+                    ),
+                };
+                Check::NotRecorded { input }
+            }
             "pregnant_or_breastfeeding" => none(Check::PregnantOrBreastfeeding)?,
             "prior_therapy_any_of" => Check::PriorTherapyAnyOf {
                 therapies: non_empty(params::<Therapies>(table)?.therapies, "therapies")?,
@@ -1287,6 +1335,12 @@ impl Check {
                     )
                     .value(SSA_INDICATION, asked.label()),
             },
+            Check::NotRecorded { input } => {
+                let present = input.present(p);
+                detail
+                    .decided(!present, if present { "recorded" } else { "not recorded" })
+                    .value(input.path(), if present { "recorded" } else { "not recorded" })
+            }
             Check::Recorded { input } => match (input.read)(p) {
                 Some(v) => detail
                     .decided(true, why!(detail, "{v} {}", input.unit))

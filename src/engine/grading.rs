@@ -150,6 +150,32 @@ impl GradingParameters {
             reasons.add(|| format!("stated grade {s}{edition}"));
         }
         a.grade = stated.max(measured);
+        // A report that says both NEC and well (or moderately) differentiated contradicts
+        // itself: WHO 2000/2004's "well-differentiated endocrine carcinoma" is a NET today,
+        // and morphology separates NET from NEC (reference §0.1). Unless the counts are those
+        // of a G3, neither the grade nor the differentiation is taken from it.
+        if let (Some(WhoGrade::Nec), Some(d @ (Differentiation::Well | Differentiation::Moderate))) =
+            (stated, t.differentiation)
+            && measured.is_none_or(|m| m < WhoGrade::G3)
+        {
+            a.grade = None;
+            a.conflict = Some(format!(
+                "stated NEC and stated {d} contradict each other (an older 'well-differentiated \
+                 endocrine carcinoma' is a NET today): pathology review"
+            ));
+            a.basis = reasons.words(|_| {
+                format!(
+                    "stated NEC{edition} and stated {d} contradict each other; no grade is taken"
+                )
+            });
+            a.differentiation_basis = reasons.words(|_| {
+                format!(
+                    "stated {d}, contradicted by the stated NEC: not taken until pathology review"
+                )
+            });
+            a.missing = vec![WHO_GRADE, DIFFERENTIATION];
+            return a;
+        }
         if let (Some(s), Some(m)) = (stated, measured)
             && s != m
         {
@@ -207,17 +233,24 @@ impl GradingParameters {
             }
             // TA449 1.1 and CLARINET say "well or moderately differentiated": moderately
             // differentiated is the older term for a well-differentiated (G2) NET (reference §0.1).
-            (Some(Differentiation::Moderate), grade) => {
+            // "Moderately differentiated" is a G2 term: beside a G3 it settles nothing.
+            (Some(Differentiation::Moderate), Some(WhoGrade::G3)) => {
+                a.differentiation = None;
+                let conflict = "stated moderately differentiated (a G2 term) conflicts with the \
+                                grade G3: pathology review"
+                    .to_string();
+                a.conflict = Some(match a.conflict.take() {
+                    Some(earlier) => format!("{earlier}; {conflict}"),
+                    None => conflict,
+                });
+                reasons.words(|_| {
+                    "stated moderately differentiated, a G2 term, beside a G3: not taken until \
+                     pathology review"
+                        .into()
+                })
+            }
+            (Some(Differentiation::Moderate), _) => {
                 a.differentiation = Some(Differentiation::Well);
-                if grade == Some(WhoGrade::G3) {
-                    let conflict = "stated moderately differentiated (a G2 term) conflicts with \
-                                    the grade G3: pathology review"
-                        .to_string();
-                    a.conflict = Some(match a.conflict.take() {
-                        Some(earlier) => format!("{earlier}; {conflict}"),
-                        None => conflict,
-                    });
-                }
                 reasons.words(|_| {
                     "stated: moderately differentiated, the older term for a well-differentiated \
                      NET, read as well differentiated"
@@ -614,9 +647,10 @@ mod tests {
         assert_eq!(a.differentiation, Some(Differentiation::Well));
         assert!(a.differentiation_basis.contains("older term"));
         assert_eq!(a.conflict, None);
-        // A G2 term beside a measured G3 is a conflict for pathology review.
+        // A G2 term beside a measured G3 settles nothing, and is a conflict for pathology review.
         p.tumour.ki67_percent = Some(30.0);
         let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.differentiation, None);
         assert!(a.conflict.is_some_and(|c| c.contains("moderately")));
     }
 
@@ -660,12 +694,21 @@ mod tests {
     }
 
     #[test]
-    fn a_carcinoma_stated_well_differentiated_is_read_as_poorly_differentiated() {
-        // WHO 2019: NEC is poorly differentiated by definition; the higher grade wins.
+    fn a_report_saying_both_nec_and_well_differentiated_settles_neither_unless_the_counts_are_g3() {
+        // WHO 2000/2004's "well-differentiated endocrine carcinoma" is a NET today; WHO 2019's
+        // NEC is poorly differentiated by definition (reference §0.1).
         let mut p = tumour(PrimarySite::Pancreas);
         p.tumour.differentiation = Some(Differentiation::Well);
         p.tumour.who_grade = Some(WhoGrade::Nec);
+        p.tumour.ki67_percent = Some(8.0);
         let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!((a.grade, a.differentiation), (None, None));
+        assert_eq!(a.missing, vec![WHO_GRADE, DIFFERENTIATION]);
+        assert!(a.conflict.is_some());
+        // With the counts of a G3 the carcinoma stands, poorly differentiated.
+        p.tumour.ki67_percent = Some(60.0);
+        let a = who2019().assess(&p, Detail::EXPLAINED);
+        assert_eq!(a.grade, Some(WhoGrade::Nec));
         assert_eq!(a.differentiation, Some(Differentiation::Poor));
         assert!(a.conflict.is_some());
     }

@@ -100,7 +100,8 @@ fn patient() -> impl Strategy<Value = Patient> {
 
 /// Therapies whose sources restrict them to neuroendocrine tumours, not carcinomas: the
 /// licences and TAs say well differentiated (reference §2, §3, §10, §11), RETNET a
-/// biopsy-proven NET and IPG786 NETs metastatic to the liver (§12).
+/// biopsy-proven NET and IPG786 NETs metastatic to the liver (§12), PMC7423566 debulking of
+/// NETs (§7).
 const NET_ONLY: &[Therapy] = &[
     Therapy::SsaOctreotide,
     Therapy::SsaLanreotide,
@@ -108,6 +109,7 @@ const NET_ONLY: &[Therapy] = &[
     Therapy::PrrtY90,
     Therapy::Sunitinib,
     Therapy::Everolimus,
+    Therapy::DebulkingSurgery,
     Therapy::LiverTae,
     Therapy::LiverTace,
     Therapy::Sirt,
