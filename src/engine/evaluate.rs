@@ -262,10 +262,13 @@ impl Policy {
                 }),
                 _ => {}
             }
-            if criterion.to_verify
-                && criterion.role != Role::Safety
-                && matches!(f.outcome, Outcome::Met | Outcome::Unmet)
-            {
+            // A criterion decides when a required one is MET or UNMET, or a contraindication MET.
+            let decides = match criterion.role {
+                Role::Required => matches!(f.outcome, Outcome::Met | Outcome::Unmet),
+                Role::Contraindication => f.outcome == Outcome::Met,
+                Role::Safety => false,
+            };
+            if criterion.to_verify && decides {
                 flags.push(FlagReport {
                     criterion: c,
                     severity: Severity::Review,

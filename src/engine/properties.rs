@@ -284,6 +284,15 @@ fn criteria_cite_the_document_that_says_them() {
     assert_eq!(cites("sact-pregnancy-review"), "sact-pregnancy");
     assert_eq!(cites("ssa-pregnancy-review"), "ssa-pregnancy");
     assert_eq!(cites("liver-directed-net"), "retnet");
+    assert_eq!(cites("everolimus-pregnancy"), "everolimus-safety");
+    assert_eq!(cites("marrow-neutrophils"), "sact-fitness");
+    assert_eq!(cites("marrow-platelets"), "sact-fitness");
+    assert_eq!(cites("y90-sstr-positive"), "y90-by-analogy");
+    assert_eq!(cites("y90-nephrotoxicity"), "uptodate-prrt");
+    assert_eq!(cites("sstr-below-liver"), "krenning-score");
+    assert_eq!(cites("bone-metastases"), "radiotherapy-indications");
+    assert_eq!(cites("sirt-ascites"), "sirt-criteria");
+    assert_eq!(cites("sirt-bilirubin"), "sirt-criteria");
     assert_eq!(cites("sirt-net"), "nice-ipg786");
     assert_eq!(
         policy
