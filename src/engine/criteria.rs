@@ -365,36 +365,30 @@ pub static BOOLEAN_INPUTS: &[BooleanInput] = &[
         .trial_or_registry_candidate),
 ];
 
+macro_rules! date {
+    ($path:literal, |$p:ident| $e:expr) => {
+        DateInput {
+            path: concat!("patient.", $path),
+            read: |$p| $e,
+        }
+    };
+}
+
 /// Every dated input a policy may age-check.
 pub static DATE_INPUTS: &[DateInput] = &[
-    DateInput {
-        path: "patient.imaging.sstr_scan_date",
-        read: |p| p.imaging.sstr_scan_date,
-    },
-    DateInput {
-        path: "patient.imaging.mibg_scan_date",
-        read: |p| p.imaging.mibg_scan_date,
-    },
-    DateInput {
-        path: "patient.labs.collected_date",
-        read: |p| p.labs.collected_date,
-    },
-    DateInput {
-        path: "patient.progression.progression_scan_date",
-        read: |p| p.progression.progression_scan_date,
-    },
-    DateInput {
-        path: "patient.extent.resectability_mdt_date",
-        read: |p| p.extent.resectability_mdt_date,
-    },
-    DateInput {
-        path: "patient.mdt.mdt_date",
-        read: |p| p.mdt.mdt_date,
-    },
-    DateInput {
-        path: "patient.progression.baseline_scan_date",
-        read: |p| p.progression.baseline_scan_date,
-    },
+    date!("imaging.sstr_scan_date", |p| p.imaging.sstr_scan_date),
+    date!("imaging.mibg_scan_date", |p| p.imaging.mibg_scan_date),
+    date!("labs.collected_date", |p| p.labs.collected_date),
+    date!("progression.progression_scan_date", |p| p
+        .progression
+        .progression_scan_date),
+    date!("extent.resectability_mdt_date", |p| p
+        .extent
+        .resectability_mdt_date),
+    date!("mdt.mdt_date", |p| p.mdt.mdt_date),
+    date!("progression.baseline_scan_date", |p| p
+        .progression
+        .baseline_scan_date),
 ];
 
 const AGE: &str = "patient.demographics.age_years";

@@ -322,21 +322,30 @@ impl Policy {
             mdt,
             ..
         } = answer;
-        // The summary quotes why: each decisive criterion, in the clinic's words.
-        let quote = |summary: &mut String, role: Role, outcome: Outcome| {
-            let decisive = criteria.iter().filter(|r| {
-                self.criteria[r.criterion].role == role && r.finding.outcome == outcome
-            });
-            for (i, r) in decisive.enumerate() {
+        // Each criterion that decided, in the clinic's words with what it found. The findings
+        // are explained: summaries are written for explained facts.
+        let list = |summary: &mut String, decisive: &mut dyn Iterator<Item = (usize, &Finding)>| {
+            for (i, (criterion, finding)) in decisive.enumerate() {
                 if i > 0 {
                     summary.push_str("; ");
                 }
-                summary.push_str(&self.criteria[r.criterion].description);
+                summary.push_str(&self.criteria[criterion].description);
                 summary.push_str(" (");
-                // The report's finding is explained: summaries are written for explained facts.
-                summary.push_str(&r.finding.explanation);
+                summary.push_str(&finding.explanation);
                 summary.push(')');
             }
+        };
+        // The summary quotes why: each decisive criterion of `role` with `outcome`.
+        let quote = |summary: &mut String, role: Role, outcome: Outcome| {
+            list(
+                summary,
+                &mut criteria
+                    .iter()
+                    .filter(|r| {
+                        self.criteria[r.criterion].role == role && r.finding.outcome == outcome
+                    })
+                    .map(|r| (r.criterion, r.finding)),
+            );
             summary.push('.');
         };
         // Built by appending: a decision makes one summary per therapy, and `format!` costs
@@ -365,16 +374,13 @@ impl Policy {
                 therapy_name,
                 " until a specialist clears: ",
             ]);
-            let withholding = flags.iter().filter(|f| f.severity == Severity::Withhold);
-            for (i, f) in withholding.enumerate() {
-                if i > 0 {
-                    summary.push_str("; ");
-                }
-                summary.push_str(&self.criteria[f.criterion].description);
-                summary.push_str(" (");
-                summary.push_str(&f.finding.explanation);
-                summary.push(')');
-            }
+            list(
+                &mut summary,
+                &mut flags
+                    .iter()
+                    .filter(|f| f.severity == Severity::Withhold)
+                    .map(|f| (f.criterion, f.finding)),
+            );
             let _ = write!(summary, ". Deciding MDT: {}.", self.mdts[*mdt].name);
             if !missing.is_empty() {
                 let _ = write!(summary, " Also not yet recorded: {}.", missing.join(", "));
