@@ -341,6 +341,60 @@ async fn a_welsh_health_board_must_agree_with_the_nation_and_region() {
 }
 
 #[tokio::test]
+async fn an_oversized_list_is_one_violation_and_an_error_lists_at_most_20() {
+    // 300,000 empty prior treatments once made a 32 MB error trailer, which clients cannot read.
+    let s = server().await;
+    let mut patient = ta539_small_bowel().england();
+    patient.0.prior_treatments = vec![pb::PriorTreatment::default(); 300_000];
+    let status = s
+        .client
+        .evaluate_eligibility(request(patient))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let v = field_violations(&status);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].field, "patient.prior_treatments");
+    assert!(status.details().len() < 8 * 1024);
+
+    // A hundred treatments each dated in the future: the first 20 are listed, the count is whole.
+    let mut patient = ta539_small_bowel().england();
+    patient.0.prior_treatments = vec![
+        pb::PriorTreatment {
+            therapy: Therapy::Everolimus as i32,
+            start_date: Some(Date {
+                year: 2999,
+                month: 1,
+                day: 1
+            }),
+            ..Default::default()
+        };
+        100
+    ];
+    let status = s
+        .client
+        .evaluate_eligibility(request(patient))
+        .await
+        .expect_err("refused");
+    assert_eq!(field_violations(&status).len(), 20);
+    let info = status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .expect("ErrorInfo detail");
+    assert_eq!(
+        info.metadata.get("violation_count").map(String::as_str),
+        Some("100")
+    );
+    assert!(
+        status.message().contains("100 violations, the first 20"),
+        "{}",
+        status.message()
+    );
+    assert!(status.details().len() + status.message().len() < 8 * 1024);
+}
+
+#[tokio::test]
 async fn a_prior_treatment_must_say_what_it_was() {
     let s = server().await;
     let mut patient = ta539_small_bowel();

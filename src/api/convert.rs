@@ -63,6 +63,11 @@ bridge! {
     MdtName { Local, SouthWalesNet, RoyalFreeNet, LiverpoolNet, Other }
 }
 
+/// The most entries a repeated enum field may hold.
+pub const MAX_LIST_ENTRIES: usize = 16;
+/// The most prior treatments a patient's record may list.
+pub const MAX_PRIOR_TREATMENTS: usize = 100;
+
 /// Reads proto values into domain values, collecting violations.
 #[derive(Default)]
 pub struct Reader {
@@ -109,12 +114,36 @@ impl Reader {
         }
     }
 
-    /// A repeated enum field: every entry must be a known, specified value.
+    /// A repeated enum field: every entry must be a known, specified value, and there are at
+    /// most [`MAX_LIST_ENTRIES`] (no list the contract has can hold more distinct values).
     pub fn enumerations<D: Bridge>(&mut self, field: &str, raws: &[i32]) -> Vec<D> {
+        if raws.len() > MAX_LIST_ENTRIES {
+            self.violation(
+                field,
+                format!("at most {MAX_LIST_ENTRIES} entries, got {}", raws.len()),
+            );
+            return Vec::new();
+        }
         raws.iter()
             .enumerate()
             .filter_map(|(i, raw)| self.list_entry(|| format!("{field}[{i}]"), *raw))
             .collect()
+    }
+
+    /// The prior treatments, or none and a violation when there are more than
+    /// [`MAX_PRIOR_TREATMENTS`].
+    fn prior_treatments<'p>(&mut self, list: &'p [pb::PriorTreatment]) -> &'p [pb::PriorTreatment] {
+        if list.len() > MAX_PRIOR_TREATMENTS {
+            self.violation(
+                "patient.prior_treatments",
+                format!(
+                    "at most {MAX_PRIOR_TREATMENTS} prior treatments, got {}",
+                    list.len()
+                ),
+            );
+            return &[];
+        }
+        list
     }
 
     /// A full calendar date (year, month and day all set and valid).
@@ -241,8 +270,8 @@ impl Reader {
                 ),
                 sstr_positive: imaging.sstr_positive,
             },
-            prior_treatments: p
-                .prior_treatments
+            prior_treatments: self
+                .prior_treatments(&p.prior_treatments)
                 .iter()
                 .enumerate()
                 .filter_map(|(i, t)| {
