@@ -368,6 +368,28 @@ async fn listing_pages_through_decisions_and_refuses_a_bad_token() {
         .field,
         "funding_route"
     );
+    // Timestamps outside google.protobuf.Timestamp's own range are refused, not saturated.
+    let out_of_range = pb::ListDecisionsRequest {
+        start_time: Some(prost_types::Timestamp {
+            seconds: 1 << 62,
+            nanos: 0,
+        }),
+        end_time: Some(prost_types::Timestamp {
+            seconds: 0,
+            nanos: -5,
+        }),
+        ..Default::default()
+    };
+    let fields: Vec<String> = field_violations(
+        &s.client
+            .list_decisions(out_of_range)
+            .await
+            .expect_err("out of range"),
+    )
+    .into_iter()
+    .map(|v| v.field)
+    .collect();
+    assert_eq!(fields, vec!["start_time", "end_time"]);
 }
 
 #[tokio::test]

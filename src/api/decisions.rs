@@ -41,10 +41,21 @@ fn decision_id(r: &mut Reader, raw: &str) -> String {
     raw.to_string()
 }
 
-fn millis(t: &prost_types::Timestamp) -> i64 {
-    t.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(t.nanos) / 1_000_000)
+/// google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, with nanos
+/// in 0 to 999,999,999 (the message's own definition).
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A timestamp in milliseconds, or a violation when it is outside the proto's range.
+fn millis(r: &mut Reader, field: &str, t: Option<&prost_types::Timestamp>) -> Option<i64> {
+    let t = t?;
+    if !TIMESTAMP_SECONDS.contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        r.violation(
+            field,
+            "must be a valid timestamp: 0001-01-01 to 9999-12-31, nanos 0 to 999999999",
+        );
+        return None;
+    }
+    Some(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
 async fn load(state: &AppState, id: &str) -> Result<pb::DecisionRecord, Status> {
@@ -127,8 +138,8 @@ impl DecisionLogService for DecisionLogApi {
                 }
             }
             let (start_ms, end_ms) = (
-                req.start_time.as_ref().map(millis),
-                req.end_time.as_ref().map(millis),
+                millis(&mut r, "start_time", req.start_time.as_ref()),
+                millis(&mut r, "end_time", req.end_time.as_ref()),
             );
             if let (Some(s), Some(e)) = (start_ms, end_ms)
                 && s >= e
