@@ -408,6 +408,13 @@ impl JwtVerifier {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Status::unauthenticated("the bearer token is not a well-formed JWT"))?;
+        // RFC 7515 §4.1.11: a token whose header makes extensions critical must be refused by a
+        // recipient that does not understand them, and this service understands none.
+        if names_critical_extensions(token) {
+            return Err(Status::unauthenticated(
+                "the token's header names critical extensions (crit) that this service does not understand",
+            ));
+        }
         let keys = match self.keys.read() {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -465,6 +472,21 @@ impl JwtVerifier {
         }
         Ok(caller)
     }
+}
+
+/// Whether the JWT's protected header carries `crit` (jsonwebtoken's `Header` drops it).
+fn names_critical_extensions(token: &str) -> bool {
+    use base64::Engine;
+    let Some(encoded) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()
+        .and_then(|json| {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json).ok()
+        })
+        .is_some_and(|header| header.contains_key("crit"))
 }
 
 fn token_problem(kind: &jsonwebtoken::errors::ErrorKind) -> String {

@@ -225,6 +225,13 @@ async fn tokens_that_are_expired_early_misaddressed_or_forged_are_unauthenticate
             "issuer",
         ),
         (forger.sign(claims(serde_json::json!({}))), "signature"),
+        (
+            idp.sign_with_header(
+                serde_json::json!({"alg": "ES256", "kid": idp.kid, "crit": ["exp-ext"], "exp-ext": true}),
+                claims(serde_json::json!({})),
+            ),
+            "critical extensions",
+        ),
         ("not.a.jwt".to_string(), "well-formed"),
     ];
     for (token, why) in cases {

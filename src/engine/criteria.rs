@@ -1337,7 +1337,7 @@ impl Check {
             }
             Check::Recorded { input } => match (input.read)(p) {
                 Some(v) => detail
-                    .decided(true, why!(detail, "{v} {}", input.unit))
+                    .decided(true, with_unit(detail, v, input.unit))
                     .value(input.path, with_unit(detail, v, input.unit)),
                 None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
