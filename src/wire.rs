@@ -72,10 +72,16 @@ impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
             // Not one slice (no tonic today): prost reads through the view.
             U::decode(&mut *buf)
         };
-        // As tonic's own decoder: a message that does not parse is INTERNAL (gRPC status codes).
-        message
-            .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+        // A request that does not parse is the caller's to mend: INVALID_ARGUMENT. An answer
+        // that does not parse (this codec also serves the client) is INTERNAL, as in tonic's own
+        // decoder. buf lint (STANDARD) names every request message `<Rpc>Request`.
+        message.map(Some).map_err(|e| {
+            if std::any::type_name::<U>().ends_with("Request") {
+                Status::invalid_argument(format!("the request does not parse: {e}"))
+            } else {
+                Status::internal(e.to_string())
+            }
+        })
     }
 }
 

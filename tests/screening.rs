@@ -345,9 +345,12 @@ async fn a_streams_duration_is_the_streams_not_the_time_taken_to_open_it() {
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no ScreenCohort duration in:\n{metrics}"));
+    // The client's 400 ms start before the server's clock does (the call is received after the
+    // first patient is sent), so the count may fall a little short of 0.4 s; opening alone takes
+    // milliseconds, so 0.3 s still tells a stream's duration from its opening.
     assert!(
-        seconds >= 0.4,
-        "the stream took at least 0.4 s, counted {seconds} s"
+        seconds >= 0.3,
+        "the stream took about 0.4 s, counted {seconds} s"
     );
 }
 
@@ -505,21 +508,21 @@ async fn screen_raw(
 }
 
 #[tokio::test]
-async fn a_message_that_does_not_parse_ends_the_stream_with_internal_after_the_patients_before_it()
-{
+async fn a_message_that_does_not_parse_ends_the_stream_with_invalid_argument_after_the_patients_before_it()
+ {
     // An interface engine sends one patient, then bytes that are not a ScreenCohortRequest (a
     // string field whose length runs past the message). The first patient is answered; the
-    // stream then ends INTERNAL, as a unary call with those bytes would, rather than OK with the
-    // rest of the list silently unread.
+    // stream then ends INVALID_ARGUMENT, as a unary call with those bytes would, rather than OK
+    // with the rest of the list silently unread.
     let server = server_configured(test_limits(), false).await;
     let first = prost::Message::encode_to_vec(&screening("first", &ta539_small_bowel().england()));
     let (answers, ending) = screen_raw(&server, vec![first, vec![0x0a, 0xff, 0xff]]).await;
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0].correlation_id, "first");
-    assert_eq!(ending.code(), tonic::Code::Internal, "{ending:?}");
+    assert_eq!(ending.code(), tonic::Code::InvalidArgument, "{ending:?}");
     metrics_once_they_show(
         &server,
-        r#"netpathway_calls_total{code="Internal",method="ScreenCohort"} 1"#,
+        r#"netpathway_calls_total{code="InvalidArgument",method="ScreenCohort"} 1"#,
     )
     .await;
 }
