@@ -287,25 +287,16 @@ impl PrimarySite {
         matches!(self, PrimarySite::Lung | PrimarySite::Thymus)
     }
 
-    /// Whether the WHO digestive (GEP) grading by Ki-67 and mitoses applies: phaeochromocytoma,
-    /// paraganglioma and medullary thyroid cancer are not graded by it (clinical README,
-    /// position 6), and lung and thymic NETs have their own classification.
-    pub fn graded_by_who_digestive_system(self) -> bool {
+    /// Whether a WHO grade means anything for this site: the digestive grades, and the lung
+    /// classification mapped to G1/G2 (reference §0.2). Phaeochromocytoma, paraganglioma and
+    /// medullary thyroid cancer have neither (clinical README, position 6).
+    pub fn has_who_grade(self) -> bool {
         !matches!(
             self,
             PrimarySite::Paraganglioma
                 | PrimarySite::Phaeochromocytoma
                 | PrimarySite::MedullaryThyroid
-                | PrimarySite::Lung
-                | PrimarySite::Thymus
         )
-    }
-
-    /// Whether a WHO grade means anything for this site: the digestive grades, and the lung
-    /// classification mapped to G1/G2 (reference §0.2). Phaeochromocytoma, paraganglioma and
-    /// medullary thyroid cancer have neither.
-    pub fn has_who_grade(self) -> bool {
-        self.graded_by_who_digestive_system() || self.uses_lung_classification()
     }
 
     /// Gastroenteropancreatic: the pancreas and the gastrointestinal tract.

@@ -309,9 +309,10 @@ pub static NUMERIC_INPUTS: &[NumericInput] = &[
     numeric!("labs.inr", "", |p| p.labs.inr),
 ];
 
-macro_rules! boolean {
-    ($path:literal, |$p:ident| $e:expr) => {
-        BooleanInput {
+/// A yes/no or dated input: `input!(BooleanInput, "imaging.mibg_positive", |p| …)`.
+macro_rules! input {
+    ($kind:ident, $path:literal, |$p:ident| $e:expr) => {
+        $kind {
             path: concat!("patient.", $path),
             read: |$p| $e,
         }
@@ -320,73 +321,84 @@ macro_rules! boolean {
 
 /// Every yes/no input a policy may test.
 pub static BOOLEAN_INPUTS: &[BooleanInput] = &[
-    boolean!("imaging.fdg_positive_sstr_negative_lesion", |p| p
+    input!(
+        BooleanInput,
+        "imaging.fdg_positive_sstr_negative_lesion",
+        |p| p.imaging.fdg_positive_sstr_negative_lesion
+    ),
+    input!(BooleanInput, "imaging.mibg_positive", |p| p
         .imaging
-        .fdg_positive_sstr_negative_lesion),
-    boolean!("imaging.mibg_positive", |p| p.imaging.mibg_positive),
-    boolean!("extent.liver_metastases", |p| p.extent.liver_metastases),
-    boolean!("extent.liver_dominant", |p| p.extent.liver_dominant),
-    boolean!("extent.bilobar_liver_disease", |p| p
+        .mibg_positive),
+    input!(BooleanInput, "extent.liver_metastases", |p| p
+        .extent
+        .liver_metastases),
+    input!(BooleanInput, "extent.liver_dominant", |p| p
+        .extent
+        .liver_dominant),
+    input!(BooleanInput, "extent.bilobar_liver_disease", |p| p
         .extent
         .bilobar_liver_disease),
-    boolean!("tumour.symptoms_controlled_on_ssa", |p| p
+    input!(BooleanInput, "tumour.symptoms_controlled_on_ssa", |p| p
         .tumour
         .symptoms_controlled_on_ssa),
-    boolean!("fitness.fit_for_surgery", |p| p.fitness.fit_for_surgery),
-    boolean!("imaging.sstr_positive", |p| p.imaging.sstr_positive),
-    boolean!("extent.resectable_with_curative_intent", |p| p
-        .extent
-        .resectable_with_curative_intent),
-    boolean!("medication.on_long_acting_ssa", |p| p
+    input!(BooleanInput, "fitness.fit_for_surgery", |p| p
+        .fitness
+        .fit_for_surgery),
+    input!(BooleanInput, "imaging.sstr_positive", |p| p
+        .imaging
+        .sstr_positive),
+    input!(
+        BooleanInput,
+        "extent.resectable_with_curative_intent",
+        |p| p.extent.resectable_with_curative_intent
+    ),
+    input!(BooleanInput, "medication.on_long_acting_ssa", |p| p
         .medication
         .on_long_acting_ssa),
-    boolean!("fitness.can_follow_radiation_precautions", |p| p
-        .fitness
-        .can_follow_radiation_precautions),
-    boolean!("fitness.carcinoid_heart_disease", |p| p
+    input!(
+        BooleanInput,
+        "fitness.can_follow_radiation_precautions",
+        |p| p.fitness.can_follow_radiation_precautions
+    ),
+    input!(BooleanInput, "fitness.carcinoid_heart_disease", |p| p
         .fitness
         .carcinoid_heart_disease),
-    boolean!("fitness.uncontrolled_hypertension", |p| p
+    input!(BooleanInput, "fitness.uncontrolled_hypertension", |p| p
         .fitness
         .uncontrolled_hypertension),
-    boolean!("fitness.qt_prolongation_risk", |p| p
+    input!(BooleanInput, "fitness.qt_prolongation_risk", |p| p
         .fitness
         .qt_prolongation_risk),
-    boolean!("fitness.portal_vein_thrombosis", |p| p
+    input!(BooleanInput, "fitness.portal_vein_thrombosis", |p| p
         .fitness
         .portal_vein_thrombosis),
-    boolean!("fitness.ascites", |p| p.fitness.ascites),
-    boolean!("fitness.biliary_enteric_anastomosis", |p| p
+    input!(BooleanInput, "fitness.ascites", |p| p.fitness.ascites),
+    input!(BooleanInput, "fitness.biliary_enteric_anastomosis", |p| p
         .fitness
         .biliary_enteric_anastomosis),
-    boolean!("labs.on_dialysis", |p| p.labs.on_dialysis),
-    boolean!("mdt.trial_or_registry_candidate", |p| p
+    input!(BooleanInput, "labs.on_dialysis", |p| p.labs.on_dialysis),
+    input!(BooleanInput, "mdt.trial_or_registry_candidate", |p| p
         .mdt
         .trial_or_registry_candidate),
 ];
 
-macro_rules! date {
-    ($path:literal, |$p:ident| $e:expr) => {
-        DateInput {
-            path: concat!("patient.", $path),
-            read: |$p| $e,
-        }
-    };
-}
-
 /// Every dated input a policy may age-check.
 pub static DATE_INPUTS: &[DateInput] = &[
-    date!("imaging.sstr_scan_date", |p| p.imaging.sstr_scan_date),
-    date!("imaging.mibg_scan_date", |p| p.imaging.mibg_scan_date),
-    date!("labs.collected_date", |p| p.labs.collected_date),
-    date!("progression.progression_scan_date", |p| p
+    input!(DateInput, "imaging.sstr_scan_date", |p| p
+        .imaging
+        .sstr_scan_date),
+    input!(DateInput, "imaging.mibg_scan_date", |p| p
+        .imaging
+        .mibg_scan_date),
+    input!(DateInput, "labs.collected_date", |p| p.labs.collected_date),
+    input!(DateInput, "progression.progression_scan_date", |p| p
         .progression
         .progression_scan_date),
-    date!("extent.resectability_mdt_date", |p| p
+    input!(DateInput, "extent.resectability_mdt_date", |p| p
         .extent
         .resectability_mdt_date),
-    date!("mdt.mdt_date", |p| p.mdt.mdt_date),
-    date!("progression.baseline_scan_date", |p| p
+    input!(DateInput, "mdt.mdt_date", |p| p.mdt.mdt_date),
+    input!(DateInput, "progression.baseline_scan_date", |p| p
         .progression
         .baseline_scan_date),
 ];
@@ -416,8 +428,10 @@ const CHILD_PUGH: &str = "patient.fitness.child_pugh";
 
 /// A compiled check with its parameters.
 pub enum Check {
-    AgeAtLeast {
+    /// Age on the as-of date at least (or, with `at_least` false, under) `years`.
+    Age {
         years: i32,
+        at_least: bool,
     },
     PrimarySiteIn {
         sites: Vec<PrimarySite>,
@@ -435,10 +449,6 @@ pub enum Check {
     Krenning {
         score: i32,
         at_least: bool,
-    },
-    /// Younger than `years` on the as-of date.
-    AgeUnder {
-        years: i32,
     },
     /// A completed course of one of `therapies`: at least `administrations` given.
     PriorCompletedCourse {
@@ -791,8 +801,9 @@ impl Check {
 
         let none = |check: Check| params::<NoParams>(table).map(|_| check);
         Ok(match name {
-            "age_at_least" => Check::AgeAtLeast {
+            "age_at_least" | "age_under" => Check::Age {
                 years: params::<Years>(table)?.years,
+                at_least: name == "age_at_least",
             },
             "primary_site_in" => Check::PrimarySiteIn {
                 sites: non_empty(params::<Sites>(table)?.sites, "sites")?,
@@ -815,9 +826,6 @@ impl Check {
                     at_least: name == "krenning_at_least",
                 }
             }
-            "age_under" => Check::AgeUnder {
-                years: params::<Years>(table)?.years,
-            },
             "prior_completed_course" => {
                 let p = params::<Course>(table)?;
                 if p.administrations < 1 {
@@ -966,8 +974,11 @@ impl Check {
                 at_least: true,
             } => format!("Krenning ≥ {score}"),
             Check::Krenning { score, .. } => format!("Krenning < {score}"),
-            Check::AgeAtLeast { years } => format!("age ≥ {years}"),
-            Check::AgeUnder { years } => format!("age < {years}"),
+            Check::Age {
+                years,
+                at_least: true,
+            } => format!("age ≥ {years}"),
+            Check::Age { years, .. } => format!("age < {years}"),
             Check::ValueAtMost { input, limit } => {
                 format!("≤ {limit} {}", input.unit).trim_end().to_string()
             }
@@ -1095,11 +1106,15 @@ impl Check {
                     .value(CHILD_PUGH, c.label()),
                 None => detail.unknown(&[CHILD_PUGH], "Child-Pugh class not recorded"),
             },
-            Check::AgeAtLeast { years } => match f.age {
+            Check::Age { years, at_least } => match f.age {
                 Some(age) => detail
                     .decided(
-                        age >= *years,
-                        why!(detail, "age {age} on {}; needs ≥ {years}", f.as_of),
+                        (age >= *years) == *at_least,
+                        if *at_least {
+                            why!(detail, "age {age} on {}; needs ≥ {years}", f.as_of)
+                        } else {
+                            why!(detail, "age {age} on {}; under {years}?", f.as_of)
+                        },
                     )
                     .value(
                         if p.demographics.date_of_birth.is_some() {
@@ -1243,22 +1258,6 @@ impl Check {
                     _ => finding,
                 }
             }
-            Check::AgeUnder { years } => match f.age {
-                Some(age) => detail
-                    .decided(
-                        age < *years,
-                        why!(detail, "age {age} on {}; under {years}?", f.as_of),
-                    )
-                    .value(
-                        if p.demographics.date_of_birth.is_some() {
-                            DATE_OF_BIRTH
-                        } else {
-                            AGE
-                        },
-                        why!(detail, "{age} years"),
-                    ),
-                None => detail.unknown(&[AGE, DATE_OF_BIRTH], "age not recorded"),
-            },
             Check::PriorCompletedCourse {
                 therapies,
                 administrations,

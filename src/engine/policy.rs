@@ -1116,7 +1116,11 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
         0,
     );
 
-    let compile_route = |l: &mut Loader, r: RawRoute, offset: usize| -> Route {
+    let mut route_ids = HashSet::new();
+    let mut compile_route = |l: &mut Loader, r: RawRoute, offset: usize| -> Route {
+        if !route_ids.insert(r.id.clone()) {
+            l.issue(offset, format!("duplicate route id '{}'", r.id));
+        }
         let period = l.period(r.effective_from, r.effective_to, offset);
         let registry = r
             .registry
@@ -1155,14 +1159,10 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             registry,
         }
     };
-    let mut route_ids = HashSet::new();
     let mut common_routes = Vec::new();
     for r in raw.common_routes {
         let offset = r.span().start;
         let route = compile_route(l, r.into_inner(), offset);
-        if !route_ids.insert(route.id.clone()) {
-            l.issue(offset, format!("duplicate route id '{}'", route.id));
-        }
         if route.when.is_empty() {
             l.issue(
                 offset,
@@ -1226,9 +1226,6 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
         for r in t.routes {
             let offset = r.span().start;
             let route = compile_route(l, r.into_inner(), offset);
-            if !route_ids.insert(route.id.clone()) {
-                l.issue(offset, format!("duplicate route id '{}'", route.id));
-            }
             let catch_all = route.when.is_empty() && route.period == Period::default();
             last_offset.insert(route.nation, (offset, catch_all));
             routes.push(route);
