@@ -13,6 +13,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tonic::Status;
+use tonic::codegen::http::HeaderMap;
+use tonic::codegen::http::header::AUTHORIZATION;
 
 /// What a caller may do. Each RPC needs exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -313,9 +315,15 @@ impl Authenticator {
         Ok(())
     }
 
-    /// The caller, if they hold `role`; UNAUTHENTICATED or PERMISSION_DENIED otherwise.
-    pub fn authorize<T>(&self, request: &tonic::Request<T>, role: Role) -> Result<Caller, Status> {
-        let caller = self.authenticate(request)?;
+    /// The caller, if they hold `role`; UNAUTHENTICATED or PERMISSION_DENIED otherwise. Reads
+    /// only the call's headers and its connection's client certificate, never its body.
+    pub fn authorize_headers(
+        &self,
+        headers: &HeaderMap,
+        peer_certs: impl FnOnce() -> Option<PeerCertificates>,
+        role: Role,
+    ) -> Result<Caller, Status> {
+        let caller = self.authenticate(headers, peer_certs)?;
         if caller.has(role) {
             Ok(caller)
         } else {
@@ -328,11 +336,15 @@ impl Authenticator {
     }
 
     /// Who is calling: a bearer token first, then a mapped client certificate.
-    pub fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer_certs: impl FnOnce() -> Option<PeerCertificates>,
+    ) -> Result<Caller, Status> {
         if !self.is_configured() {
             return Ok(Caller::anonymous());
         }
-        if let Some(value) = request.metadata().get("authorization") {
+        if let Some(value) = headers.get(AUTHORIZATION) {
             let Some(jwt) = &self.jwt else {
                 return Err(Status::unauthenticated(
                     "bearer tokens are not accepted here; present a client certificate",
@@ -353,7 +365,7 @@ impl Authenticator {
             return jwt.verify(token);
         }
         if let Some(certificates) = &self.certificates
-            && let Some(chain) = request.peer_certs()
+            && let Some(chain) = peer_certs()
             && let Some(leaf) = chain.first()
         {
             let names = certificate_names(leaf.as_ref());
@@ -375,6 +387,9 @@ impl Authenticator {
         }))
     }
 }
+
+/// The client certificate chain of a call's connection, leaf first.
+pub type PeerCertificates = Arc<Vec<tonic::transport::CertificateDer<'static>>>;
 
 /// The certificate's subject common names, then its DNS subject alternative names.
 fn certificate_names(der: &[u8]) -> Vec<String> {
@@ -520,7 +535,7 @@ mod tests {
         let open = Authenticator::open();
         assert!(!open.is_configured());
         let caller = open
-            .authorize(&tonic::Request::new(()), Role::RegistryWrite)
+            .authorize_headers(&HeaderMap::new(), || None, Role::RegistryWrite)
             .expect("open");
         assert_eq!(caller.identity, ANONYMOUS);
     }

@@ -96,9 +96,30 @@ pub struct ServeConfig {
     /// directory, generated on first start with owner-only permissions.
     #[arg(long, env = "NETPATHWAY_PSEUDONYM_KEY_FILE")]
     pub pseudonym_key_file: Option<PathBuf>,
-    /// Largest request message accepted, in bytes (larger ones are refused with OUT_OF_RANGE).
-    #[arg(long, env = "NETPATHWAY_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    /// Largest request message accepted, in bytes (larger ones are refused with OUT_OF_RANGE
+    /// from their length prefix, before they are read). A patient with the most prior
+    /// treatments allowed is a few kilobytes.
+    #[arg(long, env = "NETPATHWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once; the client waits or opens
+    /// another connection for more.
+    #[arg(long, env = "NETPATHWAY_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window of one stream, in bytes: what a caller may send ahead of the
+    /// server reading it, per call.
+    #[arg(long, env = "NETPATHWAY_HTTP2_STREAM_WINDOW_BYTES", default_value_t = 32 * 1024,
+          value_parser = clap::value_parser!(u32).range(16 * 1024..=16 * 1024 * 1024))]
+    pub http2_stream_window_bytes: u32,
+    /// HTTP/2 flow-control window of one connection, in bytes: what all its streams together
+    /// may send ahead of the server reading them.
+    #[arg(long, env = "NETPATHWAY_HTTP2_CONNECTION_WINDOW_BYTES", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(64 * 1024..=64 * 1024 * 1024))]
+    pub http2_connection_window_bytes: u32,
+    /// Largest block of request headers accepted, in bytes (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE).
+    #[arg(long, env = "NETPATHWAY_HTTP2_MAX_HEADER_LIST_BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(4 * 1024..=1024 * 1024))]
+    pub http2_max_header_list_bytes: u32,
     /// Longest call deadline honoured, in seconds; calls with a longer or no deadline get this one.
     #[arg(long, env = "NETPATHWAY_MAX_DEADLINE_SECONDS", default_value_t = 30)]
     pub max_deadline_seconds: u64,
@@ -199,6 +220,12 @@ impl ServeConfig {
             max_patients_per_stream: self.max_patients_per_stream,
             screening_window: self.screening_window as usize,
             max_screening_patients: self.max_screening_patients as usize,
+            http2: crate::api::Http2Limits {
+                max_concurrent_streams: self.http2_max_concurrent_streams,
+                stream_window_bytes: self.http2_stream_window_bytes,
+                connection_window_bytes: self.http2_connection_window_bytes,
+                max_header_list_bytes: self.http2_max_header_list_bytes,
+            },
         }
     }
 }

@@ -159,8 +159,10 @@ pub async fn serve_with_health(
         })
     });
 
+    let stopping = std::sync::Arc::clone(&state.stopping);
     let draining = async move {
         shutdown.await;
+        stopping.send_replace(true);
         watch_store.abort();
         for service in services.into_iter().chain(["", LIVENESS]) {
             reporter
@@ -180,6 +182,11 @@ pub async fn serve_with_health(
         .timeout(limits.max_deadline)
         .http2_keepalive_interval(Some(limits.http2_keepalive))
         .http2_keepalive_timeout(Some(limits.http2_keepalive))
+        .max_concurrent_streams(limits.http2.max_concurrent_streams)
+        .initial_stream_window_size(limits.http2.stream_window_bytes)
+        .initial_connection_window_size(limits.http2.connection_window_bytes)
+        .http2_max_header_list_size(limits.http2.max_header_list_bytes)
+        .layer(crate::gate::GateLayer::new(state.clone()))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -45,7 +45,10 @@ impl<T: Encode, U: Message + Default + Send + 'static> tonic::codec::Codec for C
     }
 
     fn decoder(&mut self) -> Decoder<U> {
-        Decoder(PhantomData)
+        Decoder {
+            decoded: 0,
+            message: PhantomData,
+        }
     }
 }
 
@@ -55,14 +58,32 @@ impl<T: Encode, U: Message + Default + Send + 'static> tonic::codec::Codec for C
 /// the buffer itself at every varint and field (about 60 moves for a patient). tonic buffers a
 /// message whole before decoding it, so its bytes are one slice: prost reads the slice, and the
 /// buffer moves once, past the message.
+///
+/// A unary call carries exactly one request message (gRPC over HTTP/2); tonic reads to the end
+/// of a unary request and would drop a second one unseen, so the decoder refuses it.
 #[derive(Debug)]
-pub struct Decoder<U>(PhantomData<U>);
+pub struct Decoder<U> {
+    decoded: u32,
+    message: PhantomData<U>,
+}
+
+/// Whether `U` is the request of a unary RPC: every request but the screening stream's.
+fn is_unary_request<U>() -> bool {
+    let name = std::any::type_name::<U>();
+    name.ends_with("Request") && !name.ends_with("::ScreenCohortRequest")
+}
 
 impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.decoded = self.decoded.saturating_add(1);
+        if self.decoded > 1 && is_unary_request::<U>() {
+            return Err(Status::invalid_argument(
+                "a unary call carries one request message; this call carried more",
+            ));
+        }
         let length = buf.remaining();
         let message = if buf.chunk().len() == length {
             let message = U::decode(buf.chunk());

@@ -342,10 +342,11 @@ async fn a_welsh_health_board_must_agree_with_the_nation_and_region() {
 
 #[tokio::test]
 async fn an_oversized_list_is_one_violation_and_an_error_lists_at_most_20() {
-    // 300,000 empty prior treatments once made a 32 MB error trailer, which clients cannot read.
+    // 300,000 empty prior treatments once made a 32 MB error trailer, which clients cannot read;
+    // 30,000 is as many as fit in the largest message now accepted (64 KiB).
     let s = server().await;
     let mut patient = ta539_small_bowel().england();
-    patient.0.prior_treatments = vec![pb::PriorTreatment::default(); 300_000];
+    patient.0.prior_treatments = vec![pb::PriorTreatment::default(); 30_000];
     let status = s
         .client
         .evaluate_eligibility(request(patient))

@@ -45,7 +45,7 @@ async fn an_oversized_request_is_refused_and_other_calls_carry_on() {
     let big = big.expect_err("too large");
     assert_eq!(big.code(), Code::OutOfRange, "{big:?}");
     assert!(
-        big.message().contains("the limit is: 1048576 bytes"),
+        big.message().contains("the limit is: 65536 bytes"),
         "{}",
         big.message()
     );

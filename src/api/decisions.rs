@@ -72,10 +72,7 @@ impl DecisionLogService for DecisionLogApi {
         request: Request<pb::GetDecisionRequest>,
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
         observed!(self.state, "GetDecision", request, {
-            let _caller = self
-                .state
-                .authorize(&request, crate::auth::Role::DecisionLogRead)?;
-            let _permit = self.state.admit()?;
+            let _caller = self.state.caller(&request)?;
             let req = request.into_inner();
             let mut r = Reader::default();
             let id = decision_id(&mut r, &req.decision_id);
@@ -93,10 +90,7 @@ impl DecisionLogService for DecisionLogApi {
         request: Request<pb::ListDecisionsRequest>,
     ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
         observed!(self.state, "ListDecisions", request, {
-            let _caller = self
-                .state
-                .authorize(&request, crate::auth::Role::DecisionLogRead)?;
-            let _permit = self.state.admit()?;
+            let _caller = self.state.caller(&request)?;
             let req = request.into_inner();
             let mut r = Reader::default();
             let pseudonym = patient_pseudonym(
@@ -184,10 +178,7 @@ impl DecisionLogService for DecisionLogApi {
         request: Request<pb::ReplayDecisionRequest>,
     ) -> Result<Response<pb::ReplayDecisionResponse>, Status> {
         observed!(self.state, "ReplayDecision", request, {
-            let _caller = self
-                .state
-                .authorize(&request, crate::auth::Role::DecisionLogRead)?;
-            let _permit = self.state.admit()?;
+            let _caller = self.state.caller(&request)?;
             let req = request.into_inner();
             let mut r = Reader::default();
             let id = decision_id(&mut r, &req.decision_id);

@@ -72,6 +72,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Who may call what; open (anonymous, every role) unless configured.
     pub auth: crate::auth::Authenticator,
+    /// Becomes true when shutdown begins: streams stop taking new work.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -93,6 +95,7 @@ impl AppState {
             screening_places,
             metrics,
             auth: crate::auth::Authenticator::open(),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 
@@ -102,18 +105,16 @@ impl AppState {
         self
     }
 
-    /// The caller, if they hold `role` (UNAUTHENTICATED or PERMISSION_DENIED otherwise); the
-    /// identity joins the call's span.
-    pub fn authorize<T>(
-        &self,
-        request: &tonic::Request<T>,
-        role: crate::auth::Role,
-    ) -> Result<crate::auth::Caller, Status> {
-        let caller = self.auth.authorize(request, role);
-        if let Ok(c) = &caller {
-            tracing::Span::current().record("caller", c.identity.as_str());
-        }
-        caller
+    /// The caller the gate authenticated and authorized for this RPC (`crate::gate`); the
+    /// identity joins the call's span. A call that did not pass the gate is refused.
+    pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<crate::auth::Caller, Status> {
+        let caller = request
+            .extensions()
+            .get::<crate::auth::Caller>()
+            .cloned()
+            .ok_or_else(|| Status::internal("the call did not pass the service's gate"))?;
+        tracing::Span::current().record("caller", caller.identity.as_str());
+        Ok(caller)
     }
 
     /// Patients being screened now, across every ScreenCohort stream.
@@ -122,7 +123,7 @@ impl AppState {
     }
 
     /// Admits a call, or sheds it with RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying
-    /// when to retry. The permit is held until the call finishes.
+    /// when to retry. The gate admits every call; the permit is held until its answer ends.
     pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         Arc::clone(&self.in_flight)
             .try_acquire_owned()
@@ -167,12 +168,36 @@ pub struct Limits {
     pub screening_window: usize,
     /// Patients all ScreenCohort streams together may have being decided or recorded at once.
     pub max_screening_patients: usize,
+    /// What one HTTP/2 connection may hold.
+    pub http2: Http2Limits,
+}
+
+/// What one HTTP/2 connection may hold: streams, flow-control windows and headers. Together with
+/// the admission limit and the message size they bound the memory callers can make the server
+/// hold (README, "Limits").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    pub stream_window_bytes: u32,
+    pub connection_window_bytes: u32,
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits {
+            max_concurrent_streams: 100,
+            stream_window_bytes: 32 * 1024,
+            connection_window_bytes: 8 * 1024 * 1024,
+            max_header_list_bytes: 16 * 1024,
+        }
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_message_bytes: 1024 * 1024,
+            max_message_bytes: 64 * 1024,
             max_deadline: std::time::Duration::from_secs(30),
             max_concurrent_calls: 512,
             retry_after: std::time::Duration::from_millis(100),
@@ -181,6 +206,7 @@ impl Default for Limits {
             max_patients_per_stream: 1_000_000,
             screening_window: 128,
             max_screening_patients: 512,
+            http2: Http2Limits::default(),
         }
     }
 }

@@ -427,29 +427,21 @@ evaluation_request!(ClassifyFundingRequest, Funding, FundingRequest, |r| &r
 // `validate` clears its correlation_id, so that is not stored either.
 evaluation_request!(ScreenCohortRequest, Screening, ScreeningRequest, |_r| "");
 
-/// An admitted call: who is asking, its admission permit and its deadline.
+/// An admitted call (the gate admitted it): who is asking and its deadline.
 pub struct Admitted {
     /// Who is asking; recorded with the decision.
     pub caller: crate::auth::Caller,
-    /// The call's admission; held until the call finishes.
-    #[expect(dead_code, reason = "held, never read: dropping it ends the admission")]
-    pub permit: tokio::sync::OwnedSemaphorePermit,
     /// When the call must be answered by; checked again before the decision is recorded.
     pub deadline: tokio::time::Instant,
 }
 
-/// Authenticates the caller (role: evaluate), admits the call (or sheds it), and refuses it if
-/// its deadline has already passed.
+/// The caller the gate admitted, and the call's deadline; refuses the call if its deadline
+/// has already passed.
 pub fn admit<T>(state: &AppState, request: &tonic::Request<T>) -> Result<Admitted, Status> {
-    let caller = state.authorize(request, crate::auth::Role::Evaluate)?;
-    let permit = state.admit()?;
+    let caller = state.caller(request)?;
     let deadline = super::deadline(request, &state.limits);
     super::in_time(deadline)?;
-    Ok(Admitted {
-        caller,
-        permit,
-        deadline,
-    })
+    Ok(Admitted { caller, deadline })
 }
 
 /// A validated request ready to decide: what will be stored, its fingerprint, and the stored

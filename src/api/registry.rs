@@ -209,10 +209,7 @@ impl RegistryService for RegistryApi {
         request: Request<pb::EnrolPatientRequest>,
     ) -> Result<Response<pb::EnrolPatientResponse>, Status> {
         observed!(self.state, "EnrolPatient", request, {
-            let caller = self
-                .state
-                .authorize(&request, crate::auth::Role::RegistryWrite)?;
-            let _permit = self.state.admit()?;
+            let caller = self.state.caller(&request)?;
             let req = request.into_inner();
             let asked = asked!(req);
             let fields = self.read(&caller, asked, false)?;
@@ -262,10 +259,7 @@ impl RegistryService for RegistryApi {
         request: Request<pb::RecordPriorAgreementRequest>,
     ) -> Result<Response<pb::RecordPriorAgreementResponse>, Status> {
         observed!(self.state, "RecordPriorAgreement", request, {
-            let caller = self
-                .state
-                .authorize(&request, crate::auth::Role::RegistryWrite)?;
-            let _permit = self.state.admit()?;
+            let caller = self.state.caller(&request)?;
             let req = request.into_inner();
             let asked = asked!(req);
             let fields = self.read(&caller, asked, true)?;
@@ -291,10 +285,7 @@ impl RegistryService for RegistryApi {
         request: Request<pb::GetEnrolmentRequest>,
     ) -> Result<Response<pb::GetEnrolmentResponse>, Status> {
         observed!(self.state, "GetEnrolment", request, {
-            let _caller = self
-                .state
-                .authorize(&request, crate::auth::Role::RegistryRead)?;
-            let _permit = self.state.admit()?;
+            let _caller = self.state.caller(&request)?;
             let id = request.into_inner().enrolment_id;
             if uuid::Uuid::try_parse(&id).is_err() {
                 let mut r = Reader::default();
@@ -322,10 +313,7 @@ impl RegistryService for RegistryApi {
         request: Request<pb::ListEnrolmentsRequest>,
     ) -> Result<Response<pb::ListEnrolmentsResponse>, Status> {
         observed!(self.state, "ListEnrolments", request, {
-            let _caller = self
-                .state
-                .authorize(&request, crate::auth::Role::RegistryRead)?;
-            let _permit = self.state.admit()?;
+            let _caller = self.state.caller(&request)?;
             let req = request.into_inner();
             let mut r = Reader::default();
             let limit = page_size(&mut r, req.page_size);
@@ -358,10 +346,7 @@ impl RegistryService for RegistryApi {
         request: Request<pb::WithdrawEnrolmentRequest>,
     ) -> Result<Response<pb::WithdrawEnrolmentResponse>, Status> {
         observed!(self.state, "WithdrawEnrolment", request, {
-            let caller = self
-                .state
-                .authorize(&request, crate::auth::Role::RegistryWrite)?;
-            let _permit = self.state.admit()?;
+            let caller = self.state.caller(&request)?;
             let req = request.into_inner();
             let mut r = Reader::default();
             if uuid::Uuid::try_parse(&req.enrolment_id).is_err() {
