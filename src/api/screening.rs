@@ -2,22 +2,22 @@
 //! as the unary RPCs would decide, and recorded as one decision holding both answers; errors
 //! stay with their patient.
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{AppState, eligibility, funding, new_decision_id, record};
-use crate::auth::{Caller, Role};
+use crate::auth::Caller;
 use crate::domain::Violation;
 use crate::pb;
 use crate::pb::screening_service_server::ScreeningService;
 
-/// Answers waiting for the caller to read them, per stream. They hold no screening place, so
-/// this bounds what a slow reader keeps in memory; the stream stops reading patients when full.
-const ANSWERS_BUFFERED: usize = 32;
+/// Answers handed to tonic but not yet taken for sending, per stream: one, so that answers a
+/// caller has not read are counted in the stream's budget (`STREAM_ANSWER_BYTES`).
+const ANSWERS_BUFFERED: usize = 1;
 /// Longest correlation id accepted.
 const MAX_CORRELATION_ID: usize = 128;
 
@@ -72,29 +72,24 @@ impl ScreeningService for ScreeningApi {
 }
 
 impl ScreeningApi {
-    /// Authorizes and admits the stream (one admission for the whole stream: it counts as one
-    /// call in progress), and returns its answers and the work that screens it, which gives
-    /// back the admission when it ends.
+    /// The stream's answers and the work that screens it. The gate admitted the stream as one
+    /// call in progress, until its answers end.
     fn open(
         &self,
         request: Request<Streaming<pb::ScreenCohortRequest>>,
     ) -> Result<(Answers, impl Future<Output = tonic::Code> + Send + 'static), Status> {
-        let caller = self.state.authorize(&request, Role::Evaluate)?;
-        let permit = self.state.admit()?;
+        let caller = self.state.caller(&request)?;
         let (answers, rx) = mpsc::channel(ANSWERS_BUFFERED);
         let stream = screen(self.state.clone(), caller, request.into_inner(), answers);
-        Ok((ReceiverStream::new(rx), async move {
-            let code = stream.await;
-            drop(permit);
-            code
-        }))
+        Ok((ReceiverStream::new(rx), stream))
     }
 }
 
-/// Reads patients while the stream has fewer than its window in progress, starts each once the
-/// server has a screening place for it, sends each answer as it is ready, and stops at the
-/// caller's end of stream, the per-stream limit, or a caller who went away. A patient holds its
-/// place until its answer is recorded; a stream whose caller sends nothing holds none.
+/// Reads patients while the stream has room, starts each once the server has a screening place
+/// for it, sends each answer as it is ready, and stops at the caller's end of stream, the
+/// per-stream limit, shutdown, or a caller who went away. A patient holds its place until its
+/// answer is recorded, never while its answer waits for the caller to read it: a stream whose
+/// caller stops reading holds answers of its own, within its budget, and no place.
 async fn screen(
     state: AppState,
     caller: Caller,
@@ -103,52 +98,123 @@ async fn screen(
 ) -> tonic::Code {
     let limit = state.limits.max_patients_per_stream;
     let window = state.limits.screening_window.max(1);
+    let mut stopping = state.stopping.subscribe();
     let mut deciding = FuturesUnordered::new();
-    // The patient read and waiting for a place, with its turn in the semaphore's queue, kept
-    // across turns of the loop so the stream does not lose its turn to other streams.
-    let mut waiting = None;
+    // The patient read and waiting for room and a place, with its turn in the semaphore's
+    // queue kept across turns of the loop, so the stream does not lose its turn to others.
+    let mut waiting: Option<Waiting> = None;
+    // Answers the caller has not taken yet, beyond the one the channel holds.
+    let mut unsent = std::collections::VecDeque::new();
+    // Bytes the stream's answers may take: those being decided and those not yet taken.
+    let mut committed = 0usize;
     let (shared, who) = (&state, &caller);
     let (mut received, mut screened, mut refused) = (0u64, 0u64, 0u64);
     let mut reading = true;
     let mut ending: Option<Status> = None;
     loop {
+        let in_progress = deciding.len() + unsent.len();
+        // The waiting patient may start when no answer waits for the caller to take it (a
+        // caller who stops reading stops the deciding) and the stream's answers leave it room
+        // (one patient may always be in progress).
+        let may_start = waiting.as_ref().is_some_and(|w| {
+            unsent.is_empty()
+                && answers.capacity() == answers.max_capacity()
+                && (in_progress == 0
+                    || (in_progress < window && committed + w.answer_bytes <= STREAM_ANSWER_BYTES))
+        });
+        // A patient queues for a place only while it may start: a stream whose caller stopped
+        // reading leaves the queue, so no place is given to it while it cannot use one.
+        if let Some(w) = waiting.as_mut() {
+            if !may_start {
+                w.turn = None;
+            } else if w.turn.is_none() {
+                w.turn = Some(Box::pin(
+                    std::sync::Arc::clone(&state.screening_places).acquire_owned(),
+                ));
+            }
+        }
         tokio::select! {
             biased;
-            Some(answer) = deciding.next(), if !deciding.is_empty() => {
+            Ok(()) = stopping.wait_for(|stop| *stop).map(|r| r.map(|_| ())), if reading => {
+                reading = false;
+                ending = Some(Status::unavailable(
+                    "the server is shutting down: this stream takes no more patients; every answer sent is recorded; send the patients not answered on a new stream",
+                ));
+                // The patient read but not started is not decided: the caller sends it again.
+                waiting = None;
+            }
+            // The caller took the answer the channel held: the waiting patient may start.
+            free = answers.reserve(), if unsent.is_empty() && waiting.is_some()
+                && answers.capacity() < answers.max_capacity() => {
+                if free.is_err() {
+                    tracing::warn!(received, "screening caller went away; stopping");
+                    return tonic::Code::Cancelled;
+                }
+            }
+            permit = answers.reserve(), if !unsent.is_empty() => match permit {
+                Ok(permit) => {
+                    if let Some(answer) = unsent.pop_front() {
+                        permit.send(Ok(answer));
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(received, "screening caller went away; stopping");
+                    return tonic::Code::Cancelled;
+                }
+            },
+            Some((answer, answer_bytes)) = deciding.next(), if !deciding.is_empty() => {
                 let answer: pb::ScreenCohortResponse = answer;
+                committed = committed.saturating_sub(answer_bytes);
                 if matches!(answer.result, Some(pb::screen_cohort_response::Result::Error(_))) {
                     refused += 1;
                 } else {
                     screened += 1;
                 }
-                if answers.send(Ok(answer)).await.is_err() {
-                    tracing::warn!(received, "screening caller went away; stopping");
-                    return tonic::Code::Cancelled;
+                if unsent.is_empty() {
+                    match answers.try_send(Ok(answer)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(Ok(answer))) => {
+                            unsent.push_back(answer);
+                        }
+                        Err(_) => {
+                            tracing::warn!(received, "screening caller went away; stopping");
+                            return tonic::Code::Cancelled;
+                        }
+                    }
+                } else {
+                    unsent.push_back(answer);
                 }
             }
             Some(taken) = futures_util::future::OptionFuture::from(
-                waiting.as_mut().map(|(_, turn)| turn)
-            ), if waiting.is_some() =>
+                waiting.as_mut().and_then(|w| w.turn.as_mut())
+            ), if may_start =>
             {
                 // The semaphore is never closed; were it, the patient is dropped unanswered
                 // and the stream stops reading, rather than deciding without a place.
                 match (taken, waiting.take()) {
                     // Boxed: the patient's future is several kilobytes, and the queue of
                     // patients being decided would otherwise copy it on every push.
-                    (Ok(place), Some((request, _))) => {
-                        deciding.push(Box::pin(screen_one(shared, who, request, place)));
+                    (Ok(place), Some(w)) => {
+                        committed += w.answer_bytes;
+                        let answer_bytes = w.answer_bytes;
+                        deciding.push(Box::pin(
+                            screen_one(shared, who, w.request, place).map(move |a| (a, answer_bytes)),
+                        ));
                     }
                     _ => reading = false,
                 }
             }
-            next = patients.message(),
-                if reading && waiting.is_none() && deciding.len() < window => match next {
+            next = patients.message(), if reading && waiting.is_none() => match next {
                 Ok(Some(request)) if received < limit => {
                     received += 1;
-                    let turn = std::sync::Arc::clone(&state.screening_places).acquire_owned();
+                    let answer_bytes = expected_answer_bytes(&request);
                     // Boxed on arrival, in the box validation keeps as the stored request,
                     // so the patient's 0.8 KB request is not copied on its way there.
-                    waiting = Some((Box::new(request), Box::pin(turn)));
+                    waiting = Some(Waiting {
+                        request: Box::new(request),
+                        turn: None,
+                        answer_bytes,
+                    });
                 }
                 Ok(Some(_)) => {
                     reading = false;
@@ -161,8 +227,8 @@ async fn screen(
                     reading = false;
                     tracing::warn!(code = ?status.code(), "screening stream broken by the caller");
                     // The caller learns why its stream stopped being read (a message that does
-                    // not parse is INTERNAL, as in a unary call) once the patients before it
-                    // are answered; a caller who has gone will not read it.
+                    // not parse is INVALID_ARGUMENT, as in a unary call) once the patients
+                    // before it are answered; a caller who has gone will not read it.
                     ending = Some(status);
                 }
             },
@@ -178,6 +244,41 @@ async fn screen(
         }
         None => tonic::Code::Ok,
     }
+}
+
+/// A patient read from the stream, waiting for room in the stream and a screening place: its
+/// turn in the places' queue, while it has room.
+struct Waiting {
+    request: Box<pb::ScreenCohortRequest>,
+    turn: Option<std::pin::Pin<Box<AcquirePlace>>>,
+    answer_bytes: usize,
+}
+
+type AcquirePlace = dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>>
+    + Send;
+
+/// Bytes a stream's answers may take while they are decided or wait for the caller to read
+/// them: about two FULL answers, or a window of BASIC ones.
+const STREAM_ANSWER_BYTES: usize = 256 * 1024;
+
+/// What a patient's answer is expected to take: a FULL answer explains every criterion of
+/// every therapy twice (eligibility and funding, about 200 KB for all 14 therapies with policy
+/// 2026.12.1); a BASIC one is a status and a route per therapy.
+fn expected_answer_bytes(request: &pb::ScreenCohortRequest) -> usize {
+    const FULL_PER_THERAPY: usize = 16 * 1024;
+    const BASIC_PER_THERAPY: usize = 128;
+    let all = crate::domain::Therapy::ALL.len();
+    let therapies = match request.therapies.len() {
+        0 => all,
+        n => n.min(all),
+    };
+    let basic = request.view == pb::EvaluationView::Basic as i32;
+    therapies
+        * if basic {
+            BASIC_PER_THERAPY
+        } else {
+            FULL_PER_THERAPY
+        }
 }
 
 /// One patient: validated once, eligibility and funding decided from one set of facts, and
