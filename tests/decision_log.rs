@@ -15,15 +15,6 @@ const LU177: Therapy = Therapy::PrrtLu177Dotatate;
 /// NHS Digital's published example of a valid NHS number.
 const NHS_NUMBER: &str = "9434765919";
 
-fn identified(patient: Patient, nhs_number: &str) -> pb::PatientProfile {
-    let mut profile = patient.profile();
-    profile.identifiers = Some(pb::PatientIdentifiers {
-        nhs_number: nhs_number.into(),
-        ..Default::default()
-    });
-    profile
-}
-
 fn funding_request(request_id: &str, patient: pb::PatientProfile) -> pb::ClassifyFundingRequest {
     pb::ClassifyFundingRequest {
         request_id: request_id.into(),

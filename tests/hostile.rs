@@ -96,6 +96,26 @@ impl Binary {
         assert!(!answer.therapies.is_empty());
     }
 
+    /// A well-behaved ScreenCohort stream of one patient is answered, within 20 s.
+    async fn assert_a_one_patient_stream_is_answered(&self) {
+        let answers = self
+            .client
+            .screen_cohort(tokio_stream::iter(vec![screening_request(
+                0,
+                pb::EvaluationView::Basic,
+            )]))
+            .await
+            .expect("a well-behaved stream opens");
+        let answers: Vec<_> = tokio::time::timeout(Duration::from_secs(20), async {
+            use tokio_stream::StreamExt;
+            answers.collect::<Vec<_>>().await
+        })
+        .await
+        .expect("a well-behaved stream is answered");
+        assert_eq!(answers.len(), 1);
+        assert!(answers[0].is_ok(), "{answers:?}");
+    }
+
     async fn h2(&self) -> h2::client::SendRequest<Bytes> {
         h2_connect(self.port, 65_535).await
     }
@@ -487,22 +507,7 @@ async fn streams_that_never_read(count: usize, view: pb::EvaluationView) {
     until_screening_settles(admin).await;
     server.assert_alive();
     server.assert_within_budget(&format!("{count} {view:?} streams that never read"));
-    let answers = server
-        .client
-        .screen_cohort(tokio_stream::iter(vec![screening_request(
-            0,
-            pb::EvaluationView::Basic,
-        )]))
-        .await
-        .expect("a well-behaved stream opens");
-    let answers: Vec<_> = tokio::time::timeout(Duration::from_secs(20), async {
-        use tokio_stream::StreamExt;
-        answers.collect::<Vec<_>>().await
-    })
-    .await
-    .expect("the well-behaved stream is answered beside 500 that never read");
-    assert_eq!(answers.len(), 1);
-    assert!(answers[0].is_ok(), "{answers:?}");
+    server.assert_a_one_patient_stream_is_answered().await;
     server.assert_well_behaved_callers_answered().await;
     drop((held, streams));
 }
@@ -528,22 +533,7 @@ async fn slow_readers_leave_the_screening_places_to_others() {
         streams.push(screen_without_reading(&send, 400, pb::EvaluationView::Basic).await);
     }
     until_screening_settles(admin).await;
-    let answers = server
-        .client
-        .screen_cohort(tokio_stream::iter(vec![screening_request(
-            0,
-            pb::EvaluationView::Basic,
-        )]))
-        .await
-        .expect("a well-behaved stream opens");
-    let answers: Vec<_> = tokio::time::timeout(Duration::from_secs(20), async {
-        use tokio_stream::StreamExt;
-        answers.collect::<Vec<_>>().await
-    })
-    .await
-    .expect("the well-behaved stream is answered beside eight that do not read");
-    assert_eq!(answers.len(), 1);
-    assert!(answers[0].is_ok(), "{answers:?}");
+    server.assert_a_one_patient_stream_is_answered().await;
     drop(streams);
 }
 

@@ -61,26 +61,6 @@ async fn lu177_route(s: &TestServer, patient: pb::PatientProfile) -> pb::Therapy
     answer.therapies.into_iter().next().expect("Lu-177")
 }
 
-/// Valid NHS numbers (modulus 11) for many patients.
-fn nhs_numbers(count: usize) -> Vec<String> {
-    (100_000_000u64..)
-        .filter_map(|base| {
-            let digits: Vec<u64> = base
-                .to_string()
-                .chars()
-                .filter_map(|c| c.to_digit(10).map(u64::from))
-                .collect();
-            let sum: u64 = digits.iter().zip((2..=10).rev()).map(|(d, w)| d * w).sum();
-            match 11 - (sum % 11) {
-                10 => None,
-                11 => Some(format!("{base}0")),
-                check => Some(format!("{base}{check}")),
-            }
-        })
-        .take(count)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_bronchial_net_is_closed_to_new_patients_until_recorded_as_already_agreed() {
     // Service page: patients already agreed stay within the registry; new inclusion is on hold.

@@ -588,3 +588,33 @@ pub async fn fresh_postgres_database() -> Option<String> {
         .to_string();
     Some(format!("{base}/{name}"))
 }
+
+/// Valid NHS numbers (modulus 11) for many patients.
+pub fn nhs_numbers(count: usize) -> Vec<String> {
+    (100_000_000u64..)
+        .filter_map(|base| {
+            let digits: Vec<u64> = base
+                .to_string()
+                .chars()
+                .filter_map(|c| c.to_digit(10).map(u64::from))
+                .collect();
+            let sum: u64 = digits.iter().zip((2..=10).rev()).map(|(d, w)| d * w).sum();
+            match 11 - (sum % 11) {
+                10 => None,
+                11 => Some(format!("{base}0")),
+                check => Some(format!("{base}{check}")),
+            }
+        })
+        .take(count)
+        .collect()
+}
+
+/// The patient's profile carrying `nhs_number`.
+pub fn identified(patient: Patient, nhs_number: &str) -> pb::PatientProfile {
+    let mut profile = patient.profile();
+    profile.identifiers = Some(pb::PatientIdentifiers {
+        nhs_number: nhs_number.into(),
+        ..Default::default()
+    });
+    profile
+}
