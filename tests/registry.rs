@@ -265,12 +265,7 @@ async fn two_hundred_concurrent_enrolments_against_a_capacity_of_ten_give_exactl
             match call.await.expect("task") {
                 Ok(_) => enrolled += 1,
                 Err(status) if status.code() == Code::FailedPrecondition => {
-                    let failure = status
-                        .get_error_details()
-                        .precondition_failure()
-                        .cloned()
-                        .expect("PreconditionFailure");
-                    assert_eq!(failure.violations[0].r#type, "REGISTRY_CAPACITY");
+                    assert_eq!(precondition_violation(&status).0, "REGISTRY_CAPACITY");
                     full += 1;
                 }
                 Err(other) => panic!("{backend}: {other:?}"),

@@ -16,7 +16,6 @@ use common::*;
 use net_pathway::client::{ClientOptions, NetPathwayClient};
 use net_pathway::pb;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 const REGISTRY: &str = "non-gep-prrt-registry";
 
@@ -302,15 +301,9 @@ async fn registry_capacity_is_exact_across_replicas() {
                 enrolled.insert(answer.enrolment.expect("enrolment").enrolment_id);
             }
             (_, Err(status)) if status.code() == Code::FailedPrecondition => {
-                let failure = status
-                    .get_error_details()
-                    .precondition_failure()
-                    .cloned()
-                    .expect("PreconditionFailure");
-                assert_eq!(failure.violations[0].r#type, "REGISTRY_CAPACITY");
                 assert_eq!(
-                    failure.violations[0].subject,
-                    format!("registries/{REGISTRY}")
+                    precondition_violation(&status),
+                    ("REGISTRY_CAPACITY".into(), format!("registries/{REGISTRY}"))
                 );
                 full += 1;
             }

@@ -143,25 +143,16 @@ async fn screen(
                 // The patient read but not started is not decided: the caller sends it again.
                 waiting = None;
             }
-            // The caller took the answer the channel held: the waiting patient may start.
-            free = answers.reserve(), if unsent.is_empty() && waiting.is_some()
-                && answers.capacity() < answers.max_capacity() => {
-                if free.is_err() {
-                    tracing::warn!(received, "screening caller went away; stopping");
-                    return tonic::Code::Cancelled;
+            // Room in the channel: the next unsent answer goes, or, with none, the caller has
+            // taken the answer the channel held and the waiting patient may start.
+            permit = answers.reserve(), if !unsent.is_empty()
+                || (waiting.is_some() && answers.capacity() < answers.max_capacity()) => {
+                match (permit, unsent.pop_front()) {
+                    (Ok(permit), Some(answer)) => permit.send(Ok(answer)),
+                    (Ok(_), None) => {}
+                    (Err(_), _) => return caller_gone(received),
                 }
             }
-            permit = answers.reserve(), if !unsent.is_empty() => match permit {
-                Ok(permit) => {
-                    if let Some(answer) = unsent.pop_front() {
-                        permit.send(Ok(answer));
-                    }
-                }
-                Err(_) => {
-                    tracing::warn!(received, "screening caller went away; stopping");
-                    return tonic::Code::Cancelled;
-                }
-            },
             Some((answer, answer_bytes)) = deciding.next(), if !deciding.is_empty() => {
                 let answer: pb::ScreenCohortResponse = answer;
                 committed = committed.saturating_sub(answer_bytes);
@@ -176,10 +167,7 @@ async fn screen(
                         Err(mpsc::error::TrySendError::Full(Ok(answer))) => {
                             unsent.push_back(answer);
                         }
-                        Err(_) => {
-                            tracing::warn!(received, "screening caller went away; stopping");
-                            return tonic::Code::Cancelled;
-                        }
+                        Err(_) => return caller_gone(received),
                     }
                 } else {
                     unsent.push_back(answer);
@@ -244,6 +232,12 @@ async fn screen(
         }
         None => tonic::Code::Ok,
     }
+}
+
+/// The stream's end when its caller has gone: nobody reads its answers any more.
+fn caller_gone(received: u64) -> tonic::Code {
+    tracing::warn!(received, "screening caller went away; stopping");
+    tonic::Code::Cancelled
 }
 
 /// A patient read from the stream, waiting for room in the stream and a screening place: its

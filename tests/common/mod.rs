@@ -618,3 +618,15 @@ pub fn identified(patient: Patient, nhs_number: &str) -> pb::PatientProfile {
     });
     profile
 }
+
+/// The first google.rpc.PreconditionFailure violation of a refusal: its type and subject.
+pub fn precondition_violation(status: &tonic::Status) -> (String, String) {
+    use tonic_types::StatusExt;
+    let failure = status
+        .get_error_details()
+        .precondition_failure()
+        .cloned()
+        .expect("PreconditionFailure");
+    let first = failure.violations.first().expect("a violation");
+    (first.r#type.clone(), first.subject.clone())
+}
