@@ -9,12 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::OwnedSemaphorePermit;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
 
-use crate::api::{AppState, Call};
+use crate::api::{Admission, AppState, Call};
 use crate::auth::Role;
 
 /// Every RPC of the netpathway services (service, method) and the role its caller must hold.
@@ -131,7 +130,8 @@ where
             || peer_certs(request.extensions()),
             role,
         );
-        let admitted = admitted.and_then(|caller| Ok((caller, self.state.admit()?)));
+        let connection = remote_address(request.extensions());
+        let admitted = admitted.and_then(|caller| Ok((caller, self.state.admit(connection)?)));
         match admitted {
             Ok((caller, permit)) => {
                 request.extensions_mut().insert(caller);
@@ -207,10 +207,23 @@ fn peer_certs(
         .and_then(TlsConnectInfo::peer_certs)
 }
 
+/// The caller's address, which names its connection.
+fn remote_address(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(TlsConnectInfo::get_ref)
+        })
+        .and_then(TcpConnectInfo::remote_addr)
+}
+
 /// An answer's body, holding the call's admission until the body is finished or dropped.
 struct Held {
     body: Body,
-    _permit: OwnedSemaphorePermit,
+    _permit: Admission,
 }
 
 impl http_body::Body for Held {

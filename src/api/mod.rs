@@ -33,6 +33,7 @@ mod record;
 mod registry;
 mod screening;
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::NaiveDate;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Permits for calls in progress; when none is free a call is shed.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Calls in progress per connection that has any, for each connection's fair share.
+    pub busy_connections: Arc<std::sync::Mutex<HashMap<std::net::SocketAddr, usize>>>,
     /// Places for patients being screened, shared by every ScreenCohort stream; a stream waits
     /// for a place rather than failing, which bounds memory however many streams are open.
     pub screening_places: Arc<tokio::sync::Semaphore>,
@@ -92,6 +95,7 @@ impl AppState {
             pseudonymiser,
             limits,
             in_flight,
+            busy_connections: Arc::default(),
             screening_places,
             metrics,
             auth: crate::auth::Authenticator::open(),
@@ -122,23 +126,83 @@ impl AppState {
         screening_capacity(&self.limits).saturating_sub(self.screening_places.available_permits())
     }
 
-    /// Admits a call, or sheds it with RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying
-    /// when to retry. The gate admits every call; the permit is held until its answer ends.
-    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        Arc::clone(&self.in_flight)
+    /// Admits a call from `connection`, or sheds it with RESOURCE_EXHAUSTED and a
+    /// google.rpc.RetryInfo saying when to retry. A connection may hold at most its fair share
+    /// of `--max-concurrent-calls` (an equal part for each connection with calls in progress,
+    /// and never fewer than `MIN_CALLS_PER_CONNECTION`), so a few connections opening thousands
+    /// of calls cannot take every place from the others. The gate admits every call; the
+    /// admission is held until its answer ends.
+    pub fn admit(&self, connection: Option<std::net::SocketAddr>) -> Result<Admission, Status> {
+        let max = self.limits.max_concurrent_calls;
+        let share = match connection {
+            Some(address) => {
+                let mut busy = self
+                    .busy_connections
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let held = busy.get(&address).copied().unwrap_or(0);
+                let connections = busy.len() + usize::from(held == 0);
+                let fair = (max / connections.max(1)).max(MIN_CALLS_PER_CONNECTION);
+                if held >= fair {
+                    return Err(self.shed(format!(
+                        "overloaded: this connection has {held} calls in progress, its share of the server's {max} while {connections} connections have calls in progress; retry later"
+                    )));
+                }
+                *busy.entry(address).or_default() += 1;
+                Some(ConnectionShare {
+                    busy: Arc::clone(&self.busy_connections),
+                    address,
+                })
+            }
+            None => None,
+        };
+        let permit = Arc::clone(&self.in_flight)
             .try_acquire_owned()
-            .map_err(|_| {
-                let mut details = tonic_types::ErrorDetails::new();
-                details.set_retry_info(Some(self.limits.retry_after));
-                <Status as tonic_types::StatusExt>::with_error_details(
-                    tonic::Code::ResourceExhausted,
-                    format!(
-                        "overloaded: {} calls in progress; retry later",
-                        self.limits.max_concurrent_calls
-                    ),
-                    details,
-                )
-            })
+            .map_err(|_| self.shed(format!("overloaded: {max} calls in progress; retry later")))?;
+        Ok(Admission {
+            _permit: permit,
+            _share: share,
+        })
+    }
+
+    fn shed(&self, message: String) -> Status {
+        let mut details = tonic_types::ErrorDetails::new();
+        details.set_retry_info(Some(self.limits.retry_after));
+        <Status as tonic_types::StatusExt>::with_error_details(
+            tonic::Code::ResourceExhausted,
+            message,
+            details,
+        )
+    }
+}
+
+/// Calls a connection may always have in progress, however many connections are busy.
+const MIN_CALLS_PER_CONNECTION: usize = 8;
+
+/// A call's place among the calls in progress, and in its connection's share; given back when
+/// dropped.
+pub struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _share: Option<ConnectionShare>,
+}
+
+struct ConnectionShare {
+    busy: Arc<std::sync::Mutex<HashMap<std::net::SocketAddr, usize>>>,
+    address: std::net::SocketAddr,
+}
+
+impl Drop for ConnectionShare {
+    fn drop(&mut self) {
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = busy.get_mut(&self.address) {
+            *held -= 1;
+            if *held == 0 {
+                busy.remove(&self.address);
+            }
+        }
     }
 }
 

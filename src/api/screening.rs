@@ -2,11 +2,15 @@
 //! as the unary RPCs would decide, and recorded as one decision holding both answers; errors
 //! stay with their patient.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{Notify, mpsc};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{AppState, eligibility, funding, new_decision_id, record};
@@ -15,9 +19,12 @@ use crate::domain::Violation;
 use crate::pb;
 use crate::pb::screening_service_server::ScreeningService;
 
-/// Answers handed to tonic but not yet taken for sending, per stream: one, so that answers a
-/// caller has not read are counted in the stream's budget (`STREAM_ANSWER_BYTES`).
-const ANSWERS_BUFFERED: usize = 1;
+/// Answers handed to tonic but not yet taken for sending, per stream, as messages: enough that
+/// tonic encodes several answers into one HTTP/2 frame, few enough that a stream holding them
+/// for a caller who stopped reading costs little (a BASIC answer is about 12 KB as a message).
+const ANSWERS_BUFFERED: usize = 8;
+/// No answer asked for yet.
+const NOT_ASKED: u64 = u64::MAX;
 /// Longest correlation id accepted.
 const MAX_CORRELATION_ID: usize = 128;
 
@@ -31,7 +38,49 @@ impl ScreeningApi {
     }
 }
 
-type Answers = ReceiverStream<Result<pb::ScreenCohortResponse, Status>>;
+type Answer = Result<pb::ScreenCohortResponse, Status>;
+
+/// A stream's answers as tonic takes them to send. Tonic asks for the next answer only while
+/// the stream's HTTP/2 window has room (hyper polls a body only then), so an ask that finds no
+/// answer waiting is the caller's demand: the screening task starts a patient only after one,
+/// and a caller who stops reading stops the deciding with no answer decided ahead of its window.
+pub struct Answers {
+    answers: mpsc::Receiver<Answer>,
+    /// Answers tonic has taken.
+    taken: u64,
+    demand: Arc<Demand>,
+}
+
+/// What the screening task reads of the caller's demand.
+struct Demand {
+    /// How many answers tonic had taken when it last asked for one and found none.
+    asked_after: AtomicU64,
+    asked: Notify,
+}
+
+impl Demand {
+    /// Tonic has taken every answer sent (`sent`) and asked for another.
+    fn wants_more(&self, sent: u64) -> bool {
+        self.asked_after.load(Ordering::Acquire) == sent
+    }
+}
+
+impl Stream for Answers {
+    type Item = Answer;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        let next = self.answers.poll_recv(cx);
+        match next {
+            Poll::Ready(Some(_)) => self.taken += 1,
+            Poll::Pending => {
+                self.demand.asked_after.store(self.taken, Ordering::Release);
+                self.demand.asked.notify_one();
+            }
+            Poll::Ready(None) => {}
+        }
+        next
+    }
+}
 
 #[tonic::async_trait]
 impl ScreeningService for ScreeningApi {
@@ -80,21 +129,38 @@ impl ScreeningApi {
     ) -> Result<(Answers, impl Future<Output = tonic::Code> + Send + 'static), Status> {
         let caller = self.state.caller(&request)?;
         let (answers, rx) = mpsc::channel(ANSWERS_BUFFERED);
-        let stream = screen(self.state.clone(), caller, request.into_inner(), answers);
-        Ok((ReceiverStream::new(rx), stream))
+        let demand = Arc::new(Demand {
+            asked_after: AtomicU64::new(NOT_ASKED),
+            asked: Notify::new(),
+        });
+        let stream = screen(
+            self.state.clone(),
+            caller,
+            request.into_inner(),
+            answers,
+            Arc::clone(&demand),
+        );
+        let answers = Answers {
+            answers: rx,
+            taken: 0,
+            demand,
+        };
+        Ok((answers, stream))
     }
 }
 
-/// Reads patients while the stream has room, starts each once the server has a screening place
-/// for it, sends each answer as it is ready, and stops at the caller's end of stream, the
-/// per-stream limit, shutdown, or a caller who went away. A patient holds its place until its
-/// answer is recorded, never while its answer waits for the caller to read it: a stream whose
-/// caller stops reading holds answers of its own, within its budget, and no place.
+/// Reads patients while the stream has room, starts each once the caller has asked for an
+/// answer and the server has a screening place for it, sends each answer as it is ready, and
+/// stops at the caller's end of stream, the per-stream limit, shutdown, or a caller who went
+/// away. A patient holds its place until its answer is recorded, never while its answer waits
+/// for the caller to read it: a stream whose caller stops reading holds the answers already in
+/// progress, within its budget, and no place.
 async fn screen(
     state: AppState,
     caller: Caller,
     mut patients: Streaming<pb::ScreenCohortRequest>,
-    answers: mpsc::Sender<Result<pb::ScreenCohortResponse, Status>>,
+    answers: mpsc::Sender<Answer>,
+    demand: Arc<Demand>,
 ) -> tonic::Code {
     let limit = state.limits.max_patients_per_stream;
     let window = state.limits.screening_window.max(1);
@@ -103,22 +169,26 @@ async fn screen(
     // The patient read and waiting for room and a place, with its turn in the semaphore's
     // queue kept across turns of the loop, so the stream does not lose its turn to others.
     let mut waiting: Option<Waiting> = None;
-    // Answers the caller has not taken yet, beyond the one the channel holds.
-    let mut unsent = std::collections::VecDeque::new();
-    // Bytes the stream's answers may take: those being decided and those not yet taken.
+    // Answers the caller has not taken yet, beyond the one the channel holds, in their wire
+    // form: a BASIC answer is about 0.6 KB encoded and 12 KB as a message, so a stream whose
+    // caller stops reading holds its window of answers at a twentieth of the memory.
+    let mut unsent: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    // Bytes the stream's answers may take: those being decided (as expected) and those not yet
+    // taken (as encoded).
     let mut committed = 0usize;
     let (shared, who) = (&state, &caller);
     let (mut received, mut screened, mut refused) = (0u64, 0u64, 0u64);
+    // Answers handed to tonic.
+    let mut sent = 0u64;
     let mut reading = true;
     let mut ending: Option<Status> = None;
     loop {
         let in_progress = deciding.len() + unsent.len();
-        // The waiting patient may start when no answer waits for the caller to take it (a
+        // The waiting patient may start when tonic has taken every answer and asked for more (a
         // caller who stops reading stops the deciding) and the stream's answers leave it room
         // (one patient may always be in progress).
         let may_start = waiting.as_ref().is_some_and(|w| {
-            unsent.is_empty()
-                && answers.capacity() == answers.max_capacity()
+            demand.wants_more(sent)
                 && (in_progress == 0
                     || (in_progress < window && committed + w.answer_bytes <= STREAM_ANSWER_BYTES))
         });
@@ -143,16 +213,31 @@ async fn screen(
                 // The patient read but not started is not decided: the caller sends it again.
                 waiting = None;
             }
-            // Room in the channel: the next unsent answer goes, or, with none, the caller has
-            // taken the answer the channel held and the waiting patient may start.
-            permit = answers.reserve(), if !unsent.is_empty()
-                || (waiting.is_some() && answers.capacity() < answers.max_capacity()) => {
+            // Room in the channel: the next unsent answer goes.
+            permit = answers.reserve(), if !unsent.is_empty() => {
                 match (permit, unsent.pop_front()) {
-                    (Ok(permit), Some(answer)) => permit.send(Ok(answer)),
+                    (Ok(permit), Some(encoded)) => {
+                        committed = committed.saturating_sub(encoded.len());
+                        // The answer was encoded by this stream a moment ago; were it not to
+                        // decode, the stream ends rather than send a different answer.
+                        match pb::ScreenCohortResponse::decode(encoded.as_slice()) {
+                            Ok(answer) => permit.send(Ok(answer)),
+                            Err(error) => {
+                                tracing::error!(%error, "a held screening answer did not decode");
+                                permit.send(Err(Status::internal(
+                                    "an answer held for this stream could not be sent; the patients not answered can be sent again on a new stream",
+                                )));
+                                return tonic::Code::Internal;
+                            }
+                        }
+                        sent += 1;
+                    }
                     (Ok(_), None) => {}
                     (Err(_), _) => return caller_gone(received),
                 }
             }
+            // Tonic asked for an answer: the loop looks again at whether a patient may start.
+            () = demand.asked.notified(), if waiting.is_some() && !may_start => {}
             Some((answer, answer_bytes)) = deciding.next(), if !deciding.is_empty() => {
                 let answer: pb::ScreenCohortResponse = answer;
                 committed = committed.saturating_sub(answer_bytes);
@@ -161,16 +246,22 @@ async fn screen(
                 } else {
                     screened += 1;
                 }
-                if unsent.is_empty() {
+                let held = if unsent.is_empty() {
                     match answers.try_send(Ok(answer)) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(Ok(answer))) => {
-                            unsent.push_back(answer);
+                        Ok(()) => {
+                            sent += 1;
+                            None
                         }
+                        Err(mpsc::error::TrySendError::Full(Ok(answer))) => Some(answer),
                         Err(_) => return caller_gone(received),
                     }
                 } else {
-                    unsent.push_back(answer);
+                    Some(answer)
+                };
+                if let Some(answer) = held {
+                    let encoded = answer.encode_to_vec();
+                    committed += encoded.len();
+                    unsent.push_back(encoded);
                 }
             }
             Some(taken) = futures_util::future::OptionFuture::from(

@@ -141,8 +141,12 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("address").port()
 }
 
-/// The service's binary, as cargo built it for these tests.
-pub const BIN: &str = env!("CARGO_BIN_EXE_net-pathway");
+/// The service's binary: as cargo built it for these tests, or the one `NET_PATHWAY_BINARY`
+/// names, so the same tests can be run against a release build (tools/soak does).
+pub fn server_binary() -> std::ffi::OsString {
+    std::env::var_os("NET_PATHWAY_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_net-pathway").into())
+}
 
 /// The binary serving on loopback `port` with its data in `data_dir`, and `args` besides; its
 /// log at `log` (RUST_LOG) to `stdout`, stderr discarded. The test stops it.
@@ -153,7 +157,7 @@ pub fn start_binary(
     log: &str,
     stdout: std::process::Stdio,
 ) -> std::process::Child {
-    std::process::Command::new(BIN)
+    std::process::Command::new(server_binary())
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data_dir)
@@ -178,7 +182,7 @@ pub fn send_signal(server: &std::process::Child, signal: &str) {
 /// Runs the binary to its end with `args`: its exit code (none if a signal ended it) and
 /// everything it wrote, stdout then stderr.
 pub fn run_to_exit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(server_binary())
         .args(args)
         .output()
         .expect("run net-pathway");
