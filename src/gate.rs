@@ -13,7 +13,8 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
 
-use crate::api::{Admission, AppState, Call};
+use crate::admission::Admission;
+use crate::api::{AppState, Call};
 use crate::auth::Role;
 
 /// Every RPC of the netpathway services (service, method) and the role its caller must hold.

@@ -43,6 +43,8 @@ pub const SERVICE_BUILD: &str = env!("NET_PATHWAY_BUILD");
 pub mod client;
 
 #[cfg(feature = "server")]
+pub mod admission;
+#[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]
 pub mod auth;

@@ -374,12 +374,12 @@ async fn two_thousand_concurrent_streams_hold_bounded_memory() {
     server.assert_well_behaved_callers_answered().await;
 }
 
-/// A connection holds only its share of the calls in progress. With a limit of 64 and another
-/// connection's stream open, a connection opening 100 streams (and never ending them) is given
-/// 32 and refused the rest with RESOURCE_EXHAUSTED naming its share; a well-behaved caller on a
-/// third connection is then answered at its first attempt.
+/// The last eighth of the calls in progress is kept for connections holding few calls. With a
+/// limit of 64, a connection opening 100 streams (and never ending them) is given 56 and refused
+/// the rest with RESOURCE_EXHAUSTED saying why; a newcomer's stream and a well-behaved unary call
+/// on a third connection are then each admitted at their first attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_holds_only_its_share_of_the_calls_in_progress() {
+async fn a_flood_leaves_the_last_places_to_connections_with_few_calls() {
     let server = binary(&["--max-concurrent-calls", "64"]).await;
     let open_stream = |send: h2::client::SendRequest<Bytes>| async move {
         let mut ready = send.ready().await.expect("stream capacity");
@@ -388,9 +388,6 @@ async fn a_connection_holds_only_its_share_of_the_calls_in_progress() {
             .expect("open stream");
         (response.await.expect("answered"), body)
     };
-    let quiet = server.h2().await;
-    let (head, _quiet_stream) = open_stream(quiet.clone()).await;
-    assert!(head.headers().get("grpc-status").is_none(), "{head:?}");
     let greedy = server.h2().await;
     let mut held = Vec::new();
     let mut refusals = Vec::new();
@@ -404,16 +401,15 @@ async fn a_connection_holds_only_its_share_of_the_calls_in_progress() {
             }
         }
     }
-    assert_eq!(
-        held.len(),
-        32,
-        "half the limit, while two connections are busy"
-    );
+    assert_eq!(held.len(), 56, "all but the reserve of 8");
     assert!(
-        refusals[0].contains("this connection has 32 calls in progress"),
+        refusals[0].contains("the last 8 are kept for connections with fewer than 8 that wait as RetryInfo asks; this connection has 56"),
         "{}",
         refusals[0]
     );
+    let newcomer = server.h2().await;
+    let (head, _newcomer_stream) = open_stream(newcomer).await;
+    assert!(head.headers().get("grpc-status").is_none(), "{head:?}");
     let answer = server
         .client
         .evaluate_eligibility(eligibility_request())
@@ -554,7 +550,15 @@ async fn five_hundred_full_view_streams_that_never_read() {
 async fn streams_that_never_read(count: usize, view: pb::EvaluationView) {
     let admin = free_port();
     let admin_address = format!("127.0.0.1:{admin}");
-    let mut server = binary(&["--admin-listen", &admin_address]).await;
+    // Room for every stream: five connections of 100 would otherwise stop at seven eighths of
+    // the default 512, and an attacker spreading its streams over light connections gets all.
+    let mut server = binary(&[
+        "--admin-listen",
+        &admin_address,
+        "--max-concurrent-calls",
+        "1024",
+    ])
+    .await;
     let mut held = Vec::new();
     let mut streams = Vec::new();
     for _ in 0..count.div_ceil(100) {
@@ -595,6 +599,46 @@ async fn slow_readers_leave_the_screening_places_to_others() {
     until_screening_settles(admin).await;
     server.assert_a_one_patient_stream_is_answered().await;
     drop(streams);
+}
+
+/// A caller who stops reading and then cancels its streams leaves nothing behind: each stream's
+/// work ends, counted as a CANCELLED ScreenCohort call, though its next patient was waiting for
+/// the caller to make room (one FULL answer fills a stream's window) and none was unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cancelled_while_they_wait_for_their_caller_end() {
+    const STREAMS: usize = 8;
+    let admin = free_port();
+    let admin_address = format!("127.0.0.1:{admin}");
+    let server = binary(&["--admin-listen", &admin_address]).await;
+    let send = server.h2().await;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(screen_without_reading(&send, 5, pb::EvaluationView::Full).await);
+    }
+    until_screening_settles(admin).await;
+    for (_, body) in &mut streams {
+        body.send_reset(h2::Reason::CANCEL);
+    }
+    let cancelled = "netpathway_calls_total{code=\"Cancelled\",method=\"ScreenCohort\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = scrape_metrics(([127, 0, 0, 1], admin).into()).await;
+        let ended = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(cancelled))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if ended == STREAMS {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ended} of {STREAMS} cancelled streams ended"
+        );
+        // Polled: the server notices each reset as its stream's answers are dropped.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((send, streams));
 }
 
 /// Most gRPC libraries other than tonic send each message as its own small DATA frame, some

@@ -33,7 +33,6 @@ mod record;
 mod registry;
 mod screening;
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::NaiveDate;
@@ -65,10 +64,8 @@ pub struct AppState {
     pub log: DecisionLog,
     pub pseudonymiser: Pseudonymiser,
     pub limits: Limits,
-    /// Permits for calls in progress; when none is free a call is shed.
-    pub in_flight: Arc<tokio::sync::Semaphore>,
-    /// Calls in progress per connection that has any, for each connection's fair share.
-    pub busy_connections: Arc<std::sync::Mutex<HashMap<std::net::SocketAddr, usize>>>,
+    /// Places for calls in progress, the last of them kept for connections with few calls.
+    pub admissions: crate::admission::Admissions,
     /// Places for patients being screened, shared by every ScreenCohort stream; a stream waits
     /// for a place rather than failing, which bounds memory however many streams are open.
     pub screening_places: Arc<tokio::sync::Semaphore>,
@@ -86,7 +83,8 @@ impl AppState {
         pseudonymiser: Pseudonymiser,
         limits: Limits,
     ) -> Result<Self, prometheus::Error> {
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_calls));
+        let admissions =
+            crate::admission::Admissions::new(limits.max_concurrent_calls, limits.retry_after);
         let screening_places = Arc::new(tokio::sync::Semaphore::new(screening_capacity(&limits)));
         let metrics = Arc::new(crate::metrics::Metrics::new(log.counters())?);
         Ok(AppState {
@@ -94,8 +92,7 @@ impl AppState {
             log,
             pseudonymiser,
             limits,
-            in_flight,
-            busy_connections: Arc::default(),
+            admissions,
             screening_places,
             metrics,
             auth: crate::auth::Authenticator::open(),
@@ -126,83 +123,22 @@ impl AppState {
         screening_capacity(&self.limits).saturating_sub(self.screening_places.available_permits())
     }
 
-    /// Admits a call from `connection`, or sheds it with RESOURCE_EXHAUSTED and a
-    /// google.rpc.RetryInfo saying when to retry. A connection may hold at most its fair share
-    /// of `--max-concurrent-calls` (an equal part for each connection with calls in progress,
-    /// and never fewer than `MIN_CALLS_PER_CONNECTION`), so a few connections opening thousands
-    /// of calls cannot take every place from the others. The gate admits every call; the
-    /// admission is held until its answer ends.
-    pub fn admit(&self, connection: Option<std::net::SocketAddr>) -> Result<Admission, Status> {
-        let max = self.limits.max_concurrent_calls;
-        let share = match connection {
-            Some(address) => {
-                let mut busy = self
-                    .busy_connections
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let held = busy.get(&address).copied().unwrap_or(0);
-                let connections = busy.len() + usize::from(held == 0);
-                let fair = (max / connections.max(1)).max(MIN_CALLS_PER_CONNECTION);
-                if held >= fair {
-                    return Err(self.shed(format!(
-                        "overloaded: this connection has {held} calls in progress, its share of the server's {max} while {connections} connections have calls in progress; retry later"
-                    )));
-                }
-                *busy.entry(address).or_default() += 1;
-                Some(ConnectionShare {
-                    busy: Arc::clone(&self.busy_connections),
-                    address,
-                })
-            }
-            None => None,
-        };
-        let permit = Arc::clone(&self.in_flight)
-            .try_acquire_owned()
-            .map_err(|_| self.shed(format!("overloaded: {max} calls in progress; retry later")))?;
-        Ok(Admission {
-            _permit: permit,
-            _share: share,
+    /// Admits a call from `connection` (`crate::admission`), or sheds it with
+    /// RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying when to retry. The gate admits
+    /// every call; the admission is held until its answer ends.
+    pub fn admit(
+        &self,
+        connection: Option<std::net::SocketAddr>,
+    ) -> Result<crate::admission::Admission, Status> {
+        self.admissions.admit(connection).map_err(|refused| {
+            let mut details = tonic_types::ErrorDetails::new();
+            details.set_retry_info(Some(self.admissions.retry_after()));
+            <Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::ResourceExhausted,
+                refused.0,
+                details,
+            )
         })
-    }
-
-    fn shed(&self, message: String) -> Status {
-        let mut details = tonic_types::ErrorDetails::new();
-        details.set_retry_info(Some(self.limits.retry_after));
-        <Status as tonic_types::StatusExt>::with_error_details(
-            tonic::Code::ResourceExhausted,
-            message,
-            details,
-        )
-    }
-}
-
-/// Calls a connection may always have in progress, however many connections are busy.
-const MIN_CALLS_PER_CONNECTION: usize = 8;
-
-/// A call's place among the calls in progress, and in its connection's share; given back when
-/// dropped.
-pub struct Admission {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    _share: Option<ConnectionShare>,
-}
-
-struct ConnectionShare {
-    busy: Arc<std::sync::Mutex<HashMap<std::net::SocketAddr, usize>>>,
-    address: std::net::SocketAddr,
-}
-
-impl Drop for ConnectionShare {
-    fn drop(&mut self) {
-        let mut busy = self
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(held) = busy.get_mut(&self.address) {
-            *held -= 1;
-            if *held == 0 {
-                busy.remove(&self.address);
-            }
-        }
     }
 }
 

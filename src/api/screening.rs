@@ -40,10 +40,12 @@ impl ScreeningApi {
 
 type Answer = Result<pb::ScreenCohortResponse, Status>;
 
-/// A stream's answers as tonic takes them to send. Tonic asks for the next answer only while
-/// the stream's HTTP/2 window has room (hyper polls a body only then), so an ask that finds no
-/// answer waiting is the caller's demand: the screening task starts a patient only after one,
-/// and a caller who stops reading stops the deciding with no answer decided ahead of its window.
+/// A stream's answers as tonic takes them to send. Hyper polls an answer body for its next
+/// frame once the last one is handed to HTTP/2, and then waits for the stream's window before
+/// polling again, so an ask that finds no answer waiting is the caller's demand: the screening
+/// task starts a patient only after one. A caller who stops reading therefore has at most one
+/// frame's worth of answers decided beyond its window (up to `--screening-window` patients), and
+/// up to `ANSWERS_BUFFERED` of them wait here as messages.
 pub struct Answers {
     answers: mpsc::Receiver<Answer>,
     /// Answers tonic has taken.
@@ -203,6 +205,7 @@ async fn screen(
                 ));
             }
         }
+        let busy = reading || waiting.is_some() || !deciding.is_empty() || !unsent.is_empty();
         tokio::select! {
             biased;
             Ok(()) = stopping.wait_for(|stop| *stop).map(|r| r.map(|_| ())), if reading => {
@@ -213,6 +216,10 @@ async fn screen(
                 // The patient read but not started is not decided: the caller sends it again.
                 waiting = None;
             }
+            // The caller went away (its answers were dropped): whatever the stream was waiting
+            // for will never come. Armed only while there is work, so the loop still ends when
+            // the rest is done.
+            () = answers.closed(), if busy => return caller_gone(received),
             // Room in the channel: the next unsent answer goes.
             permit = answers.reserve(), if !unsent.is_empty() => {
                 match (permit, unsent.pop_front()) {

@@ -249,7 +249,7 @@ async fn start(
     )
     .expect("app state")
     .with_auth(auth);
-    let in_flight = std::sync::Arc::clone(&state.in_flight);
+    let in_flight = std::sync::Arc::clone(state.admissions.places());
     let shared = state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
