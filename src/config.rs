@@ -89,6 +89,12 @@ pub struct ServeConfig {
     #[arg(long, env = "NETPATHWAY_MAX_SCREENING_PATIENTS", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_screening_patients: u32,
+    /// FULL-view unary answers (EvaluateEligibility, ClassifyFunding) being decided and recorded
+    /// at once; further FULL calls wait their turn within their deadline. A FULL answer is some
+    /// hundreds of KB while it is built and recorded, so this bounds that memory.
+    #[arg(long, env = "NETPATHWAY_MAX_FULL_ANSWERS", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_full_answers: u32,
     /// Directory for the embedded database and the generated pseudonym key.
     #[arg(long, env = "NETPATHWAY_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -220,6 +226,7 @@ impl ServeConfig {
             max_patients_per_stream: self.max_patients_per_stream,
             screening_window: self.screening_window as usize,
             max_screening_patients: self.max_screening_patients as usize,
+            max_full_answers: self.max_full_answers as usize,
             http2: crate::api::Http2Limits {
                 max_concurrent_streams: self.http2_max_concurrent_streams,
                 stream_window_bytes: self.http2_stream_window_bytes,

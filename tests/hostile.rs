@@ -319,13 +319,18 @@ async fn unauthenticated_floods_of_megabyte_bodies_cost_almost_nothing() {
     assert!(!answer.therapies.is_empty());
 }
 
-/// 2,000 streams at once over 20 connections, half of them announcing a 1 MB message: each is
-/// answered (OK, shed with RESOURCE_EXHAUSTED, or the large ones OUT_OF_RANGE from their length
-/// prefix), memory stays within budget, and health and a unary call are answered meanwhile.
+/// 2,000 streams at once over 20 connections, half of them FULL-view calls about every therapy
+/// (the largest answers) and half announcing a 1 MB message: each is answered (OK, shed with
+/// RESOURCE_EXHAUSTED, or the large ones OUT_OF_RANGE from their length prefix), memory stays
+/// within budget, and health and a unary call are answered meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_concurrent_streams_hold_bounded_memory() {
     let mut server = binary(&[]).await;
-    let valid = framed(&eligibility_request().encode_to_vec());
+    let full = pb::EvaluateEligibilityRequest {
+        view: pb::EvaluationView::Full as i32,
+        ..eligibility_request()
+    };
+    let valid = framed(&full.encode_to_vec());
     let large = framed(&vec![0x0a; 1024 * 1024 - 5]);
     let mut connections = Vec::new();
     for c in 0..20 {

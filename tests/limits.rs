@@ -112,3 +112,54 @@ async fn a_call_whose_deadline_has_passed_does_no_work_and_writes_no_record() {
         "no record for a call that was too late"
     );
 }
+
+/// FULL answers are built a few at a time (`--max-full-answers`), since each is some hundreds
+/// of KB while it is built and recorded. With every place held, a FULL call waits and, when its
+/// deadline passes, is told why with nothing recorded; a BASIC call beside it is answered at
+/// once; once a place is free the FULL call is answered.
+#[tokio::test]
+async fn full_answers_wait_for_a_place_within_their_deadline() {
+    let s = server_configured(
+        net_pathway::api::Limits {
+            max_deadline: Duration::from_millis(300),
+            ..test_limits()
+        },
+        true,
+    )
+    .await;
+    let places = u32::try_from(s.state.limits.max_full_answers).expect("places");
+    let held = std::sync::Arc::clone(&s.state.full_answers)
+        .acquire_many_owned(places)
+        .await
+        .expect("every place");
+    let full = pb::EvaluateEligibilityRequest {
+        view: pb::EvaluationView::Full as i32,
+        ..lu177_request(ta539_small_bowel().england().profile())
+    };
+    let status = s
+        .client
+        .evaluate_eligibility(full.clone())
+        .await
+        .expect_err("no place within the deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("waited for one of the 32 places for FULL answers being decided"),
+        "{status:?}"
+    );
+    let basic = s
+        .client
+        .evaluate_eligibility(lu177_request(ta539_small_bowel().england().profile()))
+        .await
+        .expect("BASIC does not wait");
+    assert!(!basic.therapies.is_empty());
+    assert_eq!(stored_decisions(&s).await, 1, "only the BASIC call");
+    drop(held);
+    let answer = s
+        .client
+        .evaluate_eligibility(full)
+        .await
+        .expect("a free place");
+    assert!(!answer.therapies[0].criteria.is_empty(), "FULL explains");
+}

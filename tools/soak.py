@@ -84,22 +84,25 @@ def varint(n: int) -> bytes:
 
 
 def bodies(work: str, load: str):
-    """The attacks' request bodies: a valid eligibility request and a cohort of FULL-view
-    patients asking about every therapy, from the load generator's mix; a 1 MB message; and
-    30,000 empty prior treatments (each a problem)."""
+    """The attacks' request bodies: a valid eligibility request asking about every therapy, in
+    the BASIC and the FULL view, and a cohort of such FULL-view patients, from the load
+    generator's mix (`--view` sets the view of what it writes); a 1 MB message; and 30,000
+    empty prior treatments (each a problem)."""
     mix = os.path.join(ROOT, "examples", "load", "patient-mix.jsonl")
-    full_mix = os.path.join(work, "full-mix.jsonl")
+    full_mix = os.path.join(work, "every-therapy-mix.jsonl")
     with open(mix) as src, open(full_mix, "w") as dst:
         for line in src:
             if line.strip():
                 request = json.loads(line)
-                # Every therapy, explained: the largest answer a patient can have.
-                request["view"] = "EVALUATION_VIEW_FULL"
+                # Every therapy: the largest answer a patient can have.
                 request.pop("therapies", None)
                 dst.write(json.dumps(request) + "\n")
-    frames = os.path.join(work, "frames")
-    subprocess.run([load, "--write-frames", frames, "--mix", full_mix, "--cohort-patients", "200"],
-                   check=True, capture_output=True)
+    frames = {}
+    for view in ("basic", "full"):
+        frames[view] = os.path.join(work, f"frames-{view}")
+        subprocess.run([load, "--write-frames", frames[view], "--mix", full_mix, "--view", view,
+                        "--cohort-patients", "200"],
+                       check=True, capture_output=True)
     megabyte = os.path.join(work, "megabyte.grpc")
     with open(megabyte, "wb") as f:
         f.write(framed(b"\x0a" * (1024 * 1024 - 5)))
@@ -109,8 +112,9 @@ def bodies(work: str, load: str):
     with open(violations, "wb") as f:
         f.write(framed(b"\x12" + varint(len(patient)) + patient))
     return {
-        "eligibility": os.path.join(frames, "eligibility-1.grpc"),
-        "cohort": os.path.join(frames, "screen-cohort.grpc"),
+        "eligibility basic": os.path.join(frames["basic"], "eligibility-1.grpc"),
+        "eligibility full": os.path.join(frames["full"], "eligibility-1.grpc"),
+        "cohort": os.path.join(frames["full"], "screen-cohort.grpc"),
         "megabyte": megabyte,
         "violations": violations,
     }
@@ -212,8 +216,10 @@ def main():
         results = [
             attack("unauthenticated 1 MB bodies, 4 x 250 streams", jwt,
                    ["-c", "4", "-m", "250"], body["megabyte"], ELIGIBILITY, args, token),
-            attack("2,000 concurrent streams, 20 x 100", [],
-                   ["-c", "20", "-m", "100"], body["eligibility"], ELIGIBILITY, args),
+            attack("2,000 concurrent BASIC calls, 20 x 100", [],
+                   ["-c", "20", "-m", "100"], body["eligibility basic"], ELIGIBILITY, args),
+            attack("2,000 concurrent FULL calls, 20 x 100", [],
+                   ["-c", "20", "-m", "100"], body["eligibility full"], ELIGIBILITY, args),
             attack("30,000 problems per request, 16 x 4", [],
                    ["-c", "16", "-m", "4"], body["violations"], ELIGIBILITY, args),
             # Room for every stream, as an attacker spreading them over light connections has.

@@ -69,6 +69,11 @@ pub struct AppState {
     /// Places for patients being screened, shared by every ScreenCohort stream; a stream waits
     /// for a place rather than failing, which bounds memory however many streams are open.
     pub screening_places: Arc<tokio::sync::Semaphore>,
+    /// Patients holding screening places now.
+    pub screening_patients: Arc<std::sync::atomic::AtomicUsize>,
+    /// Places for FULL-view unary answers being decided and recorded; a FULL call waits for
+    /// one within its deadline.
+    pub full_answers: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Who may call what; open (anonymous, every role) unless configured.
     pub auth: crate::auth::Authenticator,
@@ -86,6 +91,7 @@ impl AppState {
         let admissions =
             crate::admission::Admissions::new(limits.max_concurrent_calls, limits.retry_after);
         let screening_places = Arc::new(tokio::sync::Semaphore::new(screening_capacity(&limits)));
+        let full_answers = Arc::new(tokio::sync::Semaphore::new(limits.max_full_answers.max(1)));
         let metrics = Arc::new(crate::metrics::Metrics::new(log.counters())?);
         Ok(AppState {
             policy,
@@ -94,6 +100,8 @@ impl AppState {
             limits,
             admissions,
             screening_places,
+            screening_patients: Arc::default(),
+            full_answers,
             metrics,
             auth: crate::auth::Authenticator::open(),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
@@ -120,7 +128,8 @@ impl AppState {
 
     /// Patients being screened now, across every ScreenCohort stream.
     pub fn screening_in_progress(&self) -> usize {
-        screening_capacity(&self.limits).saturating_sub(self.screening_places.available_permits())
+        self.screening_patients
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Admits a call from `connection` (`crate::admission`), or sheds it with
@@ -143,7 +152,7 @@ impl AppState {
 }
 
 /// Places for patients being screened: at least one, so a stream can always make progress.
-fn screening_capacity(limits: &Limits) -> usize {
+pub(crate) fn screening_capacity(limits: &Limits) -> usize {
     limits.max_screening_patients.max(1)
 }
 
@@ -168,6 +177,8 @@ pub struct Limits {
     pub screening_window: usize,
     /// Patients all ScreenCohort streams together may have being decided or recorded at once.
     pub max_screening_patients: usize,
+    /// FULL-view unary answers being decided and recorded at once.
+    pub max_full_answers: usize,
     /// What one HTTP/2 connection may hold.
     pub http2: Http2Limits,
 }
@@ -206,6 +217,7 @@ impl Default for Limits {
             max_patients_per_stream: 1_000_000,
             screening_window: 128,
             max_screening_patients: 512,
+            max_full_answers: 32,
             http2: Http2Limits::default(),
         }
     }

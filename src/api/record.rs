@@ -444,6 +444,30 @@ pub fn admit<T>(state: &AppState, request: &tonic::Request<T>) -> Result<Admitte
     Ok(Admitted { caller, deadline })
 }
 
+/// A place among the FULL-view answers being decided and recorded, for a call asking for the
+/// FULL view (`--max-full-answers`), waited for within the call's deadline; none is needed for
+/// BASIC.
+pub async fn full_answer_place(
+    state: &AppState,
+    view: i32,
+    deadline: tokio::time::Instant,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
+    if view != pb::EvaluationView::Full as i32 {
+        return Ok(None);
+    }
+    let place = std::sync::Arc::clone(&state.full_answers).acquire_owned();
+    match tokio::time::timeout_at(deadline, place).await {
+        Ok(Ok(place)) => Ok(Some(place)),
+        Ok(Err(_)) => Err(Status::unavailable(
+            "the server is not deciding FULL answers; nothing was recorded",
+        )),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the call's deadline passed while it waited for one of the {} places for FULL answers being decided; nothing was recorded; BASIC answers do not wait",
+            state.limits.max_full_answers.max(1)
+        ))),
+    }
+}
+
 /// A validated request ready to decide: what will be stored, its fingerprint, and the stored
 /// answer if this is a retry.
 pub struct Validated<R> {

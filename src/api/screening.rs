@@ -43,9 +43,10 @@ type Answer = Result<pb::ScreenCohortResponse, Status>;
 /// A stream's answers as tonic takes them to send. Hyper polls an answer body for its next
 /// frame once the last one is handed to HTTP/2, and then waits for the stream's window before
 /// polling again, so an ask that finds no answer waiting is the caller's demand: the screening
-/// task starts a patient only after one. A caller who stops reading therefore has at most one
-/// frame's worth of answers decided beyond its window (up to `--screening-window` patients), and
-/// up to `ANSWERS_BUFFERED` of them wait here as messages.
+/// task starts patients only within a few answers of one (`answers_ahead`). A caller who stops
+/// reading therefore has at most one frame's worth of answers, and those few, decided beyond its
+/// window (up to `--screening-window` patients), and up to `ANSWERS_BUFFERED` of them wait here
+/// as messages.
 pub struct Answers {
     answers: mpsc::Receiver<Answer>,
     /// Answers tonic has taken.
@@ -61,11 +62,24 @@ struct Demand {
 }
 
 impl Demand {
-    /// Tonic has taken every answer sent (`sent`) and asked for another.
-    fn wants_more(&self, sent: u64) -> bool {
-        self.asked_after.load(Ordering::Acquire) == sent
+    /// Tonic has asked for an answer, and fewer than `ahead` answers have been sent (`sent`)
+    /// since: the stream runs that far ahead of tonic, so tonic takes small answers in batches
+    /// rather than waking the stream for each patient.
+    fn wants_more(&self, sent: u64, ahead: usize) -> bool {
+        let asked_after = self.asked_after.load(Ordering::Acquire);
+        asked_after != NOT_ASKED && sent.saturating_sub(asked_after) < ahead as u64
     }
 }
+
+/// Answers a stream may send ahead of tonic's last ask, by the size of the waiting patient's
+/// answer: up to `ANSWERS_BUFFERED` small ones within `AHEAD_BYTES`, and always one.
+fn answers_ahead(answer_bytes: usize) -> usize {
+    (AHEAD_BYTES / answer_bytes.max(1)).clamp(1, ANSWERS_BUFFERED)
+}
+
+/// Expected answer bytes a stream may send ahead of tonic's last ask: eight BASIC answers for
+/// every therapy (about 2 KB each expected), and a single FULL one (about 220 KB).
+const AHEAD_BYTES: usize = 32 * 1024;
 
 impl Stream for Answers {
     type Item = Answer;
@@ -186,11 +200,11 @@ async fn screen(
     let mut ending: Option<Status> = None;
     loop {
         let in_progress = deciding.len() + unsent.len();
-        // The waiting patient may start when tonic has taken every answer and asked for more (a
-        // caller who stops reading stops the deciding) and the stream's answers leave it room
-        // (one patient may always be in progress).
+        // The waiting patient may start when tonic has asked for an answer and the stream is not
+        // too far ahead of it (a caller who stops reading stops the deciding), and the stream's
+        // answers leave it room (one patient may always be in progress).
         let may_start = waiting.as_ref().is_some_and(|w| {
-            demand.wants_more(sent)
+            demand.wants_more(sent, answers_ahead(w.answer_bytes))
                 && (in_progress == 0
                     || (in_progress < window && committed + w.answer_bytes <= STREAM_ANSWER_BYTES))
         });
@@ -200,8 +214,9 @@ async fn screen(
             if !may_start {
                 w.turn = None;
             } else if w.turn.is_none() {
+                let places = places_for(w.answer_bytes, &state.limits);
                 w.turn = Some(Box::pin(
-                    std::sync::Arc::clone(&state.screening_places).acquire_owned(),
+                    std::sync::Arc::clone(&state.screening_places).acquire_many_owned(places),
                 ));
             }
         }
@@ -281,6 +296,7 @@ async fn screen(
                     // Boxed: the patient's future is several kilobytes, and the queue of
                     // patients being decided would otherwise copy it on every push.
                     (Ok(place), Some(w)) => {
+                        let place = Place::taken(place, &state.screening_patients);
                         committed += w.answer_bytes;
                         let answer_bytes = w.answer_bytes;
                         deciding.push(Box::pin(
@@ -325,8 +341,10 @@ async fn screen(
     match ending {
         Some(status) => {
             let code = status.code();
-            let _ = answers.send(Err(status)).await;
-            code
+            match answers.send(Err(status)).await {
+                Ok(()) => code,
+                Err(_) => caller_gone(received),
+            }
         }
         None => tonic::Code::Ok,
     }
@@ -349,15 +367,51 @@ struct Waiting {
 type AcquirePlace = dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>>
     + Send;
 
+/// A patient's screening places, given back (and the patient no longer counted in progress)
+/// when dropped.
+struct Place {
+    _places: tokio::sync::OwnedSemaphorePermit,
+    patients: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Place {
+    fn taken(
+        places: tokio::sync::OwnedSemaphorePermit,
+        patients: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
+        patients.fetch_add(1, Ordering::Relaxed);
+        Place {
+            _places: places,
+            patients: Arc::clone(patients),
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.patients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Screening places a patient takes: one for a BASIC answer, and one per therapy a FULL answer
+/// explains, so that the FULL answers being built at once (each some hundreds of KB as a
+/// message) stay few; never more than there are.
+fn places_for(answer_bytes: usize, limits: &super::Limits) -> u32 {
+    let places = answer_bytes.div_ceil(FULL_PER_THERAPY).max(1);
+    u32::try_from(places.min(super::screening_capacity(limits))).unwrap_or(1)
+}
+
 /// Bytes a stream's answers may take while they are decided or wait for the caller to read
 /// them: about two FULL answers, or a window of BASIC ones.
 const STREAM_ANSWER_BYTES: usize = 256 * 1024;
+
+/// What a FULL answer is expected to take per therapy it explains.
+const FULL_PER_THERAPY: usize = 16 * 1024;
 
 /// What a patient's answer is expected to take: a FULL answer explains every criterion of
 /// every therapy twice (eligibility and funding, about 200 KB for all 14 therapies with policy
 /// 2026.12.1); a BASIC one is a status and a route per therapy.
 fn expected_answer_bytes(request: &pb::ScreenCohortRequest) -> usize {
-    const FULL_PER_THERAPY: usize = 16 * 1024;
     const BASIC_PER_THERAPY: usize = 128;
     let all = crate::domain::Therapy::ALL.len();
     let therapies = match request.therapies.len() {
@@ -380,7 +434,7 @@ async fn screen_one(
     state: &AppState,
     caller: &Caller,
     mut request: Box<pb::ScreenCohortRequest>,
-    place: tokio::sync::OwnedSemaphorePermit,
+    place: Place,
 ) -> pb::ScreenCohortResponse {
     // Debug level: no info line is written per patient, so at info the span only cost time
     // (4.4 % of a screened patient's instructions). A line from inside one patient (the
@@ -489,5 +543,54 @@ fn rpc_status(status: &Status) -> tonic_types::pb::Status {
         code: status.code() as i32,
         message: status.message().to_string(),
         details: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patient(view: pb::EvaluationView, therapies: usize) -> pb::ScreenCohortRequest {
+        pb::ScreenCohortRequest {
+            view: view as i32,
+            therapies: vec![pb::Therapy::PrrtLu177Dotatate as i32; therapies],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_full_patient_takes_a_place_per_therapy_it_explains() {
+        let limits = super::super::Limits::default();
+        let places =
+            |request: &pb::ScreenCohortRequest| places_for(expected_answer_bytes(request), &limits);
+        assert_eq!(places(&patient(pb::EvaluationView::Basic, 0)), 1);
+        assert_eq!(places(&patient(pb::EvaluationView::Full, 1)), 1);
+        let every = u32::try_from(crate::domain::Therapy::ALL.len()).expect("therapies");
+        assert_eq!(places(&patient(pb::EvaluationView::Full, 0)), every);
+    }
+
+    #[test]
+    fn a_patient_never_needs_more_places_than_there_are() {
+        let limits = super::super::Limits {
+            max_screening_patients: 4,
+            ..Default::default()
+        };
+        let full = patient(pb::EvaluationView::Full, 0);
+        assert_eq!(places_for(expected_answer_bytes(&full), &limits), 4);
+    }
+
+    #[test]
+    fn small_answers_run_ahead_of_tonic_and_full_ones_do_not() {
+        assert_eq!(
+            answers_ahead(expected_answer_bytes(&patient(
+                pb::EvaluationView::Basic,
+                0
+            ))),
+            ANSWERS_BUFFERED
+        );
+        assert_eq!(
+            answers_ahead(expected_answer_bytes(&patient(pb::EvaluationView::Full, 0))),
+            1
+        );
     }
 }

@@ -543,6 +543,12 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// The delay a shed call's google.rpc.RetryInfo asks for, if it has one.
+fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    status.get_error_details().retry_info()?.retry_delay
+}
+
 /// Runs `concurrency` workers calling `call` until warm-up plus duration have passed; only
 /// calls that start after the warm-up are measured.
 async fn unary<F, Fut>(name: String, args: &Args, call: &Arc<F>, meter: Option<&CpuMeter>) -> Phase
@@ -575,6 +581,11 @@ where
                             }
                             Err(_) => failed += 1,
                         }
+                    }
+                    // As a well-behaved caller does: a shed call's worker waits as RetryInfo
+                    // asks before its next call.
+                    if let Some(delay) = result.err().as_ref().and_then(retry_delay) {
+                        tokio::time::sleep(delay).await;
                     }
                 }
                 (latency, ok, failed)
