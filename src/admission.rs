@@ -39,9 +39,11 @@ struct Connections {
 #[derive(Debug, Default)]
 struct Load {
     held: usize,
-    /// When the connection was last refused a call: one that sends again within half its
-    /// RetryInfo delay is pressing, not light.
+    /// When the connection's latest run of refusals began, and how many calls it has been
+    /// refused since: one refused `LIGHT` times within half its RetryInfo delay is sending
+    /// again without waiting, and is pressing, not light.
     refused: Option<Instant>,
+    refusals: usize,
 }
 
 /// Why a call was not admitted: the message for its RESOURCE_EXHAUSTED.
@@ -88,7 +90,7 @@ impl Admissions {
 
     /// Admits a call from `connection`, or refuses it. Calls are admitted while places are
     /// free, except that the reserve, the last eighth, goes only to light connections: holding
-    /// fewer than `LIGHT` calls and not sending again within half their RetryInfo delay. A caller
+    /// fewer than `LIGHT` calls and not refused `LIGHT` calls within half their RetryInfo delay. A caller
     /// with a few calls in flight that honours RetryInfo therefore finds a place however hard
     /// other connections press. (What one connection can hold at all is bounded by its HTTP/2
     /// stream limit.)
@@ -100,10 +102,15 @@ impl Admissions {
         let now = Instant::now();
         connections.forget_idle(now, self.retry_after);
         let load = connections.load.entry(connection).or_default();
-        // Half the delay: a caller's timer may fire a little early.
-        let pressing = load
+        // Half the delay: a caller's timer may fire a little early. A caller's several workers
+        // may each be refused once in that time, and still wait as asked.
+        let recent = load
             .refused
             .is_some_and(|at| now.duration_since(at) < self.retry_after / 2);
+        if !recent {
+            load.refusals = 0;
+        }
+        let pressing = load.refusals >= LIGHT;
         let free = self.places.available_permits();
         let place = if free <= self.reserve && (load.held >= LIGHT || pressing) {
             Err(format!(
@@ -135,7 +142,10 @@ impl Admissions {
                 })
             }
             Err(message) => {
-                load.refused = Some(now);
+                if !recent {
+                    load.refused = Some(now);
+                }
+                load.refusals += 1;
                 Err(Refused(message))
             }
         }
@@ -196,7 +206,7 @@ mod tests {
             .admit(address(1))
             .expect_err("the reserve is kept");
         assert!(
-            refused.0.contains("56 of 64 calls in progress, and the last 8 are kept for connections with fewer than 8 that wait as RetryInfo asks; this connection has 56 and sent again sooner"),
+            refused.0.contains("56 of 64 calls in progress, and the last 8 are kept for connections with fewer than 8 that wait as RetryInfo asks; this connection has 56; retry later"),
             "{}",
             refused.0
         );
@@ -225,9 +235,11 @@ mod tests {
         let _greedy = take(&admissions, 1, 56);
         let pressing = take(&admissions, 2, 8);
         assert_eq!(pressing.len(), 8);
-        admissions.admit(address(2)).expect_err("no place is left");
+        for _ in 0..LIGHT {
+            admissions.admit(address(2)).expect_err("no place is left");
+        }
         drop(pressing);
-        // Refused a moment ago and back at once: not light, though it holds nothing.
+        // Refused eight times in a moment and back at once: not light, though it holds nothing.
         let refused = admissions.admit(address(2)).expect_err("pressing");
         assert!(
             refused
@@ -242,6 +254,18 @@ mod tests {
         load.refused = load.refused.and_then(|at| at.checked_sub(retry_after));
         drop(connections);
         assert_eq!(take(&admissions, 2, 8).len(), 8);
+    }
+
+    #[test]
+    fn a_caller_whose_workers_are_each_refused_once_stays_light() {
+        let admissions = Admissions::new(64, Duration::from_millis(100));
+        let _greedy = take(&admissions, 1, 56);
+        let first = take(&admissions, 2, 8);
+        for _ in 0..LIGHT - 1 {
+            admissions.admit(address(2)).expect_err("no place is left");
+        }
+        drop(first);
+        assert_eq!(take(&admissions, 2, 4).len(), 4, "still light");
     }
 
     #[test]

@@ -136,6 +136,16 @@ async fn full_answers_wait_for_a_place_within_their_deadline() {
         view: pb::EvaluationView::Full as i32,
         ..lu177_request(ta539_small_bowel().england().profile())
     };
+    let unset = pb::EvaluateEligibilityRequest {
+        view: pb::EvaluationView::Unspecified as i32,
+        ..full.clone()
+    };
+    let status = s
+        .client
+        .evaluate_eligibility(unset)
+        .await
+        .expect_err("an unset view is FULL, and waits too");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     let status = s
         .client
         .evaluate_eligibility(full.clone())
@@ -150,7 +160,10 @@ async fn full_answers_wait_for_a_place_within_their_deadline() {
     );
     let basic = s
         .client
-        .evaluate_eligibility(lu177_request(ta539_small_bowel().england().profile()))
+        .evaluate_eligibility(pb::EvaluateEligibilityRequest {
+            view: pb::EvaluationView::Basic as i32,
+            ..lu177_request(ta539_small_bowel().england().profile())
+        })
         .await
         .expect("BASIC does not wait");
     assert!(!basic.therapies.is_empty());

@@ -445,18 +445,24 @@ pub fn admit<T>(state: &AppState, request: &tonic::Request<T>) -> Result<Admitte
 }
 
 /// A place among the FULL-view answers being decided and recorded, for a call asking for the
-/// FULL view (`--max-full-answers`), waited for within the call's deadline; none is needed for
-/// BASIC.
+/// FULL view or leaving it unset (`--max-full-answers`), waited for within the call's deadline;
+/// none is needed for BASIC.
 pub async fn full_answer_place(
     state: &AppState,
     view: i32,
     deadline: tokio::time::Instant,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
-    if view != pb::EvaluationView::Full as i32 {
+    // An unset view is FULL (common.proto).
+    if view == pb::EvaluationView::Basic as i32 {
         return Ok(None);
     }
     let place = std::sync::Arc::clone(&state.full_answers).acquire_owned();
-    match tokio::time::timeout_at(deadline, place).await {
+    // Gives up a tenth of the time left before the deadline (at most 100 ms), so the caller
+    // hears why rather than the transport's bare "Timeout expired" at the deadline itself.
+    let now = tokio::time::Instant::now();
+    let margin =
+        (deadline.saturating_duration_since(now) / 10).min(std::time::Duration::from_millis(100));
+    match tokio::time::timeout_at(deadline - margin, place).await {
         Ok(Ok(place)) => Ok(Some(place)),
         Ok(Err(_)) => Err(Status::unavailable(
             "the server is not deciding FULL answers; nothing was recorded",
