@@ -1,6 +1,7 @@
 //! Admission: how many calls may be in progress at once, with the last places kept for
 //! connections holding few calls that honour RetryInfo, so connections flooding the server with
-//! calls cannot take every place from well-behaved callers.
+//! calls cannot take every place from well-behaved callers; and how many FULL answers may be
+//! built or on their way to their callers at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -152,6 +153,100 @@ impl Admissions {
     }
 }
 
+/// Places for FULL answers, each some hundreds of KB while it is built and about 100 KB until
+/// its caller has read it: at most `max` answers hold one, from before they are decided until
+/// they are sent, and at most `WAITING_PER_PLACE` times as many callers wait for one. A caller
+/// beyond those is refused at once, so a flood of FULL calls cannot fill the calls in progress
+/// with waiters.
+#[derive(Clone, Debug)]
+pub struct FullAnswers {
+    max: usize,
+    places: Arc<Semaphore>,
+    /// Holders and waiters together: `(1 + WAITING_PER_PLACE) * max`.
+    callers: Arc<Semaphore>,
+}
+
+/// FULL calls that may wait for each place: enough that a burst of FULL calls queues rather
+/// than being shed, few enough (128 at the default 32 places) to leave most of the calls in
+/// progress to others.
+pub const WAITING_PER_PLACE: usize = 4;
+
+/// Why a FULL call got no place.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoFullPlace {
+    /// Every place is held and as many callers wait as may.
+    QueueFull,
+    /// The time allowed passed first.
+    TimedOut,
+    /// The places are closed (shutdown).
+    Closed,
+}
+
+/// One of the places for FULL answers; given back when dropped.
+#[derive(Debug)]
+pub struct FullAnswerPlace {
+    _place: OwnedSemaphorePermit,
+    _caller: OwnedSemaphorePermit,
+}
+
+/// A FULL answer's place passed from its handler to the answer's body (in the response's
+/// extensions), which holds it until the answer is sent.
+#[derive(Clone, Debug)]
+pub struct HeldUntilSent(Arc<Mutex<Option<FullAnswerPlace>>>);
+
+impl HeldUntilSent {
+    pub fn new(place: FullAnswerPlace) -> Self {
+        HeldUntilSent(Arc::new(Mutex::new(Some(place))))
+    }
+
+    pub fn take(&self) -> Option<FullAnswerPlace> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl FullAnswers {
+    /// `max` places (at least one) and `WAITING_PER_PLACE` waiters per place.
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        FullAnswers {
+            max,
+            places: Arc::new(Semaphore::new(max)),
+            callers: Arc::new(Semaphore::new((1 + WAITING_PER_PLACE) * max)),
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// The places themselves, for tests that fill them.
+    pub fn places(&self) -> &Arc<Semaphore> {
+        &self.places
+    }
+
+    /// FULL calls holding a place or waiting for one.
+    pub fn callers(&self) -> usize {
+        (1 + WAITING_PER_PLACE) * self.max - self.callers.available_permits()
+    }
+
+    /// A place, waiting for one until `until` if every place is held; refused at once when
+    /// as many callers wait as may.
+    pub async fn place(&self, until: tokio::time::Instant) -> Result<FullAnswerPlace, NoFullPlace> {
+        let caller = Arc::clone(&self.callers)
+            .try_acquire_owned()
+            .map_err(|_| NoFullPlace::QueueFull)?;
+        let place = Arc::clone(&self.places).acquire_owned();
+        match tokio::time::timeout_at(until, place).await {
+            Ok(Ok(place)) => Ok(FullAnswerPlace {
+                _place: place,
+                _caller: caller,
+            }),
+            Ok(Err(_)) => Err(NoFullPlace::Closed),
+            Err(_) => Err(NoFullPlace::TimedOut),
+        }
+    }
+}
+
 impl Connections {
     /// Forgets connections that hold no call and were refused none within `retry_after`, at
     /// most once every `FORGET_EVERY`: the map stays as small as the connections in play.
@@ -186,6 +281,43 @@ impl Drop for Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn full_answers_let_as_many_wait_as_hold_places() {
+        let full = FullAnswers::new(2);
+        let later = tokio::time::Instant::now() + Duration::from_secs(60);
+        let held = [
+            full.place(later).await.expect("first"),
+            full.place(later).await.expect("second"),
+        ];
+        let waiting: Vec<_> = (0..2 * WAITING_PER_PLACE)
+            .map(|_| {
+                let full = full.clone();
+                tokio::spawn(async move { full.place(later).await.map(drop) })
+            })
+            .collect();
+        while full.callers() < 2 + 2 * WAITING_PER_PLACE {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            full.place(later).await.map(drop),
+            Err(NoFullPlace::QueueFull)
+        );
+        let soon = tokio::time::Instant::now() + Duration::from_millis(1);
+        drop(held);
+        for waiter in waiting {
+            assert_eq!(waiter.await.expect("task"), Ok(()));
+        }
+        assert_eq!(full.callers(), 0, "every place given back");
+        let _all = full
+            .places()
+            .clone()
+            .acquire_many_owned(2)
+            .await
+            .expect("all");
+        assert_eq!(full.place(soon).await.map(drop), Err(NoFullPlace::TimedOut));
+        assert_eq!(full.callers(), 0);
+    }
 
     fn address(port: u16) -> Option<SocketAddr> {
         Some(SocketAddr::from(([127, 0, 0, 1], port)))

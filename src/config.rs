@@ -95,6 +95,13 @@ pub struct ServeConfig {
     #[arg(long, env = "NETPATHWAY_MAX_FULL_ANSWERS", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_full_answers: u32,
+    /// Seconds a FULL answer may wait for its caller to read it (HTTP/2 flow control) while it
+    /// holds one of the --max-full-answers places; it is then dropped, its place given back, and
+    /// the call ends DEADLINE_EXCEEDED. The decision stays recorded: a retry with the same
+    /// request_id gets it.
+    #[arg(long, env = "NETPATHWAY_UNREAD_ANSWER_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub unread_answer_seconds: u64,
     /// Directory for the embedded database and the generated pseudonym key.
     #[arg(long, env = "NETPATHWAY_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -130,8 +137,9 @@ pub struct ServeConfig {
     #[arg(long, env = "NETPATHWAY_MAX_DEADLINE_SECONDS", default_value_t = 30)]
     pub max_deadline_seconds: u64,
     /// Calls in progress at once before new ones are shed with RESOURCE_EXHAUSTED and RetryInfo.
-    #[arg(long, env = "NETPATHWAY_MAX_CONCURRENT_CALLS", default_value_t = 512)]
-    pub max_concurrent_calls: usize,
+    #[arg(long, env = "NETPATHWAY_MAX_CONCURRENT_CALLS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_calls: u32,
     /// Retry delay, in milliseconds, that shed calls are given in google.rpc.RetryInfo.
     #[arg(long, env = "NETPATHWAY_RETRY_AFTER_MS", default_value_t = 100)]
     pub retry_after_ms: u64,
@@ -219,7 +227,7 @@ impl ServeConfig {
         crate::api::Limits {
             max_message_bytes: self.max_message_bytes,
             max_deadline: Duration::from_secs(self.max_deadline_seconds),
-            max_concurrent_calls: self.max_concurrent_calls,
+            max_concurrent_calls: self.max_concurrent_calls as usize,
             retry_after: Duration::from_millis(self.retry_after_ms),
             http2_keepalive: Duration::from_secs(self.http2_keepalive_seconds),
             health_check_interval: Duration::from_secs(self.health_check_seconds.max(1)),
@@ -227,6 +235,7 @@ impl ServeConfig {
             screening_window: self.screening_window as usize,
             max_screening_patients: self.max_screening_patients as usize,
             max_full_answers: self.max_full_answers as usize,
+            unread_answer: Duration::from_secs(self.unread_answer_seconds),
             http2: crate::api::Http2Limits {
                 max_concurrent_streams: self.http2_max_concurrent_streams,
                 stream_window_bytes: self.http2_stream_window_bytes,

@@ -6,14 +6,14 @@
 //! from it is refused (fail closed), and a test checks the table against the contract.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, FullAnswerPlace, HeldUntilSent};
 use crate::api::{AppState, Call};
 use crate::auth::Role;
 
@@ -134,17 +134,36 @@ where
         let connection = remote_address(request.extensions());
         let admitted = admitted.and_then(|caller| Ok((caller, self.state.admit(connection)?)));
         match admitted {
-            Ok((caller, permit)) => {
+            Ok((caller, admission)) => {
                 request.extensions_mut().insert(caller);
                 let answer = self.inner.call(request);
+                if streams_answers(method) {
+                    return Box::pin(async move {
+                        let response = answer.await?;
+                        Ok(response.map(|body| {
+                            Body::new(Held {
+                                body,
+                                _admission: admission,
+                            })
+                        }))
+                    });
+                }
+                let state = Arc::clone(&self.state);
                 Box::pin(async move {
                     let response = answer.await?;
-                    Ok(response.map(|body| {
-                        Body::new(Held {
-                            body,
-                            _permit: permit,
-                        })
-                    }))
+                    // The call is decided: an answer waiting for its caller to read it is not
+                    // a call in progress, so a caller that never reads holds no place.
+                    drop(admission);
+                    let (mut parts, body) = response.into_parts();
+                    let body = match parts
+                        .extensions
+                        .remove::<HeldUntilSent>()
+                        .and_then(|held| held.take())
+                    {
+                        Some(place) => Body::new(Unread::new(body, place, &state)),
+                        None => body,
+                    };
+                    Ok(http::Response::from_parts(parts, body))
                 })
             }
             Err(status) => {
@@ -221,10 +240,136 @@ fn remote_address(extensions: &http::Extensions) -> Option<std::net::SocketAddr>
         .and_then(TcpConnectInfo::remote_addr)
 }
 
-/// An answer's body, holding the call's admission until the body is finished or dropped.
+/// RPCs whose answer is a stream: the call is in progress, and holds its admission, until the
+/// stream ends. A unary call gives its admission back once its answer is ready.
+const STREAMING_ANSWERS: &[&str] = &["ScreenCohort"];
+
+fn streams_answers(method: &str) -> bool {
+    STREAMING_ANSWERS.contains(&method)
+}
+
+/// A streamed answer's body, holding the call's admission until the body is finished or
+/// dropped.
 struct Held {
     body: Body,
-    _permit: Admission,
+    _admission: Admission,
+}
+
+/// The largest piece of a FULL answer handed to the connection at once. HTTP/2 keeps what it
+/// is handed until the caller's window lets it go, so an answer is handed over in copied
+/// pieces: a caller that stops reading leaves at most a piece there, and the rest is dropped
+/// with the answer when it has waited too long.
+const PIECE_BYTES: usize = 16 * 1024;
+
+/// A FULL answer on its way to its caller, holding its place among the FULL answers until it
+/// is sent. If the caller has not read it within `--unread-answer-seconds` the answer is
+/// dropped and its place given back; the caller then hears DEADLINE_EXCEEDED when it reads.
+/// The decision was recorded before the answer was sent, so a retry with its request_id gets it.
+struct Unread {
+    sending: Arc<std::sync::Mutex<Sending>>,
+    give_up: tokio::task::AbortHandle,
+}
+
+enum Sending {
+    Answer {
+        body: Body,
+        /// What is left of a data frame being handed over in pieces.
+        rest: tonic::codegen::Bytes,
+        _place: FullAnswerPlace,
+    },
+    GaveUp(std::time::Duration),
+    Ended,
+}
+
+impl Unread {
+    fn new(body: Body, place: FullAnswerPlace, state: &AppState) -> Self {
+        let sending = Arc::new(std::sync::Mutex::new(Sending::Answer {
+            body,
+            rest: tonic::codegen::Bytes::new(),
+            _place: place,
+        }));
+        let waited = state.limits.unread_answer;
+        let metrics = Arc::clone(&state.metrics);
+        let watched = Arc::clone(&sending);
+        let give_up = tokio::spawn(async move {
+            tokio::time::sleep(waited).await;
+            let mut sending = watched.lock().unwrap_or_else(PoisonError::into_inner);
+            if matches!(*sending, Sending::Answer { .. }) {
+                *sending = Sending::GaveUp(waited);
+                metrics.unread_answer_dropped();
+            }
+        })
+        .abort_handle();
+        Unread { sending, give_up }
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        self.give_up.abort();
+    }
+}
+
+impl http_body::Body for Unread {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut sending = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *sending {
+            Sending::Answer { body, rest, .. } => {
+                if !rest.is_empty() {
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(next_piece(rest)))));
+                }
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(mut data) => {
+                            let piece = next_piece(&mut data);
+                            *rest = data;
+                            Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+                        }
+                        Err(frame) => Poll::Ready(Some(Ok(frame))),
+                    },
+                    Poll::Ready(None) => {
+                        *sending = Sending::Ended;
+                        Poll::Ready(None)
+                    }
+                    other => other,
+                }
+            }
+            Sending::GaveUp(waited) => {
+                let status = Status::deadline_exceeded(format!(
+                    "the answer waited {} s for the caller to read it and was dropped; the decision is recorded: ask again with the same request_id to get it",
+                    waited.as_secs()
+                ));
+                *sending = Sending::Ended;
+                let mut trailers = http::HeaderMap::new();
+                match status.add_header(&mut trailers) {
+                    Ok(()) => Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers)))),
+                    Err(status) => Poll::Ready(Some(Err(status))),
+                }
+            }
+            Sending::Ended => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &*self.sending.lock().unwrap_or_else(PoisonError::into_inner) {
+            Sending::Answer { body, rest, .. } => rest.is_empty() && body.is_end_stream(),
+            Sending::GaveUp(_) => false,
+            Sending::Ended => true,
+        }
+    }
+}
+
+/// The next piece of `data`, at most `PIECE_BYTES`, copied so that it does not keep the whole
+/// answer's buffer alive.
+fn next_piece(data: &mut tonic::codegen::Bytes) -> tonic::codegen::Bytes {
+    let piece = data.split_to(data.len().min(PIECE_BYTES));
+    tonic::codegen::Bytes::copy_from_slice(&piece)
 }
 
 impl http_body::Body for Held {
@@ -279,6 +424,16 @@ mod tests {
             RPC_ROLES.len(),
             "RPC_ROLES names an RPC the contract lacks"
         );
+        for file in set.file.iter().filter(|f| f.package() == "netpathway.v1") {
+            for method in file.service.iter().flat_map(|s| &s.method) {
+                assert_eq!(
+                    streams_answers(method.name()),
+                    method.server_streaming(),
+                    "{}: STREAMING_ANSWERS disagrees with the contract",
+                    method.name()
+                );
+            }
+        }
         assert_eq!(rpc_of("/netpathway.v1.EligibilityService/Nope"), None);
         assert_eq!(rpc_of("/grpc.health.v1.Health/Check"), None);
     }

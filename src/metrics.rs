@@ -59,6 +59,7 @@ pub struct Metrics {
     log_queue: IntGauge,
     log_enabled: IntGauge,
     screening_in_progress: IntGauge,
+    unread_answers: prometheus::IntCounter,
     policy_info: IntGaugeVec,
 }
 
@@ -113,6 +114,10 @@ impl Metrics {
             "netpathway_screening_patients_in_progress",
             "Patients being screened across all ScreenCohort streams (at most --max-screening-patients).",
         )?;
+        let unread_answers = prometheus::IntCounter::new(
+            "netpathway_unread_answers_dropped_total",
+            "FULL answers dropped because their caller had not read them within --unread-answer-seconds (each decision stays recorded).",
+        )?;
         let policy_info = IntGaugeVec::new(
             Opts::new("netpathway_policy_info", "The active policy (value 1)."),
             &["version", "content_hash"],
@@ -134,6 +139,7 @@ impl Metrics {
             Box::new(log_queue.clone()),
             Box::new(log_enabled.clone()),
             Box::new(screening_in_progress.clone()),
+            Box::new(unread_answers.clone()),
             Box::new(policy_info.clone()),
             Box::new(commits.commits.clone()),
             Box::new(commits.records.clone()),
@@ -160,6 +166,7 @@ impl Metrics {
             log_queue,
             log_enabled,
             screening_in_progress,
+            unread_answers,
             policy_info,
         })
     }
@@ -226,6 +233,11 @@ impl Metrics {
             Some(counter) => counter.inc(),
             None => find().inc(),
         }
+    }
+
+    /// A FULL answer its caller did not read in time was dropped (`crate::gate`).
+    pub fn unread_answer_dropped(&self) {
+        self.unread_answers.inc();
     }
 
     pub fn log_write(&self, elapsed: Duration) {

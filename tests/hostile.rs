@@ -96,6 +96,16 @@ impl Binary {
         assert!(!answer.therapies.is_empty());
     }
 
+    /// A unary call is answered, not shed.
+    async fn assert_answered_at_the_first_attempt(&self) {
+        let answer = self
+            .client
+            .evaluate_eligibility(eligibility_request())
+            .await
+            .expect("answered at the first attempt");
+        assert!(!answer.therapies.is_empty());
+    }
+
     /// A well-behaved ScreenCohort stream of one patient is answered, within 20 s.
     async fn assert_a_one_patient_stream_is_answered(&self) {
         let answers = self
@@ -152,10 +162,49 @@ fn eligibility_request() -> pb::EvaluateEligibilityRequest {
 
 /// An HTTP/2 connection with `window` bytes of receive window per stream, never enlarged.
 async fn h2_connect(port: u16, window: u32) -> h2::client::SendRequest<Bytes> {
+    let (send, connection) = h2_handshake(port, window).await;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+/// An HTTP/2 connection with `window` bytes of receive window per stream, until a window is
+/// sent on the returned channel: every stream's window then becomes that (a SETTINGS frame).
+async fn h2_connect_widened_later(
+    port: u16,
+    window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::sync::oneshot::Sender<u32>,
+) {
+    let (send, mut connection) = h2_handshake(port, window).await;
+    let (widen, widened) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = &mut connection => return,
+            Ok(window) = widened => {
+                if connection.set_initial_window_size(window).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = connection.await;
+    });
+    (send, widen)
+}
+
+async fn h2_handshake(
+    port: u16,
+    window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    h2::client::Connection<tokio::net::TcpStream, Bytes>,
+) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    let (send, connection) = h2::client::Builder::new()
+    h2::client::Builder::new()
         .initial_window_size(window)
         .initial_connection_window_size(window.max(65_535))
         .max_concurrent_reset_streams(10_000)
@@ -165,11 +214,7 @@ async fn h2_connect(port: u16, window: u32) -> h2::client::SendRequest<Bytes> {
         .initial_max_send_streams(100)
         .handshake(tcp)
         .await
-        .expect("HTTP/2 handshake");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    send
+        .expect("HTTP/2 handshake")
 }
 
 fn grpc_request(path: &str, extra: &[(&str, &str)]) -> http::Request<()> {
@@ -423,12 +468,162 @@ async fn a_flood_leaves_the_last_places_to_connections_with_few_calls() {
     let newcomer = server.h2().await;
     let (head, _newcomer_stream) = open_stream(newcomer).await;
     assert!(head.headers().get("grpc-status").is_none(), "{head:?}");
-    let answer = server
-        .client
-        .evaluate_eligibility(eligibility_request())
+    server.assert_answered_at_the_first_attempt().await;
+}
+
+/// Sends one eligibility call and waits for its answer's headers, leaving its answer unread: the
+/// call was admitted and decided, not refused.
+async fn answered_unread(
+    send: &h2::client::SendRequest<Bytes>,
+    request: &Bytes,
+) -> http::Response<h2::RecvStream> {
+    let mut ready = send.clone().ready().await.expect("stream capacity");
+    let (response, mut body) = ready
+        .send_request(grpc_request(ELIGIBILITY, &[]), false)
+        .expect("send");
+    body.send_data(request.clone(), true).expect("request");
+    let head = response.await.expect("answer's headers");
+    assert_eq!(head.headers().get("grpc-status"), None, "{head:?}");
+    head
+}
+
+/// A unary call whose answer is ready holds no place among the calls in progress, however long
+/// its caller leaves it unread. With a limit of 8 calls, one connection that never reads is
+/// answered 16 calls in turn (each gets its answer's headers, none is refused), and a
+/// well-behaved call is then answered at its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_answers_nobody_reads_hold_no_place() {
+    let server = binary(&["--max-concurrent-calls", "8"]).await;
+    let send = h2_connect(server.port, 0).await;
+    let request = framed(&eligibility_request().encode_to_vec());
+    let mut unread = Vec::new();
+    for _ in 0..16 {
+        unread.push(answered_unread(&send, &request).await);
+    }
+    server.assert_answered_at_the_first_attempt().await;
+    drop(unread);
+}
+
+/// A FULL answer its caller does not read keeps its place among the FULL answers only for
+/// --unread-answer-seconds. With 2 places held by answers nobody reads, a FULL call beside them
+/// is answered once they are dropped; when the callers who did not read widen their window,
+/// each hears DEADLINE_EXCEEDED saying what happened, and the drops are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_answers_nobody_reads_give_their_places_back() {
+    let admin = free_port();
+    let admin_address = format!("127.0.0.1:{admin}");
+    let server = binary(&[
+        "--max-full-answers",
+        "2",
+        "--unread-answer-seconds",
+        "1",
+        "--admin-listen",
+        &admin_address,
+    ])
+    .await;
+    let full = pb::EvaluateEligibilityRequest {
+        view: pb::EvaluationView::Full as i32,
+        ..eligibility_request()
+    };
+    let (send, widen) = h2_connect_widened_later(server.port, 0).await;
+    let mut unread = Vec::new();
+    let request = framed(&full.encode_to_vec());
+    for _ in 0..2 {
+        unread.push(answered_unread(&send, &request).await);
+    }
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        server.client.evaluate_eligibility(full),
+    )
+    .await
+    .expect("answered")
+    .expect("a place was given back");
+    assert!(!answer.therapies[0].criteria.is_empty(), "FULL explains");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = scrape_metrics(([127, 0, 0, 1], admin).into()).await;
+        if metrics
+            .lines()
+            .any(|l| l == "netpathway_unread_answers_dropped_total 2")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unread answers were not dropped: {metrics}"
+        );
+        // Polled: each answer is dropped a second after it was ready.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    widen.send(65_535).expect("widen");
+    for head in unread {
+        let mut body = head.into_body();
+        while let Some(data) = body.data().await {
+            let data = data.expect("data");
+            let _ = body.flow_control().release_capacity(data.len());
+        }
+        let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"4"[..]),
+            "{trailers:?}"
+        );
+        assert!(
+            percent_decoded(trailers.get("grpc-message")).contains(
+                "waited 1 s for the caller to read it and was dropped; the decision is recorded"
+            ),
+            "{trailers:?}"
+        );
+    }
+}
+
+/// 2,000 FULL calls over 20 connections that never read their answers (each about 100 KB):
+/// memory stays within budget, health and a unary call are answered meanwhile, and a
+/// well-behaved FULL call is answered once it retries as RetryInfo asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_full_calls_that_never_read() {
+    let mut server = binary(&["--unread-answer-seconds", "1"]).await;
+    let full = pb::EvaluateEligibilityRequest {
+        view: pb::EvaluationView::Full as i32,
+        ..eligibility_request()
+    };
+    let request = framed(&full.encode_to_vec());
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        let send = h2_connect(server.port, 0).await;
+        for _ in 0..100 {
+            let mut ready = send.clone().ready().await.expect("stream capacity");
+            let (response, mut body) = ready
+                .send_request(grpc_request(ELIGIBILITY, &[]), false)
+                .expect("send");
+            body.send_data(request.clone(), true).expect("request");
+            flood.push(response);
+        }
+    }
+    server.assert_well_behaved_callers_answered().await;
+    let mut shed = 0;
+    let answer = loop {
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            server.client.evaluate_eligibility(full.clone()),
+        )
         .await
-        .expect("answered at the first attempt");
-    assert!(!answer.therapies.is_empty());
+        .expect("a FULL call is answered")
+        {
+            Ok(answer) => break answer,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                shed += 1;
+                assert!(shed < 200, "a FULL call was shed {shed} times: {status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("FULL call failed: {status:?}"),
+        }
+    };
+    eprintln!("2,000 FULL calls that never read: a FULL call shed {shed} times first");
+    assert!(!answer.therapies[0].criteria.is_empty(), "FULL explains");
+    server.assert_alive();
+    server.assert_within_budget("2,000 FULL calls that never read");
+    drop(flood);
 }
 
 /// Requests as large as allowed, each with tens of thousands of problems, get one short error

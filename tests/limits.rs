@@ -87,6 +87,74 @@ async fn calls_beyond_the_concurrency_limit_are_shed_with_retry_info() {
         .expect("admitted again");
 }
 
+/// Four FULL calls may wait for each place (`WAITING_PER_PLACE`); one more is refused at once
+/// with RESOURCE_EXHAUSTED and RetryInfo, so FULL calls cannot fill the calls in progress with
+/// waiters. The waiters are answered when a place is free.
+#[tokio::test]
+async fn full_calls_beyond_the_waiting_room_are_shed_with_retry_info() {
+    let s = server_configured(
+        net_pathway::api::Limits {
+            max_full_answers: 1,
+            ..test_limits()
+        },
+        true,
+    )
+    .await;
+    let held = std::sync::Arc::clone(s.state.full_answers.places())
+        .acquire_owned()
+        .await
+        .expect("the place");
+    let full = pb::EvaluateEligibilityRequest {
+        view: pb::EvaluationView::Full as i32,
+        ..lu177_request(ta539_small_bowel().england().profile())
+    };
+    // The place held here is no caller's, so every caller's permit goes to a waiting call.
+    let callers = 1 + net_pathway::admission::WAITING_PER_PLACE;
+    let waiting: Vec<_> = (0..callers)
+        .map(|_| {
+            let (client, full) = (s.client.clone(), full.clone());
+            tokio::spawn(async move { client.evaluate_eligibility(full).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.state.full_answers.callers() < callers {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the calls never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    let status = s
+        .client
+        .evaluate_eligibility(full)
+        .await
+        .expect_err("no room to wait");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("the 1 places for FULL answers being decided or sent are held and 4 more FULL calls wait"),
+        "{status:?}"
+    );
+    assert!(
+        status.get_error_details().retry_info().is_some(),
+        "{status:?}"
+    );
+    drop(held);
+    for call in waiting {
+        let answer = call
+            .await
+            .expect("task")
+            .expect("answered once a place is free");
+        assert!(!answer.therapies[0].criteria.is_empty());
+    }
+    assert_eq!(
+        stored_decisions(&s).await,
+        callers,
+        "the refused call recorded nothing"
+    );
+}
+
 #[tokio::test]
 async fn a_call_whose_deadline_has_passed_does_no_work_and_writes_no_record() {
     let s = server().await;
@@ -128,7 +196,7 @@ async fn full_answers_wait_for_a_place_within_their_deadline() {
     )
     .await;
     let places = u32::try_from(s.state.limits.max_full_answers).expect("places");
-    let held = std::sync::Arc::clone(&s.state.full_answers)
+    let held = std::sync::Arc::clone(s.state.full_answers.places())
         .acquire_many_owned(places)
         .await
         .expect("every place");

@@ -220,6 +220,9 @@ def main():
                    ["-c", "20", "-m", "100"], body["eligibility basic"], ELIGIBILITY, args),
             attack("2,000 concurrent FULL calls, 20 x 100", [],
                    ["-c", "20", "-m", "100"], body["eligibility full"], ELIGIBILITY, args),
+            attack("2,000 FULL calls that never read their answers, 20 x 100", [],
+                   ["-c", "20", "-m", "100", "-w", "0"], body["eligibility full"], ELIGIBILITY,
+                   args),
             attack("30,000 problems per request, 16 x 4", [],
                    ["-c", "16", "-m", "4"], body["violations"], ELIGIBILITY, args),
             # Room for every stream, as an attacker spreading them over light connections has.

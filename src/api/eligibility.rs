@@ -29,13 +29,13 @@ impl EligibilityService for EligibilityApi {
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
         observed!(self.state, "EvaluateEligibility", request, {
             let call = record::admit(&self.state, &request)?;
-            let _full =
+            let full =
                 record::full_answer_place(&self.state, request.get_ref().view, call.deadline)
                     .await?;
             let validated = record::validate(&self.state, Box::new(request.into_inner())).await?;
             decide(&self.state, &call.caller, validated, Some(call.deadline))
                 .await
-                .map(Response::new)
+                .map(|answer| record::held_until_sent(Response::new(answer), full))
         })
     }
 }

@@ -71,9 +71,9 @@ pub struct AppState {
     pub screening_places: Arc<tokio::sync::Semaphore>,
     /// Patients holding screening places now.
     pub screening_patients: Arc<std::sync::atomic::AtomicUsize>,
-    /// Places for FULL-view unary answers being decided and recorded; a FULL call waits for
-    /// one within its deadline.
-    pub full_answers: Arc<tokio::sync::Semaphore>,
+    /// Places for FULL-view unary answers being decided, recorded or sent; a FULL call waits
+    /// for one within its deadline, unless as many already wait.
+    pub full_answers: crate::admission::FullAnswers,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Who may call what; open (anonymous, every role) unless configured.
     pub auth: crate::auth::Authenticator,
@@ -91,7 +91,7 @@ impl AppState {
         let admissions =
             crate::admission::Admissions::new(limits.max_concurrent_calls, limits.retry_after);
         let screening_places = Arc::new(tokio::sync::Semaphore::new(screening_capacity(&limits)));
-        let full_answers = Arc::new(tokio::sync::Semaphore::new(limits.max_full_answers.max(1)));
+        let full_answers = crate::admission::FullAnswers::new(limits.max_full_answers);
         let metrics = Arc::new(crate::metrics::Metrics::new(log.counters())?);
         Ok(AppState {
             policy,
@@ -177,8 +177,10 @@ pub struct Limits {
     pub screening_window: usize,
     /// Patients all ScreenCohort streams together may have being decided or recorded at once.
     pub max_screening_patients: usize,
-    /// FULL-view unary answers being decided and recorded at once.
+    /// FULL-view unary answers being decided, recorded or sent at once (at least one).
     pub max_full_answers: usize,
+    /// Longest a FULL answer may wait for its caller to read it while it holds its place.
+    pub unread_answer: std::time::Duration,
     /// What one HTTP/2 connection may hold.
     pub http2: Http2Limits,
 }
@@ -218,6 +220,7 @@ impl Default for Limits {
             screening_window: 128,
             max_screening_patients: 512,
             max_full_answers: 32,
+            unread_answer: std::time::Duration::from_secs(5),
             http2: Http2Limits::default(),
         }
     }
@@ -466,6 +469,12 @@ pub fn requested_therapies(r: &mut Reader, raw: &[i32]) -> Vec<Therapy> {
     }
     therapies.sort();
     therapies
+}
+
+/// Whether a request's view asks for the FULL answer: an unset view is FULL (common.proto); an
+/// unknown one is refused by validation, and counts as FULL until then.
+pub(crate) fn asks_full(view: i32) -> bool {
+    view != pb::EvaluationView::Basic as i32
 }
 
 /// The view enum, bridged like the clinical vocabularies.

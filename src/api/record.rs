@@ -444,34 +444,60 @@ pub fn admit<T>(state: &AppState, request: &tonic::Request<T>) -> Result<Admitte
     Ok(Admitted { caller, deadline })
 }
 
-/// A place among the FULL-view answers being decided and recorded, for a call asking for the
-/// FULL view or leaving it unset (`--max-full-answers`), waited for within the call's deadline;
-/// none is needed for BASIC.
+/// A place among the FULL-view answers being decided, recorded or sent, for a call asking for
+/// the FULL view or leaving it unset (`--max-full-answers`), waited for within the call's
+/// deadline; none is needed for BASIC. Refused at once with RetryInfo when as many FULL calls
+/// already wait as may (`crate::admission::WAITING_PER_PLACE` per place).
 pub async fn full_answer_place(
     state: &AppState,
     view: i32,
     deadline: tokio::time::Instant,
-) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
-    // An unset view is FULL (common.proto).
-    if view == pb::EvaluationView::Basic as i32 {
+) -> Result<Option<crate::admission::FullAnswerPlace>, Status> {
+    use crate::admission::NoFullPlace;
+    if !super::asks_full(view) {
         return Ok(None);
     }
-    let place = std::sync::Arc::clone(&state.full_answers).acquire_owned();
     // Gives up a tenth of the time left before the deadline (at most 100 ms), so the caller
     // hears why rather than the transport's bare "Timeout expired" at the deadline itself.
     let now = tokio::time::Instant::now();
     let margin =
         (deadline.saturating_duration_since(now) / 10).min(std::time::Duration::from_millis(100));
-    match tokio::time::timeout_at(deadline - margin, place).await {
-        Ok(Ok(place)) => Ok(Some(place)),
-        Ok(Err(_)) => Err(Status::unavailable(
+    let places = state.full_answers.max();
+    match state.full_answers.place(deadline - margin).await {
+        Ok(place) => Ok(Some(place)),
+        Err(NoFullPlace::QueueFull) => {
+            let mut details = tonic_types::ErrorDetails::new();
+            details.set_retry_info(Some(state.admissions.retry_after()));
+            Err(<Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "overloaded: the {places} places for FULL answers being decided or sent are held and {} more FULL calls wait; nothing was recorded; retry later, or ask for the BASIC view, which does not wait",
+                    places * crate::admission::WAITING_PER_PLACE
+                ),
+                details,
+            ))
+        }
+        Err(NoFullPlace::Closed) => Err(Status::unavailable(
             "the server is not deciding FULL answers; nothing was recorded",
         )),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "the call's deadline passed while it waited for one of the {} places for FULL answers being decided; nothing was recorded; BASIC answers do not wait",
-            state.limits.max_full_answers.max(1)
+        Err(NoFullPlace::TimedOut) => Err(Status::deadline_exceeded(format!(
+            "the call's deadline passed while it waited for one of the {places} places for FULL answers being decided or sent; nothing was recorded; BASIC answers do not wait"
         ))),
     }
+}
+
+/// The answer, carrying its FULL place (if any) in its extensions to the gate, which holds it
+/// with the answer's body until the answer is sent (`crate::gate`).
+pub fn held_until_sent<T>(
+    mut answer: tonic::Response<T>,
+    place: Option<crate::admission::FullAnswerPlace>,
+) -> tonic::Response<T> {
+    if let Some(place) = place {
+        answer
+            .extensions_mut()
+            .insert(crate::admission::HeldUntilSent::new(place));
+    }
+    answer
 }
 
 /// A validated request ready to decide: what will be stored, its fingerprint, and the stored

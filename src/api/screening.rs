@@ -418,9 +418,8 @@ fn expected_answer_bytes(request: &pb::ScreenCohortRequest) -> usize {
         0 => all,
         n => n.min(all),
     };
-    let basic = request.view == pb::EvaluationView::Basic as i32;
     therapies
-        * if basic {
+        * if !super::asks_full(request.view) {
             BASIC_PER_THERAPY
         } else {
             FULL_PER_THERAPY
