@@ -95,10 +95,10 @@ pub struct ServeConfig {
     #[arg(long, env = "NETPATHWAY_MAX_FULL_ANSWERS", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_full_answers: u32,
-    /// Seconds a FULL answer may wait for its caller to read it (HTTP/2 flow control) while it
-    /// holds one of the --max-full-answers places; it is then dropped, its place given back, and
-    /// the call ends DEADLINE_EXCEEDED. The decision stays recorded: a retry with the same
-    /// request_id gets it.
+    /// Seconds a unary answer may wait with none of it taken by its caller (HTTP/2 flow
+    /// control); it is then dropped, with its --max-full-answers place if it is FULL, and the
+    /// call ends DEADLINE_EXCEEDED. What the call recorded stays recorded: a decision asked
+    /// again with the same request_id gets the same answer.
     #[arg(long, env = "NETPATHWAY_UNREAD_ANSWER_SECONDS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub unread_answer_seconds: u64,

@@ -116,7 +116,7 @@ impl Metrics {
         )?;
         let unread_answers = prometheus::IntCounter::new(
             "netpathway_unread_answers_dropped_total",
-            "FULL answers dropped because their caller had not read them within --unread-answer-seconds (each decision stays recorded).",
+            "Unary answers dropped because their caller took none of them for --unread-answer-seconds (what the calls recorded stays recorded).",
         )?;
         let policy_info = IntGaugeVec::new(
             Opts::new("netpathway_policy_info", "The active policy (value 1)."),
@@ -235,9 +235,9 @@ impl Metrics {
         }
     }
 
-    /// A FULL answer its caller did not read in time was dropped (`crate::gate`).
-    pub fn unread_answer_dropped(&self) {
-        self.unread_answers.inc();
+    /// Counts answers dropped because their caller did not read them (`crate::gate`).
+    pub fn unread_answers(&self) -> prometheus::IntCounter {
+        self.unread_answers.clone()
     }
 
     pub fn log_write(&self, elapsed: Duration) {

@@ -487,20 +487,33 @@ async fn answered_unread(
     head
 }
 
-/// A unary call whose answer is ready holds no place among the calls in progress, however long
-/// its caller leaves it unread. With a limit of 8 calls, one connection that never reads is
-/// answered 16 calls in turn (each gets its answer's headers, none is refused), and a
-/// well-behaved call is then answered at its first attempt.
+/// A unary answer its caller never reads holds its call's place only for
+/// --unread-answer-seconds. With a limit of 8 calls, one connection that never reads takes all
+/// 8 (each call gets its answer's headers, none is refused); a well-behaved call, retrying as
+/// RetryInfo asks, is answered once those answers are dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unary_answers_nobody_reads_hold_no_place() {
-    let server = binary(&["--max-concurrent-calls", "8"]).await;
+async fn unary_answers_nobody_reads_give_their_places_back() {
+    let server = binary(&[
+        "--max-concurrent-calls",
+        "8",
+        "--unread-answer-seconds",
+        "1",
+    ])
+    .await;
     let send = h2_connect(server.port, 0).await;
     let request = framed(&eligibility_request().encode_to_vec());
     let mut unread = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..8 {
         unread.push(answered_unread(&send, &request).await);
     }
-    server.assert_answered_at_the_first_attempt().await;
+    let shed = server
+        .client
+        .evaluate_eligibility(eligibility_request())
+        .await
+        .expect_err("every place is held by an unread answer");
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+    let answer = well_behaved_call(&server.client).await;
+    assert!(!answer.therapies.is_empty());
     drop(unread);
 }
 
@@ -570,7 +583,7 @@ async fn full_answers_nobody_reads_give_their_places_back() {
         );
         assert!(
             percent_decoded(trailers.get("grpc-message")).contains(
-                "waited 1 s for the caller to read it and was dropped; the decision is recorded"
+                "the caller took none of the answer for 1 s, so it was dropped; anything the call recorded stays recorded"
             ),
             "{trailers:?}"
         );

@@ -179,7 +179,7 @@ pub struct Limits {
     pub max_screening_patients: usize,
     /// FULL-view unary answers being decided, recorded or sent at once (at least one).
     pub max_full_answers: usize,
-    /// Longest a FULL answer may wait for its caller to read it while it holds its place.
+    /// Longest a unary answer may wait with none of it taken by its caller.
     pub unread_answer: std::time::Duration,
     /// What one HTTP/2 connection may hold.
     pub http2: Http2Limits,
