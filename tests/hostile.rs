@@ -552,22 +552,8 @@ async fn full_answers_nobody_reads_give_their_places_back() {
     .expect("answered")
     .expect("a place was given back");
     assert!(!answer.therapies[0].criteria.is_empty(), "FULL explains");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = scrape_metrics(([127, 0, 0, 1], admin).into()).await;
-        if metrics
-            .lines()
-            .any(|l| l == "netpathway_unread_answers_dropped_total 2")
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the unread answers were not dropped: {metrics}"
-        );
-        // Polled: each answer is dropped a second after it was ready.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Each answer is dropped a second after it was ready.
+    until_metric_reaches(admin, "netpathway_unread_answers_dropped_total", 2).await;
     widen.send(65_535).expect("widen");
     for head in unread {
         let mut body = head.into_body();
@@ -840,26 +826,35 @@ async fn streams_cancelled_while_they_wait_for_their_caller_end() {
     for (_, body) in &mut streams {
         body.send_reset(h2::Reason::CANCEL);
     }
-    let cancelled = "netpathway_calls_total{code=\"Cancelled\",method=\"ScreenCohort\"}";
+    // The server notices each reset as its stream's answers are dropped.
+    until_metric_reaches(
+        admin,
+        "netpathway_calls_total{code=\"Cancelled\",method=\"ScreenCohort\"}",
+        STREAMS,
+    )
+    .await;
+    drop((send, streams));
+}
+
+/// Polls the admin port's metrics until the series `series` reads `value`, for up to 20 s.
+async fn until_metric_reaches(admin: u16, series: &str, value: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let metrics = scrape_metrics(([127, 0, 0, 1], admin).into()).await;
-        let ended = metrics
+        let now = metrics
             .lines()
-            .find_map(|l| l.strip_prefix(cancelled))
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(0);
-        if ended == STREAMS {
-            break;
+        if now == value {
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{ended} of {STREAMS} cancelled streams ended"
+            "{series} is {now}, not {value}"
         );
-        // Polled: the server notices each reset as its stream's answers are dropped.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    drop((send, streams));
 }
 
 /// Most gRPC libraries other than tonic send each message as its own small DATA frame, some

@@ -139,15 +139,21 @@ impl AppState {
         &self,
         connection: Option<std::net::SocketAddr>,
     ) -> Result<crate::admission::Admission, Status> {
-        self.admissions.admit(connection).map_err(|refused| {
-            let mut details = tonic_types::ErrorDetails::new();
-            details.set_retry_info(Some(self.admissions.retry_after()));
-            <Status as tonic_types::StatusExt>::with_error_details(
-                tonic::Code::ResourceExhausted,
-                refused.0,
-                details,
-            )
-        })
+        self.admissions
+            .admit(connection)
+            .map_err(|refused| self.overloaded(refused.0))
+    }
+
+    /// A shed call's answer: RESOURCE_EXHAUSTED with `message` and a google.rpc.RetryInfo
+    /// saying when to retry.
+    pub fn overloaded(&self, message: String) -> Status {
+        let mut details = tonic_types::ErrorDetails::new();
+        details.set_retry_info(Some(self.admissions.retry_after()));
+        <Status as tonic_types::StatusExt>::with_error_details(
+            tonic::Code::ResourceExhausted,
+            message,
+            details,
+        )
     }
 }
 

@@ -465,18 +465,10 @@ pub async fn full_answer_place(
     let places = state.full_answers.max();
     match state.full_answers.place(deadline - margin).await {
         Ok(place) => Ok(Some(place)),
-        Err(NoFullPlace::QueueFull) => {
-            let mut details = tonic_types::ErrorDetails::new();
-            details.set_retry_info(Some(state.admissions.retry_after()));
-            Err(<Status as tonic_types::StatusExt>::with_error_details(
-                tonic::Code::ResourceExhausted,
-                format!(
-                    "overloaded: the {places} places for FULL answers being decided or sent are held and {} more FULL calls wait; nothing was recorded; retry later, or ask for the BASIC view, which does not wait",
-                    places * crate::admission::WAITING_PER_PLACE
-                ),
-                details,
-            ))
-        }
+        Err(NoFullPlace::QueueFull) => Err(state.overloaded(format!(
+            "overloaded: the {places} places for FULL answers being decided or sent are held and {} more FULL calls wait; nothing was recorded; retry later, or ask for the BASIC view, which does not wait",
+            places * crate::admission::WAITING_PER_PLACE
+        ))),
         Err(NoFullPlace::Closed) => Err(Status::unavailable(
             "the server is not deciding FULL answers; nothing was recorded",
         )),
