@@ -1,7 +1,7 @@
-//! Compiles `proto/` with protox (pure Rust, no system protoc) and tonic-prost-build, and
-//! names the build (`NET_PATHWAY_BUILD`) that every answer and decision record carries.
+//! Compiles the gRPC services of `proto/` with protox (pure Rust, no system protoc) and
+//! tonic-prost-build, on the message types of the client package, and names the build
+//! (`NET_PATHWAY_BUILD`) that every answer and decision record carries.
 
-use protox::prost::Message;
 use std::{env, path::PathBuf};
 
 const PROTOS: [&str; 8] = [
@@ -20,27 +20,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // sqlx::migrate! embeds the migrations: a new one must rebuild the crate.
     println!("cargo:rerun-if-changed=migrations");
     name_the_build()?;
-    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let fds = protox::compile(PROTOS, ["proto"])?;
-    // compile_fds() does not honour file_descriptor_set_path(), so the set for reflection is written here.
-    std::fs::write(
-        out_dir.join("netpathway_descriptor.bin"),
-        fds.encode_to_vec(),
-    )?;
     tonic_prost_build::configure()
-        .build_client(true)
+        .build_client(false)
         .build_server(true)
-        .client_mod_attribute(".", "#[cfg(feature = \"client\")]")
-        .server_mod_attribute(".", "#[cfg(feature = \"server\")]")
-        // google.rpc.Status is tonic-types' own, so in-stream errors carry the same details types.
+        // The messages are the client package's, so server and callers share one set of types.
+        .extern_path(".netpathway.v1", "::net_pathway_client::pb")
+        .extern_path(".google.type", "::net_pathway_client::google::r#type")
         .extern_path(".google.rpc", "::tonic_types::pb")
         // prost's encoding, with answers' therapy lists written by src/wire.rs.
         .codec_path("crate::wire::Codec")
-        // A patient profile is most of a request's size; boxed, a request is cheap to move
-        // through the futures that carry it from decoding to the handler.
-        .boxed(".netpathway.v1.EvaluateEligibilityRequest.patient")
-        .boxed(".netpathway.v1.ClassifyFundingRequest.patient")
-        .boxed(".netpathway.v1.ScreenCohortRequest.patient")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -261,7 +261,6 @@ pub fn write_answer<A: TherapyList>(answer: &mut A, buf: &mut impl BufMut) {
 }
 
 /// Writes `answer` as field `tag` of the message being written into `buf`.
-#[cfg(feature = "server")]
 pub fn write_nested_answer<A: TherapyList>(tag: u32, answer: &mut A, buf: &mut impl BufMut) {
     write_answer_as(tag, answer, &mut Vec::new(), &mut Bodies::default(), buf);
 }
@@ -394,7 +393,7 @@ fn write_therapy<T: Explained>(therapy: &mut T, bodies: &mut Bodies, buf: &mut i
     *therapy.criteria() = criteria;
 }
 
-#[cfg(all(test, feature = "server"))]
+#[cfg(test)]
 mod tests {
     use prost::Message;
 

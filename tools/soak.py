@@ -7,7 +7,7 @@ net-pathway-load with four calls in flight (its health Check baseline, then Eval
 then reports the server's peak resident memory (VmHWM) and the well-behaved calls' p99. The
 budget it reports against is the README's: under 150 MB, and p99 under 100 ms.
 
-    python3 tools/soak.py                        # target/release binaries, 10 s per attack
+    python3 tools/soak.py                        # target/dist binaries, 10 s per attack
     python3 tools/soak.py --seconds 3 --binary target/debug/net-pathway --load target/debug/net-pathway-load
 
 Needs h2load (Debian's nghttp2-client) and openssl (for the bearer token of the flood's server).
@@ -199,8 +199,8 @@ def attack(name, server_args, h2load_args, body, path, args, token=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/net-pathway"))
-    parser.add_argument("--load", default=os.path.join(ROOT, "target/release/net-pathway-load"))
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target/dist/net-pathway"))
+    parser.add_argument("--load", default=os.path.join(ROOT, "target/dist/net-pathway-load"))
     parser.add_argument("--seconds", type=int, default=10,
                         help="measured seconds per phase (health Check, then EvaluateEligibility)")
     parser.add_argument("--attack", default="",

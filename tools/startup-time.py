@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Start to SERVING: starts the release binary three times on a fresh data directory and
+"""Start to SERVING: starts the dist binary (`cargo build --profile dist`) three times on a fresh data directory and
 times exec to the listening socket (health is SERVING from the first accepted call), then
-asks grpc.health.v1 Check to confirm. Needs `cargo build --release` and grpcurl: $GRPCURL,
+asks grpc.health.v1 Check to confirm. Needs `cargo build --profile dist` and grpcurl: $GRPCURL,
 else the README's .venv/bin/grpcurl, else grpcurl on the PATH."""
 import os, shutil, subprocess, time, socket, tempfile
 GRPCURL = os.environ.get("GRPCURL") or (
@@ -20,7 +20,7 @@ for run in range(3):
         raise SystemExit("127.0.0.1:50071 is already taken: stop whatever listens there first")
     d = tempfile.mkdtemp()
     t0 = time.monotonic()
-    p = subprocess.Popen(["target/release/net-pathway", "--listen", "127.0.0.1:50071", "--admin-listen", "off", "--data-dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(["target/dist/net-pathway", "--listen", "127.0.0.1:50071", "--admin-listen", "off", "--data-dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not listening():
             if p.poll() is not None:

@@ -23,6 +23,8 @@ macro_rules! observed {
     }};
 }
 
+#[cfg(test)]
+mod clinical_cases;
 pub mod convert;
 mod decisions;
 pub(crate) mod eligibility;

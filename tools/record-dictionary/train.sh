@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Trains a zstd dictionary for decision records from synthetic patients, as record-dictionary-1
 # was made. A shipped dictionary never changes: records compressed with it need it to be read.
-# A new one is a new file and a new record codec. Needs: a release build, sqlite3, zstd.
+# A new one is a new file and a new record codec. Needs: a dist build (`cargo build --profile dist`), sqlite3, zstd.
 # Usage: tools/record-dictionary/train.sh OUT.zdict
 set -euo pipefail
 out=${1:?usage: train.sh OUT.zdict}
 here=$(cd "$(dirname "$0")" && pwd)
-bin=$here/../../target/release
+bin=$here/../../target/dist
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 python3 "$here/synthetic-cohort.py" 1 400 "$work/cohort.jsonl"

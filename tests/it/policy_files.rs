@@ -1,13 +1,11 @@
 //! Policy files are refused with file, line and reason, through the real binary:
 //! `net-pathway policy check FILE` and start-up with `--policy`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::run_to_exit;
+use crate::common::run_to_exit;
 
-const BUNDLED: &str = include_str!("../policy/net-pathway.toml");
+const BUNDLED: &str = include_str!("../../policy/net-pathway.toml");
 /// The check line of the `sstr-positive` criterion, with its parameters so that it is unique.
 const SSTR_CHECK: &str = "check = \"krenning_at_least\"\nparams = { score = 2 }   # the Lutathera";
 

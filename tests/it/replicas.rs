@@ -3,8 +3,6 @@
 //! decision whichever replica it lands on, the registry's capacity holds across replicas, and
 //! no decision any replica acknowledged is lost when one of them is killed.
 
-mod common;
-
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::process::{Child, Stdio};
@@ -12,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
-use net_pathway::client::{ClientOptions, NetPathwayClient};
+use crate::common::*;
 use net_pathway::pb;
+use net_pathway_client::{ClientOptions, NetPathwayClient};
 use tonic::Code;
 
 const REGISTRY: &str = "non-gep-prrt-registry";
@@ -245,9 +243,9 @@ async fn a_retried_request_id_is_one_decision_across_replicas() {
 }
 
 /// The bundled policy with the PRRT audit registry open to `capacity` new patients (as
-/// tests/registry.rs opens it), and without the policy case that expects it closed.
+/// tests/it/registry.rs opens it), and without the policy case that expects it closed.
 fn opened_policy(capacity: i64) -> String {
-    let text = include_str!("../policy/net-pathway.toml");
+    let text = include_str!("../../policy/net-pathway.toml");
     let closed = "{ status = \"closed_to_new_patients\", note = \"Further inclusion beyond the patients already agreed is on hold; patients already agreed stay funded within it.\" },";
     let case = "route = \"audit_registry_closed\"\nmdt = \"royal-free-net-mdt\"";
     assert!(

@@ -2,11 +2,9 @@
 //! code, latency histograms, decisions by therapy and outcome, decision-log writes, the active
 //! policy as an info metric, policy reloads by outcome, and the process's own figures.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use net_pathway::pb;
 use net_pathway::reload::ReloadCounters;
 

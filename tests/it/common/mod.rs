@@ -5,12 +5,12 @@
 pub mod jwt;
 
 use net_pathway::api::{ActivePolicy, AppState};
-use net_pathway::client::NetPathwayClient;
 use net_pathway::engine::Policy;
 use net_pathway::google::r#type::Date;
 use net_pathway::pb;
 use net_pathway::store::pseudonym::Pseudonymiser;
 use net_pathway::store::{DecisionLog, Store};
+use net_pathway_client::NetPathwayClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
@@ -196,7 +196,7 @@ pub fn run_to_exit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, Strin
 /// Kubernetes readiness probe asks); the test fails if that takes more than 20 seconds.
 pub async fn connect_when_serving(
     port: u16,
-    options: net_pathway::client::ClientOptions,
+    options: net_pathway_client::ClientOptions,
 ) -> NetPathwayClient {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -2,17 +2,15 @@
 //! server mid-load, restart it, and every decision id any client received is retrievable with
 //! its full record. Run against both backends.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
-use net_pathway::client::ClientOptions;
+use crate::common::*;
 use net_pathway::pb;
+use net_pathway_client::ClientOptions;
 
 const CLIENTS: usize = 16;
 const DECISIONS_BEFORE_KILL: usize = 300;

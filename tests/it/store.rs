@@ -1,10 +1,8 @@
 //! The store test suite, run against both backends: embedded SQLite and PostgreSQL.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::database_urls;
+use crate::common::database_urls;
 use net_pathway::store::{
     Cursor, DecisionFilter, EnrolOutcome, EnrolmentRow, NewDecision, Record, Store, StoreError,
     Withdrawal, WriteOutcome,

@@ -1,13 +1,13 @@
 //! Asks a running net-pathway which funding route Lu-177 PRRT would take for one patient.
 //!
 //! ```sh
-//! cargo run                                  # in one terminal: the server on 127.0.0.1:50051
-//! cargo run --example evaluate               # in another
-//! cargo run --example evaluate -- http://127.0.0.1:50051
+//! cargo run -p net-pathway                                # in one terminal: the server on 127.0.0.1:50051
+//! cargo run -p net-pathway-client --example evaluate       # in another
+//! cargo run -p net-pathway-client --example evaluate -- http://127.0.0.1:50051
 //! ```
 
-use net_pathway::client::{NetPathwayClient, field_violations};
-use net_pathway::pb;
+use net_pathway_client::pb;
+use net_pathway_client::{NetPathwayClient, field_violations};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -2,14 +2,12 @@
 //! `net-pathway policy check` (or refused, where the document says so), and the served answer
 //! changes as the document says.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use net_pathway::engine::Policy;
 use net_pathway::pb::{self, PrimarySite};
 
-const DOC: &str = include_str!("../docs/policy.md");
-const BUNDLED: &str = include_str!("../policy/net-pathway.toml");
+const DOC: &str = include_str!("../../docs/policy.md");
+const BUNDLED: &str = include_str!("../../policy/net-pathway.toml");
 
 /// The (find, replace) pairs documented under `<!-- edit: NAME -->` markers, in order.
 fn edits(name: &str) -> Vec<(String, String)> {

@@ -2,21 +2,19 @@
 //! evaluate; no call fails, every answer matches the policy version it records, and a broken
 //! file never becomes active. Then SIGHUP on the real binary.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
-use net_pathway::client::NetPathwayClient;
+use crate::common::*;
 use net_pathway::engine::Policy;
 use net_pathway::pb;
 use net_pathway::reload::{ReloadCounters, watch};
+use net_pathway_client::NetPathwayClient;
 
-const BUNDLED: &str = include_str!("../policy/net-pathway.toml");
+const BUNDLED: &str = include_str!("../../policy/net-pathway.toml");
 const THRESHOLD: &str = "params = { score = 2 }   # the Lutathera licence's own words (reference §16.1); TA539 says only \"SSTR-positive\"";
 const LU177: Therapy = Therapy::PrrtLu177Dotatate;
 

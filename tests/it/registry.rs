@@ -2,12 +2,10 @@
 //! policy, patients agreed before the hold stay funded within it, and an opened registry's
 //! capacity holds under concurrency on both backends.
 
-mod common;
-
-use common::*;
-use net_pathway::client::field_violations;
+use crate::common::*;
 use net_pathway::engine::Policy;
 use net_pathway::pb::{self, PrimarySite};
+use net_pathway_client::field_violations;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -234,7 +232,7 @@ async fn enrolment_requests_are_validated() {
 
 /// The bundled policy with the registry open to new patients, at most `capacity` at once.
 fn opened(capacity: i64) -> Policy {
-    let text = include_str!("../policy/net-pathway.toml").replacen(
+    let text = include_str!("../../policy/net-pathway.toml").replacen(
         "{ status = \"closed_to_new_patients\", note = \"Further inclusion beyond the patients already agreed is on hold; patients already agreed stay funded within it.\" },",
         &format!("{{ status = \"open\", capacity = {capacity}, note = \"Open for a test.\" }},"),
         1,

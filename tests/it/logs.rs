@@ -1,18 +1,16 @@
 //! What the real binary logs about a call: every line of the call carries its trace id and
 //! decision id, and no line carries the patient's NHS number, clinical values or the token.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::io::Read;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::jwt::{self, IdentityProvider};
-use common::*;
-use net_pathway::client::ClientOptions;
+use crate::common::jwt::{self, IdentityProvider};
+use crate::common::*;
 use net_pathway::pb;
 use net_pathway::pb::eligibility_service_client::EligibilityServiceClient;
+use net_pathway_client::ClientOptions;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const NHS_NUMBER: &str = "9434765919";

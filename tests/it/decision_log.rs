@@ -2,13 +2,11 @@
 //! retries are idempotent (AIP-155), identifiers are only ever stored as pseudonyms, and a
 //! stored decision can be read, listed and replayed.
 
-mod common;
-
-use common::*;
-use net_pathway::client::field_violations;
+use crate::common::*;
 use net_pathway::engine::Policy;
 use net_pathway::pb::{self, PrimarySite};
 use net_pathway::store::Store;
+use net_pathway_client::field_violations;
 use tonic::Code;
 
 const LU177: Therapy = Therapy::PrrtLu177Dotatate;
@@ -436,7 +434,7 @@ async fn replay_shows_what_a_policy_change_would_change_and_why() {
         answer.decision_id
     };
     // The candidate policy needs Krenning 3 where the licence says uptake equal to liver (2).
-    let bundled = include_str!("../policy/net-pathway.toml");
+    let bundled = include_str!("../../policy/net-pathway.toml");
     let threshold = "params = { score = 2 }   # the Lutathera licence's own words";
     let edited = bundled
         .replacen(threshold, "params = { score = 3 }   #", 1)

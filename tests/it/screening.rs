@@ -1,11 +1,9 @@
 //! Cohort screening over one bidirectional stream: answers tagged by correlation id, errors
 //! kept with their patient, each patient recorded as one decision, and the per-stream limit.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use net_pathway::pb;
 use net_pathway::pb::screen_cohort_response::Result as Answer;
 
@@ -114,8 +112,8 @@ async fn a_clinic_list_is_screened_and_an_invalid_profile_does_not_stop_the_stre
         panic!("row 2 refused: {:?}", answers["clinic-row-2"])
     };
     assert_eq!(error.code, tonic::Code::InvalidArgument as i32);
-    let status = net_pathway::client::stream_error(error);
-    let fields: Vec<String> = net_pathway::client::field_violations(&status)
+    let status = net_pathway_client::stream_error(error);
+    let fields: Vec<String> = net_pathway_client::field_violations(&status)
         .into_iter()
         .map(|v| v.field)
         .collect();
@@ -252,8 +250,8 @@ async fn a_missing_correlation_id_is_that_patients_error_with_every_violation() 
     let Answer::Error(error) = &answers[""] else {
         panic!("refused")
     };
-    let status = net_pathway::client::stream_error(error);
-    let fields: Vec<String> = net_pathway::client::field_violations(&status)
+    let status = net_pathway_client::stream_error(error);
+    let fields: Vec<String> = net_pathway_client::field_violations(&status)
         .into_iter()
         .map(|v| v.field)
         .collect();

@@ -1,17 +1,15 @@
 //! TLS and mutual TLS through the client library, and the secure defaults of the binary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use net_pathway::api::{ActivePolicy, AppState, Limits};
 use net_pathway::auth::Authenticator;
-use net_pathway::client::{ClientOptions, NetPathwayClient};
 use net_pathway::engine::Policy;
 use net_pathway::pb;
 use net_pathway::store::pseudonym::Pseudonymiser;
 use net_pathway::store::{DecisionLog, Store};
+use net_pathway_client::{ClientOptions, NetPathwayClient};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 

@@ -1,20 +1,24 @@
-//! The clinical case suite: `tests/cases/clinical-cases.toml`, run through the client library
-//! against the real server. Each case is a patient written in the proto JSON mapping (the same
-//! spelling grpcurl uses), the expected answer per therapy, and the source that makes it right.
-//! The cases were written from the clinical reference, not from the engine's output.
-
-mod common;
+//! The clinical case suite, in-process: `tests/cases/clinical-cases.toml` decided by the engine
+//! through the same request reading and answer building the RPCs use, without a socket. Each
+//! case is a patient written in the proto JSON mapping (the spelling grpcurl uses), the
+//! expected answer per therapy, and the source that makes it right. The cases were written from
+//! the clinical reference, not from the engine's output. `tests/it/clinical_cases.rs` sends
+//! every case over a socket as well.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::*;
-use net_pathway::google::r#type::Date;
-use net_pathway::pb;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde::Deserialize;
 use serde::de::DeserializeSeed;
+use tonic::Status;
 
-const CASES: &str = include_str!("cases/clinical-cases.toml");
+use super::{eligibility, funding, read_evaluation};
+use crate::engine::Policy;
+use crate::google::r#type::Date;
+use crate::pb;
+use crate::store::pseudonym::Pseudonymiser;
+
+const CASES: &str = include_str!("../../tests/cases/clinical-cases.toml");
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,45 +73,53 @@ fn enum_name(prefix: &str, short: &str) -> String {
     format!("{prefix}_{}", short.to_ascii_uppercase())
 }
 
-/// The status and route the BASIC view answers for one therapy.
-async fn basic_view(
-    s: &TestServer,
+/// The eligibility and funding answers for one therapy in `view`, as the unary RPCs build them
+/// for a patient with no registry enrolments.
+fn decide(
+    policy: &Policy,
     patient: &pb::PatientProfile,
     therapy: pb::Therapy,
     as_of: Option<Date>,
-) -> Result<(pb::EligibilityStatus, pb::FundingRoute), tonic::Status> {
-    let view = pb::EvaluationView::Basic as i32;
-    let eligibility = s
-        .client
-        .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-            patient: Some(Box::new(patient.clone())),
-            therapies: vec![therapy as i32],
-            as_of_date: as_of,
-            view,
-            ..Default::default()
-        })
-        .await?;
-    let funding = s
-        .client
-        .classify_funding(pb::ClassifyFundingRequest {
-            patient: Some(Box::new(patient.clone())),
-            therapies: vec![therapy as i32],
-            as_of_date: as_of,
-            view,
-            ..Default::default()
-        })
-        .await?;
-    let status = eligibility.therapies.first().map(|t| t.status());
-    let route = funding.therapies.first().map(|t| t.route());
-    Ok((status.unwrap_or_default(), route.unwrap_or_default()))
+    view: pb::EvaluationView,
+) -> Result<(pb::TherapyEligibility, pb::TherapyFunding), Status> {
+    let pseudonymiser =
+        Pseudonymiser::new(&[7; 32]).map_err(|e| Status::internal(e.to_string()))?;
+    let e = read_evaluation(
+        &pseudonymiser,
+        "",
+        Some(patient),
+        &[therapy as i32],
+        as_of.as_ref(),
+        view as i32,
+    )?;
+    let facts = policy.facts(&e.patient, e.as_of, e.detail());
+    let mut eligibility = eligibility::answer(policy, &facts, &e, String::new());
+    let mut funding = funding::answer(policy, &facts, &e, String::new());
+    Ok((eligibility.therapies.remove(0), funding.therapies.remove(0)))
 }
 
-#[tokio::test]
-async fn the_clinical_case_suite() {
+fn flag_ids(answer: &pb::TherapyEligibility) -> Vec<&str> {
+    answer
+        .safety_flags
+        .iter()
+        .map(|f| f.flag_id.as_str())
+        .collect()
+}
+
+fn site_ids(answer: &pb::TherapyFunding) -> Vec<&str> {
+    answer
+        .delivery_sites
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect()
+}
+
+#[test]
+fn the_clinical_case_suite() {
     let file: CaseFile =
         toml::from_str(CASES).unwrap_or_else(|e| panic!("clinical-cases.toml: {e}"));
-    let pool = DescriptorPool::decode(net_pathway::FILE_DESCRIPTOR_SET).expect("descriptor set");
-    let s = server().await;
+    let pool = DescriptorPool::decode(crate::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let policy = Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"));
     let mut failures = Vec::new();
     let mut coverage: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut expectations = 0;
@@ -134,33 +146,12 @@ async fn the_clinical_case_suite() {
                 .unwrap_or_else(|| {
                     panic!("case '{}': unknown therapy {}", case.name, expect.therapy)
                 });
-            let eligibility = s
-                .client
-                .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-                    patient: Some(Box::new(patient.clone())),
-                    therapies: vec![therapy as i32],
-                    as_of_date: as_of,
-                    ..Default::default()
-                })
-                .await
-                .unwrap_or_else(|status| panic!("case '{}': {status:?}", case.name))
-                .therapies
-                .remove(0);
-            let funding = s
-                .client
-                .classify_funding(pb::ClassifyFundingRequest {
-                    patient: Some(Box::new(patient.clone())),
-                    therapies: vec![therapy as i32],
-                    as_of_date: as_of,
-                    ..Default::default()
-                })
-                .await
-                .unwrap_or_else(|status| panic!("case '{}': {status:?}", case.name))
-                .therapies
-                .remove(0);
+            let full = decide(&policy, &patient, therapy, as_of, pb::EvaluationView::Full)
+                .unwrap_or_else(|status| panic!("case '{}': {status:?}", case.name));
+            let (eligibility, funding) = full;
             // The BASIC view, for screening, gives the same status and route as FULL.
-            let basic = basic_view(&s, &patient, therapy, as_of)
-                .await
+            let basic = decide(&policy, &patient, therapy, as_of, pb::EvaluationView::Basic)
+                .map(|(e, f)| (e.status(), f.route()))
                 .unwrap_or_else(|status| panic!("case '{}': {status:?}", case.name));
             let mut fail =
                 |what: String| failures.push(format!("{} / {}: {what}", case.name, expect.therapy));
@@ -301,8 +292,4 @@ async fn the_clinical_case_suite() {
             );
         }
     }
-    println!(
-        "clinical cases: {} cases, {expectations} expectations, all passed",
-        file.case.len()
-    );
 }

@@ -2,14 +2,12 @@
 //! the framing: memory is read from /proc (VmHWM, the peak resident set) against its budget, and
 //! a well-behaved caller is answered throughout. README "Limits" describes what is shown here.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
-use net_pathway::client::{ClientOptions, NetPathwayClient};
 use net_pathway::pb;
+use net_pathway_client::{ClientOptions, NetPathwayClient};
 use prost::Message;
 
 /// Resident memory the server may reach under any one attack here (issue "Hostile and ordinary

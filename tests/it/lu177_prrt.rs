@@ -1,9 +1,7 @@
 //! Lu-177 DOTATATE PRRT, decided end to end over a real socket through the client library.
 //! Each test is a clinical case: the patient, the expected answer, the source that makes it right.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use net_pathway::pb::{
     self, CriterionOutcome, PrimarySite, PriorApprovalMechanism, SafetyFlagSeverity,
 };
@@ -934,7 +932,7 @@ async fn every_criterion_cites_its_source_and_the_answer_names_the_policy() {
 #[tokio::test]
 async fn a_therapy_the_policy_does_not_decide_is_indeterminate_with_the_reason_never_a_guess() {
     // A policy without its SIRT section: SIRT must answer INDETERMINATE / UNDETERMINED.
-    let bundled = include_str!("../policy/net-pathway.toml");
+    let bundled = include_str!("../../policy/net-pathway.toml");
     let start = bundled
         .find("[[therapies]]\ntherapy = \"sirt\"")
         .expect("SIRT section");

@@ -1,13 +1,11 @@
 //! Caller identity and roles over a real socket: bearer JWTs verified offline against a JWKS
 //! file, the role each RPC needs, and the caller recorded with every decision.
 
-mod common;
-
-use common::jwt::{self, IdentityProvider};
-use common::*;
+use crate::common::jwt::{self, IdentityProvider};
+use crate::common::*;
 use net_pathway::auth::Authenticator;
-use net_pathway::client::NetPathwayClient;
 use net_pathway::pb;
+use net_pathway_client::NetPathwayClient;
 use tonic::Code;
 
 /// A server trusting one identity provider, with 30 s of clock skew allowed.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use net_pathway::client::{ClientOptions, NetPathwayClient};
-use net_pathway::pb;
+use net_pathway_client::pb;
+use net_pathway_client::{ClientOptions, NetPathwayClient};
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
 /// mimalloc, as the server uses: decoding each answer allocates its strings and lists, and with
@@ -121,7 +121,7 @@ fn read_mix(args: &Args) -> Result<Vec<pb::EvaluateEligibilityRequest>, String> 
         ),
         None => ("examples/load/patient-mix.jsonl".into(), DEFAULT_MIX.into()),
     };
-    let pool = DescriptorPool::decode(net_pathway::FILE_DESCRIPTOR_SET)
+    let pool = DescriptorPool::decode(net_pathway_client::FILE_DESCRIPTOR_SET)
         .map_err(|e| format!("descriptor set: {e}"))?;
     let descriptor = pool
         .get_message_by_name("netpathway.v1.EvaluateEligibilityRequest")

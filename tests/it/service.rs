@@ -1,10 +1,8 @@
 //! The service surface: health, the policy service, decision ids, compression, shutdown.
 
-mod common;
-
-use common::*;
-use net_pathway::client::{ClientOptions, NetPathwayClient};
+use crate::common::*;
 use net_pathway::pb;
+use net_pathway_client::{ClientOptions, NetPathwayClient};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 

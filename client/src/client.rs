@@ -1,8 +1,7 @@
-//! The typed client other Rust services use to call net-pathway.
+//! The typed client: one connection, every service, the caller's deadline and credential.
 //!
 //! ```no_run
-//! use net_pathway::client::NetPathwayClient;
-//! use net_pathway::pb;
+//! use net_pathway_client::{NetPathwayClient, pb};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = NetPathwayClient::connect("http://127.0.0.1:50051").await?;
@@ -68,16 +67,18 @@ pub enum ClientError {
 
 impl std::fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientOptions")
-            .field("connect_timeout", &self.connect_timeout)
-            .field("deadline", &self.deadline)
-            .field("gzip", &self.gzip)
-            .field("tls", &self.tls.is_some())
-            .field(
-                "bearer_token",
-                &self.bearer_token.as_ref().map(|_| "(redacted)"),
-            )
-            .finish()
+        let mut out = f.debug_struct("ClientOptions");
+        out.field("connect_timeout", &self.connect_timeout)
+            .field("deadline", &self.deadline);
+        #[cfg(feature = "gzip")]
+        out.field("gzip", &self.gzip);
+        #[cfg(feature = "tls")]
+        out.field("tls", &self.tls.is_some());
+        out.field(
+            "bearer_token",
+            &self.bearer_token.as_ref().map(|_| "(redacted)"),
+        )
+        .finish()
     }
 }
 
@@ -104,8 +105,10 @@ pub struct ClientOptions {
     /// Deadline for each call (sent as grpc-timeout so the server can honour it too).
     pub deadline: Duration,
     /// Compress requests and accept compressed responses with gzip.
+    #[cfg(feature = "gzip")]
     pub gzip: bool,
     /// TLS settings (CA, domain name, and a client identity for mutual TLS); `None` for plaintext.
+    #[cfg(feature = "tls")]
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Bearer token (a JWT from the hospital's identity provider) sent with every call as
     /// `authorization: Bearer <token>`. Replace it with [`NetPathwayClient::with_bearer_token`].
@@ -117,7 +120,9 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             deadline: DEFAULT_DEADLINE,
+            #[cfg(feature = "gzip")]
             gzip: false,
+            #[cfg(feature = "tls")]
             tls: None,
             bearer_token: None,
         }
@@ -181,12 +186,14 @@ impl NetPathwayClient {
     ) -> Result<Self, ClientError> {
         let endpoint = endpoint.into();
         let authorization = authorization(options.bearer_token.as_deref())?;
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
         let mut builder = Endpoint::from_shared(endpoint.clone()).map_err(|source| {
             ClientError::InvalidEndpoint {
                 endpoint: endpoint.clone(),
                 source,
             }
         })?;
+        #[cfg(feature = "tls")]
         if let Some(tls) = options.tls.clone() {
             builder = builder
                 .tls_config(tls)
@@ -254,12 +261,20 @@ impl NetPathwayClient {
         request
     }
 
-    fn compress<C>(&self, client: C, configure: impl FnOnce(C) -> C) -> C {
+    /// Sets gzip on a generated client when the options ask for it.
+    #[cfg(feature = "gzip")]
+    fn compress<C>(&self, client: C, configure: impl FnOnce(C, CompressionEncoding) -> C) -> C {
         if self.options.gzip {
-            configure(client)
+            configure(client, CompressionEncoding::Gzip)
         } else {
             client
         }
+    }
+
+    /// Built without gzip: calls are sent and answered uncompressed.
+    #[cfg(not(feature = "gzip"))]
+    fn compress<C>(&self, client: C, _configure: impl FnOnce(C, CompressionEncoding) -> C) -> C {
+        client
     }
 }
 
@@ -269,8 +284,8 @@ macro_rules! rpc {
         impl NetPathwayClient {
             $(#[$doc])*
             pub async fn $method(&self, request: pb::$request) -> Result<pb::$response, Status> {
-                let mut client = self.compress($client::new(self.channel.clone()), |c| {
-                    c.send_compressed(CompressionEncoding::Gzip).accept_compressed(CompressionEncoding::Gzip)
+                let mut client = self.compress($client::new(self.channel.clone()), |c, encoding| {
+                    c.send_compressed(encoding).accept_compressed(encoding)
                 });
                 Ok(client.$method(self.request(request)).await?.into_inner())
             }
@@ -335,10 +350,10 @@ impl NetPathwayClient {
     where
         S: tokio_stream::Stream<Item = pb::ScreenCohortRequest> + Send + 'static,
     {
-        let mut client = self.compress(ScreeningServiceClient::new(self.channel.clone()), |c| {
-            c.send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip)
-        });
+        let mut client = self.compress(
+            ScreeningServiceClient::new(self.channel.clone()),
+            |c, encoding| c.send_compressed(encoding).accept_compressed(encoding),
+        );
         let mut request = Request::new(patients);
         if let Some(value) = &self.authorization {
             request

@@ -1,12 +1,10 @@
 //! Bad input gets INVALID_ARGUMENT listing every field violation (google.rpc.BadRequest),
 //! never a panic, a clamp or a silent default.
 
-mod common;
-
-use common::*;
-use net_pathway::client::field_violations;
+use crate::common::*;
 use net_pathway::google::r#type::Date;
 use net_pathway::pb;
+use net_pathway_client::field_violations;
 use tonic::Code;
 use tonic_types::StatusExt;
 

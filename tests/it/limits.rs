@@ -2,11 +2,9 @@
 //! beyond the concurrency limit are shed with RetryInfo, and a call whose deadline has passed
 //! does no work and writes no record.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use net_pathway::pb;
 use net_pathway::pb::eligibility_service_client::EligibilityServiceClient;
 use net_pathway::store::DecisionFilter;
