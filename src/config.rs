@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::telemetry::LogFormat;
+
 /// net-pathway: NET treatment eligibility and NHS funding decision support over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "net-pathway", version, about)]
@@ -214,17 +216,11 @@ pub enum Switch {
     Off,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 impl ServeConfig {
     /// The limits these settings describe.
-    pub fn limits(&self) -> crate::api::Limits {
+    pub fn limits(&self) -> Limits {
         use std::time::Duration;
-        crate::api::Limits {
+        Limits {
             max_message_bytes: self.max_message_bytes,
             max_deadline: Duration::from_secs(self.max_deadline_seconds),
             max_concurrent_calls: self.max_concurrent_calls as usize,
@@ -236,7 +232,7 @@ impl ServeConfig {
             max_screening_patients: self.max_screening_patients as usize,
             max_full_answers: self.max_full_answers as usize,
             unread_answer: Duration::from_secs(self.unread_answer_seconds),
-            http2: crate::api::Http2Limits {
+            http2: Http2Limits {
                 max_concurrent_streams: self.http2_max_concurrent_streams,
                 stream_window_bytes: self.http2_stream_window_bytes,
                 connection_window_bytes: self.http2_connection_window_bytes,
@@ -290,5 +286,75 @@ impl ServeConfig {
             auth = auth.with_client_identities(file)?;
         }
         Ok(auth)
+    }
+}
+
+/// Limits that keep one caller from harming the others. Each is a flag; see the README.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest decoded request message, bytes.
+    pub max_message_bytes: usize,
+    /// Longest deadline honoured; calls with a longer or no deadline get this one.
+    pub max_deadline: std::time::Duration,
+    /// Calls in progress at once before new ones are shed.
+    pub max_concurrent_calls: usize,
+    /// RetryInfo delay given to shed calls.
+    pub retry_after: std::time::Duration,
+    /// HTTP/2 keepalive ping interval (the timeout for the ping's answer is the same).
+    pub http2_keepalive: std::time::Duration,
+    /// How often health checks that the database answers.
+    pub health_check_interval: std::time::Duration,
+    /// Patients one ScreenCohort stream may send.
+    pub max_patients_per_stream: u64,
+    /// Patients one ScreenCohort stream may have being decided or recorded at once.
+    pub screening_window: usize,
+    /// Patients all ScreenCohort streams together may have being decided or recorded at once.
+    pub max_screening_patients: usize,
+    /// FULL-view unary answers being decided, recorded or sent at once (at least one).
+    pub max_full_answers: usize,
+    /// Longest a unary answer may wait with none of it taken by its caller.
+    pub unread_answer: std::time::Duration,
+    /// What one HTTP/2 connection may hold.
+    pub http2: Http2Limits,
+}
+
+/// What one HTTP/2 connection may hold: streams, flow-control windows and headers. Together with
+/// the admission limit and the message size they bound the memory callers can make the server
+/// hold (README, "Limits").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    pub stream_window_bytes: u32,
+    pub connection_window_bytes: u32,
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits {
+            max_concurrent_streams: 100,
+            stream_window_bytes: 32 * 1024,
+            connection_window_bytes: 8 * 1024 * 1024,
+            max_header_list_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024,
+            max_deadline: std::time::Duration::from_secs(30),
+            max_concurrent_calls: 512,
+            retry_after: std::time::Duration::from_millis(100),
+            http2_keepalive: std::time::Duration::from_secs(30),
+            health_check_interval: std::time::Duration::from_secs(5),
+            max_patients_per_stream: 1_000_000,
+            screening_window: 128,
+            max_screening_patients: 512,
+            max_full_answers: 32,
+            unread_answer: std::time::Duration::from_secs(5),
+            http2: Http2Limits::default(),
+        }
     }
 }

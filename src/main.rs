@@ -164,7 +164,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     };
     let writer = log.clone();
     let state = AppState::new(policy.clone(), log, pseudonymiser, config.limits())?.with_auth(auth);
-    let reloads = std::sync::Arc::new(reload::ReloadCounters::default());
+    let reloads = std::sync::Arc::new(net_pathway::metrics::ReloadCounters::default());
     if let Some(path) = config.policy.clone() {
         // Zero means SIGHUP only: the file is then looked at once a day at most.
         let seconds = if config.policy_poll_seconds == 0 {
@@ -195,7 +195,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
                         let _ = admin_stopped.await;
                     };
                     if let Err(e) =
-                        net_pathway::metrics::serve_admin(admin, state, reloads, stopped).await
+                        net_pathway::server::serve_admin(admin, state, reloads, stopped).await
                     {
                         tracing::error!("admin listener failed: {e}");
                     }

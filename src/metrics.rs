@@ -1,8 +1,8 @@
-//! Prometheus metrics and the admin HTTP listener that serves them (`GET /metrics`).
-//! No label carries a patient identifier or a clinical value.
+//! Prometheus metrics: the counters and histograms calls and answers update, and their text
+//! for a scrape (the admin listener in `crate::server` serves it). No label carries a patient
+//! identifier or a clinical value.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::{
@@ -10,8 +10,21 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::api::AppState;
-use crate::reload::ReloadCounters;
+/// Reload outcomes, for operators and metrics.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// What the gauges show, read from the service when it is scraped.
+pub struct Readings<'a> {
+    pub policy_version: &'a str,
+    pub policy_hash: &'a str,
+    pub log_queue: usize,
+    pub log_enabled: bool,
+    pub screening_in_progress: usize,
+}
 
 /// Latency buckets, seconds: from tens of microseconds (a cached policy decision) to seconds.
 const BUCKETS: &[f64] = &[
@@ -246,18 +259,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The metrics text, with the gauges read from `state` now.
-    pub fn render(&self, state: &AppState, reloads: &ReloadCounters) -> String {
-        let policy = state.policy.current();
+    /// The metrics text, with the gauges set from `now`.
+    pub fn render(&self, now: Readings<'_>, reloads: &ReloadCounters) -> String {
         self.policy_info.reset();
         self.policy_info
-            .with_label_values(&[policy.version.as_str(), policy.content_hash.as_str()])
+            .with_label_values(&[now.policy_version, now.policy_hash])
             .set(1);
         self.log_queue
-            .set(i64::try_from(state.log.queue_depth()).unwrap_or(i64::MAX));
-        self.log_enabled.set(i64::from(state.log.enabled()));
+            .set(i64::try_from(now.log_queue).unwrap_or(i64::MAX));
+        self.log_enabled.set(i64::from(now.log_enabled));
         self.screening_in_progress
-            .set(i64::try_from(state.screening_in_progress()).unwrap_or(i64::MAX));
+            .set(i64::try_from(now.screening_in_progress).unwrap_or(i64::MAX));
         let mut buffer = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!("cannot encode metrics: {e}");
@@ -271,31 +283,4 @@ impl Metrics {
         ));
         text
     }
-}
-
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
-pub async fn serve_admin(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    reloads: Arc<ReloadCounters>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let (state, reloads) = (state.clone(), Arc::clone(&reloads));
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4",
-                    )],
-                    state.metrics.render(&state, &reloads),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -5,20 +5,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::api::ActivePolicy;
 use crate::engine::{Policy, PolicyError};
-
-/// Reload outcomes, for operators and metrics.
-#[derive(Debug, Default)]
-pub struct ReloadCounters {
-    pub succeeded: AtomicU64,
-    pub failed: AtomicU64,
-}
+use crate::metrics::ReloadCounters;
 
 /// What one reload attempt did.
 #[derive(Debug)]

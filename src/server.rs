@@ -2,6 +2,7 @@
 //! three netpathway services, serving on a listener the caller bound (port 0 in tests).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
@@ -11,6 +12,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use crate::api::{
     AppState, DecisionLogApi, EligibilityApi, FundingApi, PolicyApi, RegistryApi, ScreeningApi,
 };
+use crate::metrics::ReloadCounters;
 use crate::pb::decision_log_service_server::DecisionLogServiceServer;
 use crate::pb::eligibility_service_server::EligibilityServiceServer;
 use crate::pb::funding_service_server::FundingServiceServer;
@@ -221,4 +223,31 @@ pub async fn serve_with_health(
         let _ = probes.await;
     }
     Ok(())
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    reloads: Arc<ReloadCounters>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (state, reloads) = (state.clone(), Arc::clone(&reloads));
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    state.metrics_text(&reloads),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -41,6 +41,7 @@ use chrono::NaiveDate;
 use tonic::Status;
 use tonic::codegen::http::HeaderName;
 
+use crate::config::Limits;
 use crate::domain::{Patient, Therapy};
 use crate::engine::Policy;
 use crate::google::r#type::Date as ProtoDate;
@@ -134,6 +135,21 @@ impl AppState {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The metrics text for a scrape, with the gauges read now.
+    pub fn metrics_text(&self, reloads: &crate::metrics::ReloadCounters) -> String {
+        let policy = self.policy.current();
+        self.metrics.render(
+            crate::metrics::Readings {
+                policy_version: &policy.version,
+                policy_hash: &policy.content_hash,
+                log_queue: self.log.queue_depth(),
+                log_enabled: self.log.enabled(),
+                screening_in_progress: self.screening_in_progress(),
+            },
+            reloads,
+        )
+    }
+
     /// Admits a call from `connection` (`crate::admission`), or sheds it with
     /// RESOURCE_EXHAUSTED and a google.rpc.RetryInfo saying when to retry. The gate admits
     /// every call; the admission is held until its answer ends.
@@ -162,76 +178,6 @@ impl AppState {
 /// Places for patients being screened: at least one, so a stream can always make progress.
 pub(crate) fn screening_capacity(limits: &Limits) -> usize {
     limits.max_screening_patients.max(1)
-}
-
-/// Limits that keep one caller from harming the others. Each is a flag; see the README.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest decoded request message, bytes.
-    pub max_message_bytes: usize,
-    /// Longest deadline honoured; calls with a longer or no deadline get this one.
-    pub max_deadline: std::time::Duration,
-    /// Calls in progress at once before new ones are shed.
-    pub max_concurrent_calls: usize,
-    /// RetryInfo delay given to shed calls.
-    pub retry_after: std::time::Duration,
-    /// HTTP/2 keepalive ping interval (the timeout for the ping's answer is the same).
-    pub http2_keepalive: std::time::Duration,
-    /// How often health checks that the database answers.
-    pub health_check_interval: std::time::Duration,
-    /// Patients one ScreenCohort stream may send.
-    pub max_patients_per_stream: u64,
-    /// Patients one ScreenCohort stream may have being decided or recorded at once.
-    pub screening_window: usize,
-    /// Patients all ScreenCohort streams together may have being decided or recorded at once.
-    pub max_screening_patients: usize,
-    /// FULL-view unary answers being decided, recorded or sent at once (at least one).
-    pub max_full_answers: usize,
-    /// Longest a unary answer may wait with none of it taken by its caller.
-    pub unread_answer: std::time::Duration,
-    /// What one HTTP/2 connection may hold.
-    pub http2: Http2Limits,
-}
-
-/// What one HTTP/2 connection may hold: streams, flow-control windows and headers. Together with
-/// the admission limit and the message size they bound the memory callers can make the server
-/// hold (README, "Limits").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Http2Limits {
-    pub max_concurrent_streams: u32,
-    pub stream_window_bytes: u32,
-    pub connection_window_bytes: u32,
-    pub max_header_list_bytes: u32,
-}
-
-impl Default for Http2Limits {
-    fn default() -> Self {
-        Http2Limits {
-            max_concurrent_streams: 100,
-            stream_window_bytes: 32 * 1024,
-            connection_window_bytes: 8 * 1024 * 1024,
-            max_header_list_bytes: 16 * 1024,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_message_bytes: 64 * 1024,
-            max_deadline: std::time::Duration::from_secs(30),
-            max_concurrent_calls: 512,
-            retry_after: std::time::Duration::from_millis(100),
-            http2_keepalive: std::time::Duration::from_secs(30),
-            health_check_interval: std::time::Duration::from_secs(5),
-            max_patients_per_stream: 1_000_000,
-            screening_window: 128,
-            max_screening_patients: 512,
-            max_full_answers: 32,
-            unread_answer: std::time::Duration::from_secs(5),
-            http2: Http2Limits::default(),
-        }
-    }
 }
 
 /// When the call must be answered by: the caller's `grpc-timeout`, capped by the server's limit.

@@ -396,7 +396,7 @@ impl Drop for Place {
 /// Screening places a patient takes: one for a BASIC answer, and one per therapy a FULL answer
 /// explains, so that the FULL answers being built at once (each some hundreds of KB as a
 /// message) stay few; never more than there are.
-fn places_for(answer_bytes: usize, limits: &super::Limits) -> u32 {
+fn places_for(answer_bytes: usize, limits: &crate::config::Limits) -> u32 {
     let places = answer_bytes.div_ceil(FULL_PER_THERAPY).max(1);
     u32::try_from(places.min(super::screening_capacity(limits))).unwrap_or(1)
 }
@@ -559,7 +559,7 @@ mod tests {
 
     #[test]
     fn a_full_patient_takes_a_place_per_therapy_it_explains() {
-        let limits = super::super::Limits::default();
+        let limits = crate::config::Limits::default();
         let places =
             |request: &pb::ScreenCohortRequest| places_for(expected_answer_bytes(request), &limits);
         assert_eq!(places(&patient(pb::EvaluationView::Basic, 0)), 1);
@@ -570,7 +570,7 @@ mod tests {
 
     #[test]
     fn a_patient_never_needs_more_places_than_there_are() {
-        let limits = super::super::Limits {
+        let limits = crate::config::Limits {
             max_screening_patients: 4,
             ..Default::default()
         };

@@ -8,7 +8,8 @@ use std::fmt::Write;
 
 use chrono::NaiveDate;
 
-use super::criteria::{Detail, Facts, Finding, Outcome};
+use super::criteria::Facts;
+use super::finding::{Detail, Finding, Outcome};
 use super::policy::{
     Evidence, FundingRoute, Period, Policy, PriorApproval, RegistryStatus, Role, Selector,
     Severity, Status,

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::criteria::Detail;
+use super::finding::{Detail, Text};
 use crate::domain::{Differentiation, GradingSystem, LungClassification, Patient, WhoGrade};
 
 /// Grade cut-offs, read from the policy file so a future WHO edition is a policy change.
@@ -39,7 +39,7 @@ pub struct GradeAssessment {
     pub basis: String,
     /// Patient values used: (field path, value). A measured value's text is empty unless
     /// asked to explain; which values were used is the same either way (criteria count them).
-    pub values: Vec<(&'static str, super::criteria::Text)>,
+    pub values: Vec<(&'static str, Text)>,
     /// Inputs that would settle the grade when it is unknown.
     pub missing: Vec<&'static str>,
     /// Set when the stated grade disagrees with the measured values.

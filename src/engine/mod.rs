@@ -2,11 +2,13 @@
 
 pub mod criteria;
 pub mod evaluate;
+pub mod finding;
 pub mod grading;
 pub mod policy;
 #[cfg(test)]
 mod properties;
 
-pub use criteria::{Detail, Facts, Finding, Outcome, Text};
+pub use criteria::Facts;
 pub use evaluate::{EligibilityAnswer, FundingAnswer};
+pub use finding::{Detail, Finding, Outcome, Text};
 pub use policy::{Policy, PolicyError, PolicyIssue};

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use super::criteria::{Check, Detail};
+use super::criteria::Check;
+use super::finding::Detail;
 use super::grading::GradingParameters;
 use crate::domain::{Nation, Patient, Therapy, dates};
 

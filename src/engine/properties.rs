@@ -4,7 +4,7 @@
 use chrono::NaiveDate;
 use proptest::prelude::*;
 
-use super::criteria::{Detail, Outcome};
+use super::finding::{Detail, Outcome};
 use super::policy::{Evidence, FundingRoute, Policy, Role, Severity, Status};
 use crate::domain::*;
 

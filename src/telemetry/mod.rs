@@ -4,10 +4,15 @@
 use tonic::codegen::http::HeaderName;
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
-use crate::config::LogFormat;
-
 mod lines;
 mod output;
+
+/// How log lines are written: text for a person, JSON for a log shipper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Log lines are written to stdout by a background thread in batches (output.rs); lines
 /// still waiting are written when the returned guard drops, so the caller keeps it until the

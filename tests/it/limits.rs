@@ -91,7 +91,7 @@ async fn calls_beyond_the_concurrency_limit_are_shed_with_retry_info() {
 #[tokio::test]
 async fn full_calls_beyond_the_waiting_room_are_shed_with_retry_info() {
     let s = server_configured(
-        net_pathway::api::Limits {
+        net_pathway::config::Limits {
             max_full_answers: 1,
             ..test_limits()
         },
@@ -186,7 +186,7 @@ async fn a_call_whose_deadline_has_passed_does_no_work_and_writes_no_record() {
 #[tokio::test]
 async fn full_answers_wait_for_a_place_within_their_deadline() {
     let s = server_configured(
-        net_pathway::api::Limits {
+        net_pathway::config::Limits {
             max_deadline: Duration::from_millis(300),
             ..test_limits()
         },

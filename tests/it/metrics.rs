@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::common::*;
+use net_pathway::metrics::ReloadCounters;
 use net_pathway::pb;
-use net_pathway::reload::ReloadCounters;
 
 #[tokio::test]
 async fn metrics_show_per_status_counts_after_a_mixed_load() {
@@ -19,7 +19,7 @@ async fn metrics_show_per_status_counts_after_a_mixed_load() {
         .await
         .expect("bind admin");
     let address = admin.local_addr().expect("address");
-    tokio::spawn(net_pathway::metrics::serve_admin(
+    tokio::spawn(net_pathway::server::serve_admin(
         admin,
         s.state.clone(),
         Arc::clone(&reloads),

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use net_pathway::engine::Policy;
+use net_pathway::metrics::ReloadCounters;
 use net_pathway::pb;
-use net_pathway::reload::{ReloadCounters, watch};
+use net_pathway::reload::watch;
 use net_pathway_client::NetPathwayClient;
 
 const BUNDLED: &str = include_str!("../../policy/net-pathway.toml");

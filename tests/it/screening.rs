@@ -44,7 +44,7 @@ async fn screen(
 /// `window` patients.
 async fn server_with_places(window: usize, places: usize) -> TestServer {
     server_configured(
-        net_pathway::api::Limits {
+        net_pathway::config::Limits {
             screening_window: window,
             max_screening_patients: places,
             ..test_limits()
@@ -56,10 +56,7 @@ async fn server_with_places(window: usize, places: usize) -> TestServer {
 
 /// The server's metrics as Prometheus scrapes them.
 fn metrics_text(server: &TestServer) -> String {
-    server
-        .state
-        .metrics
-        .render(&server.state, &Default::default())
+    server.state.metrics_text(&Default::default())
 }
 
 /// A bronchial NET: SSTR-positive, progressive, G2 (Ki-67 5 %), metastatic, England.
@@ -279,7 +276,7 @@ async fn metrics_once_they_show(server: &TestServer, line: &str) -> String {
 #[tokio::test]
 async fn a_stream_past_the_patient_limit_is_answered_up_to_it_then_ends_resource_exhausted() {
     let server = server_configured(
-        net_pathway::api::Limits {
+        net_pathway::config::Limits {
             max_patients_per_stream: 5,
             ..test_limits()
         },

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use crate::common::*;
-use net_pathway::api::{ActivePolicy, AppState, Limits};
+use net_pathway::api::{ActivePolicy, AppState};
 use net_pathway::auth::Authenticator;
+use net_pathway::config::Limits;
 use net_pathway::engine::Policy;
 use net_pathway::pb;
 use net_pathway::store::pseudonym::Pseudonymiser;

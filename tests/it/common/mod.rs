@@ -80,15 +80,18 @@ pub async fn server_on(policy: Policy, url: &str, data_dir: tempfile::TempDir) -
 }
 
 /// The default limits, with health checking the database every 100 ms.
-pub fn test_limits() -> net_pathway::api::Limits {
-    net_pathway::api::Limits {
+pub fn test_limits() -> net_pathway::config::Limits {
+    net_pathway::config::Limits {
         health_check_interval: std::time::Duration::from_millis(100),
         ..Default::default()
     }
 }
 
 /// Starts the server with the bundled policy, these limits, and the decision log on or off.
-pub async fn server_configured(limits: net_pathway::api::Limits, decision_log: bool) -> TestServer {
+pub async fn server_configured(
+    limits: net_pathway::config::Limits,
+    decision_log: bool,
+) -> TestServer {
     bundled_in_temp_dir(
         net_pathway::auth::Authenticator::open(),
         limits,
@@ -105,7 +108,7 @@ pub async fn server_with_auth(auth: net_pathway::auth::Authenticator) -> TestSer
 
 async fn bundled_in_temp_dir(
     auth: net_pathway::auth::Authenticator,
-    limits: net_pathway::api::Limits,
+    limits: net_pathway::config::Limits,
     decision_log: bool,
 ) -> TestServer {
     let data_dir = tempfile::tempdir().expect("temp dir");
@@ -227,7 +230,7 @@ async fn start(
     url: &str,
     data_dir: tempfile::TempDir,
     auth: net_pathway::auth::Authenticator,
-    limits: net_pathway::api::Limits,
+    limits: net_pathway::config::Limits,
     decision_log: bool,
 ) -> TestServer {
     let store = Store::open(url)
