@@ -2,25 +2,18 @@
 //! tonic-prost-build, on the message types of the client package, and names the build
 //! (`NET_PATHWAY_BUILD`) that every answer and decision record carries.
 
-use std::{env, path::PathBuf};
+#[path = "client/contract_files.rs"]
+mod contract_files;
 
-const PROTOS: [&str; 8] = [
-    "netpathway/v1/common.proto",
-    "netpathway/v1/patient.proto",
-    "netpathway/v1/eligibility_service.proto",
-    "netpathway/v1/funding_service.proto",
-    "netpathway/v1/policy_service.proto",
-    "netpathway/v1/decision_log_service.proto",
-    "netpathway/v1/registry_service.proto",
-    "netpathway/v1/screening_service.proto",
-];
+use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     // sqlx::migrate! embeds the migrations: a new one must rebuild the crate.
     println!("cargo:rerun-if-changed=migrations");
     name_the_build()?;
-    let fds = protox::compile(PROTOS, ["proto"])?;
+    let files = contract_files::contract_files(std::path::Path::new("proto"))?;
+    let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)

@@ -2,26 +2,17 @@
 //! message types and gRPC clients, and keeps its encoded descriptor set for reflection-based
 //! tools (the load generator, the server's reflection service).
 
+mod contract_files;
+
+use contract_files::contract_files;
 use protox::prost::Message;
 use std::{env, path::PathBuf};
-
-/// The contract's files, in `../proto`; the server compiles the same list for its services.
-const PROTOS: [&str; 8] = [
-    "netpathway/v1/common.proto",
-    "netpathway/v1/patient.proto",
-    "netpathway/v1/eligibility_service.proto",
-    "netpathway/v1/funding_service.proto",
-    "netpathway/v1/policy_service.proto",
-    "netpathway/v1/decision_log_service.proto",
-    "netpathway/v1/registry_service.proto",
-    "netpathway/v1/screening_service.proto",
-];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     println!("cargo:rerun-if-changed={}", proto.display());
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let fds = protox::compile(PROTOS, [&proto])?;
+    let fds = protox::compile(contract_files(&proto)?, [&proto])?;
     // compile_fds() does not honour file_descriptor_set_path(), so the set is written here.
     std::fs::write(
         out_dir.join("netpathway_descriptor.bin"),

@@ -28,13 +28,15 @@
 //! # }
 //! ```
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{IntoRequest, Request, Status};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
+use crate::connect::{ClientBuilder, ClientError, ClientOptions};
 use crate::pb;
 use crate::pb::decision_log_service_client::DecisionLogServiceClient;
 use crate::pb::eligibility_service_client::EligibilityServiceClient;
@@ -43,90 +45,19 @@ use crate::pb::policy_service_client::PolicyServiceClient;
 use crate::pb::registry_service_client::RegistryServiceClient;
 use crate::pb::screening_service_client::ScreeningServiceClient;
 
-/// Connect timeout used by [`NetPathwayClient::connect`].
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deadline sent with every call unless [`ClientOptions::deadline`] says otherwise.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Why a client could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid endpoint '{endpoint}': {source}")]
-    InvalidEndpoint {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
-    #[error("cannot connect to {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
-    #[error("the bearer token is not a valid header value")]
-    InvalidToken,
-}
-
-impl std::fmt::Debug for ClientOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut out = f.debug_struct("ClientOptions");
-        out.field("connect_timeout", &self.connect_timeout)
-            .field("deadline", &self.deadline);
-        #[cfg(feature = "gzip")]
-        out.field("gzip", &self.gzip);
-        #[cfg(feature = "tls")]
-        out.field("tls", &self.tls.is_some());
-        out.field(
-            "bearer_token",
-            &self.bearer_token.as_ref().map(|_| "(redacted)"),
-        )
-        .finish()
-    }
-}
-
-type Authorization = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+type Authorization = Option<MetadataValue<Ascii>>;
 
 fn authorization(token: Option<&str>) -> Result<Authorization, ClientError> {
     token
         .map(|t| {
-            let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| ClientError::InvalidToken)?;
+            let mut value: MetadataValue<Ascii> = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| ClientError::InvalidToken)?;
             // Debug output and HTTP/2 header compression treat it as a secret.
             value.set_sensitive(true);
             Ok(value)
         })
         .transpose()
-}
-
-/// How the client connects and calls.
-#[derive(Clone)]
-pub struct ClientOptions {
-    pub connect_timeout: Duration,
-    /// Deadline for each call (sent as grpc-timeout so the server can honour it too).
-    pub deadline: Duration,
-    /// Compress requests and accept compressed responses with gzip.
-    #[cfg(feature = "gzip")]
-    pub gzip: bool,
-    /// TLS settings (CA, domain name, and a client identity for mutual TLS); `None` for plaintext.
-    #[cfg(feature = "tls")]
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
-    /// Bearer token (a JWT from the hospital's identity provider) sent with every call as
-    /// `authorization: Bearer <token>`. Replace it with [`NetPathwayClient::with_bearer_token`].
-    pub bearer_token: Option<String>,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        ClientOptions {
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            deadline: DEFAULT_DEADLINE,
-            #[cfg(feature = "gzip")]
-            gzip: false,
-            #[cfg(feature = "tls")]
-            tls: None,
-            bearer_token: None,
-        }
-    }
 }
 
 /// A field violation from an INVALID_ARGUMENT answer.
@@ -165,7 +96,18 @@ pub fn stream_error(error: &tonic_types::pb::Status) -> Status {
     )
 }
 
-/// A cheap-to-clone client for all net-pathway services over one HTTP/2 connection.
+/// A cheap-to-clone client for all net-pathway services, over one HTTP/2 connection or
+/// balanced over several (see [`ClientBuilder`]).
+///
+/// Every call carries the client's deadline (unless the caller's request sets `grpc-timeout`)
+/// and credential. A call is tried again, up to [`ClientOptions::retries`] times and within
+/// its deadline, when the server shed it before deciding anything (RESOURCE_EXHAUSTED or
+/// UNAVAILABLE with a `google.rpc.RetryInfo`: after the delay it asks for), and, for calls that
+/// are safe to repeat, when it did not answer (UNAVAILABLE without RetryInfo: after 100 ms).
+/// Calls safe to repeat are the reads and the two evaluations; an evaluation without a
+/// `request_id` is given a new one first, so a repeat that reaches a server which had already
+/// decided it gets the recorded answer rather than a second decision. Registry writes are
+/// repeated only when shed.
 #[derive(Debug, Clone)]
 pub struct NetPathwayClient {
     channel: Channel,
@@ -174,50 +116,27 @@ pub struct NetPathwayClient {
 }
 
 impl NetPathwayClient {
-    /// Connects with [`ClientOptions::default`].
-    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
-        Self::connect_with(endpoint, ClientOptions::default()).await
+    /// A builder for `target` (`http(s)://host:port` or `dns:///host:port`).
+    pub fn builder(target: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(target)
     }
 
-    /// Connects with the given options. `endpoint` is a URI such as `http://127.0.0.1:50051`.
+    /// Connects to one `http(s)://` target, or resolves a `dns:///` one, with
+    /// [`ClientOptions::default`].
+    pub async fn connect(target: impl Into<String>) -> Result<Self, ClientError> {
+        Self::builder(target).connect().await
+    }
+
+    /// Connects with the given options. `target` is a URI such as `http://127.0.0.1:50051`
+    /// or `dns:///net-pathway:50051`.
     pub async fn connect_with(
-        endpoint: impl Into<String>,
+        target: impl Into<String>,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        let endpoint = endpoint.into();
-        let authorization = authorization(options.bearer_token.as_deref())?;
-        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
-        let mut builder = Endpoint::from_shared(endpoint.clone()).map_err(|source| {
-            ClientError::InvalidEndpoint {
-                endpoint: endpoint.clone(),
-                source,
-            }
-        })?;
-        #[cfg(feature = "tls")]
-        if let Some(tls) = options.tls.clone() {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|source| ClientError::InvalidEndpoint {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
-        }
-        let channel = builder
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect { endpoint, source })?;
-        Ok(NetPathwayClient {
-            channel,
-            options,
-            authorization,
-        })
+        Self::builder(target).options(options).connect().await
     }
 
-    /// Wraps an existing channel (for TLS or custom settings).
+    /// Wraps an existing channel (for custom transport settings).
     pub fn from_channel(channel: Channel, options: ClientOptions) -> Result<Self, ClientError> {
         let authorization = authorization(options.bearer_token.as_deref())?;
         Ok(NetPathwayClient {
@@ -244,11 +163,9 @@ impl NetPathwayClient {
         self.channel.clone()
     }
 
-    /// A unary request: the client's deadline and credential.
-    fn request<T>(&self, message: impl IntoRequest<T>) -> Request<T> {
-        let mut request = self.authorised(message.into_request());
-        request.set_timeout(self.options.deadline);
-        request
+    /// The options the client calls with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
     }
 
     /// Adds the bearer token, if the client has one.
@@ -276,18 +193,150 @@ impl NetPathwayClient {
     fn compress<C>(&self, client: C, _configure: impl FnOnce(C, CompressionEncoding) -> C) -> C {
         client
     }
+
+    /// Sends `request` with `send`, and again while [`retry_after`] allows within the
+    /// deadline. The caller's metadata (a `traceparent`, its own `grpc-timeout`) goes with every
+    /// attempt; without its own timeout each attempt gets what is left of the client's deadline.
+    async fn unary<Q, A, F, Fut>(&self, request: Request<Q>, send: F) -> Result<Response<A>, Status>
+    where
+        Q: Repeatable + Clone,
+        F: Fn(Request<Q>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<A>, Status>>,
+    {
+        let started = Instant::now();
+        let (metadata, extensions, mut message) = request.into_parts();
+        let own_timeout = metadata.contains_key("grpc-timeout");
+        if self.options.retries > 0 {
+            message.name_the_request();
+        }
+        let attempt = |message: Q, extensions, left: Duration| {
+            let mut request =
+                self.authorised(Request::from_parts(metadata.clone(), extensions, message));
+            if !own_timeout {
+                request.set_timeout(left);
+            }
+            request
+        };
+        if self.options.retries == 0 {
+            return send(attempt(message, extensions, self.options.deadline)).await;
+        }
+        let mut tries = 0;
+        let mut extensions = Some(extensions);
+        loop {
+            let left = self.options.deadline.saturating_sub(started.elapsed());
+            let result = send(attempt(
+                message.clone(),
+                extensions.take().unwrap_or_default(),
+                left,
+            ))
+            .await;
+            let status = match result {
+                Err(status) if tries < self.options.retries => status,
+                done => return done,
+            };
+            let Some(delay) = retry_after(&status, Q::REPEATABLE) else {
+                return Err(status);
+            };
+            if started.elapsed() + delay >= self.options.deadline {
+                return Err(status);
+            }
+            tokio::time::sleep(delay).await;
+            tries += 1;
+        }
+    }
 }
 
-/// Typed methods: each sends the call with the client's deadline (and gzip if configured).
+/// How long to wait before trying a failed call again, or `None` if it must not be: a call the
+/// server shed before deciding anything (its RetryInfo says when), or a repeatable call that
+/// got no answer.
+fn retry_after(status: &Status, repeatable: bool) -> Option<Duration> {
+    let asked = status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay);
+    match (status.code(), asked) {
+        (Code::ResourceExhausted | Code::Unavailable, Some(delay)) => Some(delay),
+        (Code::Unavailable, None) if repeatable => Some(Duration::from_millis(100)),
+        _ => None,
+    }
+}
+
+/// A request the client may send more than once.
+pub(crate) trait Repeatable {
+    /// Whether a repeat after a lost answer changes nothing on the server.
+    const REPEATABLE: bool;
+    /// Gives the request the id that makes a repeat return the recorded answer, if it has none.
+    fn name_the_request(&mut self) {}
+}
+
+macro_rules! repeatable {
+    ($($request:ident: $repeatable:literal),+ $(,)?) => {
+        $(impl Repeatable for pb::$request {
+            const REPEATABLE: bool = $repeatable;
+        })+
+    };
+}
+
+repeatable!(
+    GetActivePolicyRequest: true,
+    GetDecisionRequest: true,
+    ListDecisionsRequest: true,
+    ReplayDecisionRequest: true,
+    GetEnrolmentRequest: true,
+    ListEnrolmentsRequest: true,
+    EnrolPatientRequest: false,
+    RecordPriorAgreementRequest: false,
+    WithdrawEnrolmentRequest: false,
+);
+
+impl Repeatable for pb::EvaluateEligibilityRequest {
+    const REPEATABLE: bool = true;
+    fn name_the_request(&mut self) {
+        if self.request_id.is_empty() {
+            self.request_id = new_request_id();
+        }
+    }
+}
+
+impl Repeatable for pb::ClassifyFundingRequest {
+    const REPEATABLE: bool = true;
+    fn name_the_request(&mut self) {
+        if self.request_id.is_empty() {
+            self.request_id = new_request_id();
+        }
+    }
+}
+
+/// A random (version 4) UUID, the form the contract asks a `request_id` to take.
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Typed methods: `method(message)` answers the message; `method_with(request)` takes a
+/// `tonic::Request` whose metadata (a `traceparent`, a `grpc-timeout`) the caller sets, and
+/// returns the `tonic::Response`, whose metadata carries the call's `x-trace-id`.
 macro_rules! rpc {
-    ($(#[$doc:meta])* $method:ident, $client:ident, $request:ident => $response:ident) => {
+    ($(#[$doc:meta])* $method:ident, $with:ident, $client:ident, $request:ident => $response:ident) => {
         impl NetPathwayClient {
             $(#[$doc])*
             pub async fn $method(&self, request: pb::$request) -> Result<pb::$response, Status> {
-                let mut client = self.compress($client::new(self.channel.clone()), |c, encoding| {
-                    c.send_compressed(encoding).accept_compressed(encoding)
-                });
-                Ok(client.$method(self.request(request)).await?.into_inner())
+                Ok(self.$with(Request::new(request)).await?.into_inner())
+            }
+
+            $(#[$doc])*
+            ///
+            /// With the caller's request metadata, answering the response's metadata too.
+            pub async fn $with(
+                &self,
+                request: Request<pb::$request>,
+            ) -> Result<Response<pb::$response>, Status> {
+                self.unary(request, |request| {
+                    let mut client = self.compress($client::new(self.channel.clone()), |c, encoding| {
+                        c.send_compressed(encoding).accept_compressed(encoding)
+                    });
+                    async move { client.$method(request).await }
+                })
+                .await
             }
         }
     };
@@ -295,47 +344,47 @@ macro_rules! rpc {
 
 rpc!(
     /// Which therapies the patient can be considered for.
-    evaluate_eligibility, EligibilityServiceClient, EvaluateEligibilityRequest => EvaluateEligibilityResponse
+    evaluate_eligibility, evaluate_eligibility_with, EligibilityServiceClient, EvaluateEligibilityRequest => EvaluateEligibilityResponse
 );
 rpc!(
     /// How each therapy would be funded.
-    classify_funding, FundingServiceClient, ClassifyFundingRequest => ClassifyFundingResponse
+    classify_funding, classify_funding_with, FundingServiceClient, ClassifyFundingRequest => ClassifyFundingResponse
 );
 rpc!(
     /// The active policy: version, hash, therapies, criteria, routes and sources.
-    get_active_policy, PolicyServiceClient, GetActivePolicyRequest => GetActivePolicyResponse
+    get_active_policy, get_active_policy_with, PolicyServiceClient, GetActivePolicyRequest => GetActivePolicyResponse
 );
 rpc!(
     /// One stored decision.
-    get_decision, DecisionLogServiceClient, GetDecisionRequest => GetDecisionResponse
+    get_decision, get_decision_with, DecisionLogServiceClient, GetDecisionRequest => GetDecisionResponse
 );
 rpc!(
     /// Stored decisions, filtered and paginated.
-    list_decisions, DecisionLogServiceClient, ListDecisionsRequest => ListDecisionsResponse
+    list_decisions, list_decisions_with, DecisionLogServiceClient, ListDecisionsRequest => ListDecisionsResponse
 );
 rpc!(
     /// A stored decision re-evaluated under the active policy.
-    replay_decision, DecisionLogServiceClient, ReplayDecisionRequest => ReplayDecisionResponse
+    replay_decision, replay_decision_with, DecisionLogServiceClient, ReplayDecisionRequest => ReplayDecisionResponse
 );
 rpc!(
     /// Enrols a patient in an audit registry.
-    enrol_patient, RegistryServiceClient, EnrolPatientRequest => EnrolPatientResponse
+    enrol_patient, enrol_patient_with, RegistryServiceClient, EnrolPatientRequest => EnrolPatientResponse
 );
 rpc!(
     /// Records a patient agreed into a registry before its hold.
-    record_prior_agreement, RegistryServiceClient, RecordPriorAgreementRequest => RecordPriorAgreementResponse
+    record_prior_agreement, record_prior_agreement_with, RegistryServiceClient, RecordPriorAgreementRequest => RecordPriorAgreementResponse
 );
 rpc!(
     /// One enrolment.
-    get_enrolment, RegistryServiceClient, GetEnrolmentRequest => GetEnrolmentResponse
+    get_enrolment, get_enrolment_with, RegistryServiceClient, GetEnrolmentRequest => GetEnrolmentResponse
 );
 rpc!(
     /// Enrolments, newest first.
-    list_enrolments, RegistryServiceClient, ListEnrolmentsRequest => ListEnrolmentsResponse
+    list_enrolments, list_enrolments_with, RegistryServiceClient, ListEnrolmentsRequest => ListEnrolmentsResponse
 );
 rpc!(
     /// Withdraws an enrolment.
-    withdraw_enrolment, RegistryServiceClient, WithdrawEnrolmentRequest => WithdrawEnrolmentResponse
+    withdraw_enrolment, withdraw_enrolment_with, RegistryServiceClient, WithdrawEnrolmentRequest => WithdrawEnrolmentResponse
 );
 
 impl NetPathwayClient {

@@ -6,6 +6,11 @@
 //! `net-pathway-client = { git = "…", package = "net-pathway-client" }`. TLS (`tls`) and gzip
 //! (`gzip`) are features, on by default. tonic and tonic-types are re-exported, so callers
 //! use the versions the generated code was built with.
+//!
+//! [`NetPathwayClient::builder`] takes `http(s)://host:port` or `dns:///host:port` (a
+//! Kubernetes headless Service: every replica, balanced, re-resolved), connects eagerly or
+//! lazily, and sets the deadline, credential, TLS and retries; see [`NetPathwayClient`] for
+//! which failed calls are tried again.
 #![forbid(unsafe_code)]
 
 /// Generated protobuf and gRPC types, nested as their proto packages are.
@@ -35,10 +40,12 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/netpathway_descriptor.bin"));
 
 mod client;
+mod connect;
 
-pub use client::{
-    ClientError, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE, FieldViolation,
-    NetPathwayClient, field_violations, stream_error,
+pub use client::{FieldViolation, NetPathwayClient, field_violations, stream_error};
+pub use connect::{
+    ClientBuilder, ClientError, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEADLINE,
+    DNS_REFRESH,
 };
 pub use tonic;
 pub use tonic_types;

@@ -708,9 +708,12 @@ async fn main() -> std::process::ExitCode {
         eprintln!("--server-pid: {e}");
         return std::process::ExitCode::from(2);
     }
+    // No retries in the client: a shed call is counted here, and its worker waits as its
+    // RetryInfo asks before its next call.
     let options = ClientOptions {
         bearer_token: args.token.clone(),
         deadline: Duration::from_secs(30),
+        retries: 0,
         ..ClientOptions::default()
     };
     let mut clients = Vec::new();

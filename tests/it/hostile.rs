@@ -38,7 +38,13 @@ async fn binary(args: &[&str]) -> Binary {
     }
     all.extend(args.iter().map(std::ffi::OsStr::new));
     let child = start_binary(port, data.path(), &all, "warn", std::process::Stdio::null());
-    let client = connect_when_serving(port, ClientOptions::default()).await;
+    // No retries in the client: the well-behaved callers below retry as RetryInfo asks
+    // themselves, and count each time they were shed.
+    let once = ClientOptions {
+        retries: 0,
+        ..ClientOptions::default()
+    };
+    let client = connect_when_serving(port, once).await;
     Binary {
         child,
         port,

@@ -4,8 +4,10 @@
 
 mod common;
 
+mod architecture;
 mod auth;
 mod bad_input;
+mod client;
 mod clinical_cases;
 mod crash;
 mod decision_log;

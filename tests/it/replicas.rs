@@ -76,7 +76,12 @@ async fn replicas(count: usize, policy: Option<&str>) -> Option<Replicas> {
     }
     let mut clients = Vec::new();
     for port in ports {
-        clients.push(connect_when_serving(port, ClientOptions::default()).await);
+        // No retries in the client: each worker fails over to the next replica itself.
+        let once = ClientOptions {
+            retries: 0,
+            ..ClientOptions::default()
+        };
+        clients.push(connect_when_serving(port, once).await);
     }
     Some(Replicas {
         processes,

@@ -267,7 +267,10 @@ async fn start(
             panic!("server failed: {e}");
         }
     });
-    let client = NetPathwayClient::connect(format!("http://{address}"))
+    // No retries: the tests see each answer exactly as the server gave it.
+    let client = NetPathwayClient::builder(format!("http://{address}"))
+        .retries(0)
+        .connect()
         .await
         .expect("connect to test server");
     TestServer {
