@@ -171,7 +171,21 @@ async fn a_call_whose_deadline_has_passed_does_no_work_and_writes_no_record() {
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the server has counted the call as ended, it has done all it will for it.
+    let ended = |text: String| {
+        text.lines().any(|l| {
+            l.starts_with(
+                "netpathway_calls_total{code=\"DeadlineExceeded\",method=\"EvaluateEligibility\"}",
+            ) || l.starts_with(
+                "netpathway_calls_total{code=\"Cancelled\",method=\"EvaluateEligibility\"}",
+            )
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !ended(s.state.metrics_text(&Default::default())) {
+        assert!(std::time::Instant::now() < until, "the call never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         stored_decisions(&s).await,
         0,

@@ -130,9 +130,11 @@ async fn sighup_reloads_the_policy_file_and_a_broken_file_leaves_the_last_good_o
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, BUNDLED).expect("write policy");
     let port = free_port();
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin_listen = admin.to_string();
     let args = [
         OsStr::new("--admin-listen"),
-        OsStr::new("127.0.0.1:0"),
+        OsStr::new(&admin_listen),
         OsStr::new("--policy-poll-seconds"),
         OsStr::new("0"),
         OsStr::new("--policy"),
@@ -173,7 +175,14 @@ async fn sighup_reloads_the_policy_file_and_a_broken_file_leaves_the_last_good_o
 
     write_atomically(&path, &broken());
     send_signal(&child, "HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !scrape_metrics(admin)
+        .await
+        .contains("netpathway_policy_reloads_total{outcome=\"failed\"} 1")
+    {
+        assert!(Instant::now() < deadline, "the broken file was never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     wait_for("reload-b").await;
     assert!(
         child.try_wait().expect("status").is_none(),
