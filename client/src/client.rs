@@ -100,8 +100,9 @@ pub fn stream_error(error: &tonic_types::pb::Status) -> Status {
 /// balanced over several (see [`ClientBuilder`]).
 ///
 /// Every call carries the client's deadline (unless the caller's request sets `grpc-timeout`)
-/// and credential. A call is tried again, up to [`ClientOptions::retries`] times and within
-/// its deadline, when the server shed it before deciding anything (RESOURCE_EXHAUSTED or
+/// and credential (unless it sets `authorization`), and is given up when its deadline passes,
+/// also when no server can be reached. A call is tried again, up to
+/// [`ClientOptions::retries`] times and within its deadline, when the server shed it before deciding anything (RESOURCE_EXHAUSTED or
 /// UNAVAILABLE with a `google.rpc.RetryInfo`: after the delay it asks for), and, for calls that
 /// are safe to repeat, when it did not answer (UNAVAILABLE without RetryInfo: after 100 ms).
 /// Calls safe to repeat are the reads and the two evaluations; an evaluation without a
@@ -194,9 +195,11 @@ impl NetPathwayClient {
         client
     }
 
-    /// Sends `request` with `send`, and again while [`retry_after`] allows within the
-    /// deadline. The caller's metadata (a `traceparent`, its own `grpc-timeout`) goes with every
-    /// attempt; without its own timeout each attempt gets what is left of the client's deadline.
+    /// Sends `request` with `send`, and again while [`retry_after`] allows, all within one
+    /// deadline: the caller's own `grpc-timeout` when its request sets one, else the client's.
+    /// Each attempt is sent with what is left of it and given up when that runs out, also when
+    /// no server can be reached at all. The caller's metadata (a `traceparent`, its own
+    /// `authorization`) goes with every attempt; its extensions with the first only.
     async fn unary<Q, A, F, Fut>(&self, request: Request<Q>, send: F) -> Result<Response<A>, Status>
     where
         Q: Repeatable + Clone,
@@ -205,31 +208,38 @@ impl NetPathwayClient {
     {
         let started = Instant::now();
         let (metadata, extensions, mut message) = request.into_parts();
-        let own_timeout = metadata.contains_key("grpc-timeout");
+        let deadline = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+            .unwrap_or(self.options.deadline);
         if self.options.retries > 0 {
             message.name_the_request();
-        }
-        let attempt = |message: Q, extensions, left: Duration| {
-            let mut request =
-                self.authorised(Request::from_parts(metadata.clone(), extensions, message));
-            if !own_timeout {
-                request.set_timeout(left);
-            }
-            request
-        };
-        if self.options.retries == 0 {
-            return send(attempt(message, extensions, self.options.deadline)).await;
         }
         let mut tries = 0;
         let mut extensions = Some(extensions);
         loop {
-            let left = self.options.deadline.saturating_sub(started.elapsed());
-            let result = send(attempt(
-                message.clone(),
+            let left = deadline.saturating_sub(started.elapsed());
+            let mut request = Request::from_parts(
+                metadata.clone(),
                 extensions.take().unwrap_or_default(),
-                left,
-            ))
-            .await;
+                if tries < self.options.retries {
+                    message.clone()
+                } else {
+                    std::mem::take(&mut message)
+                },
+            );
+            request.set_timeout(left);
+            if !request.metadata().contains_key("authorization") {
+                request = self.authorised(request);
+            }
+            let result = match tokio::time::timeout(left, send(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "no answer within the call's deadline of {} ms",
+                    deadline.as_millis()
+                ))),
+            };
             let status = match result {
                 Err(status) if tries < self.options.retries => status,
                 done => return done,
@@ -237,13 +247,28 @@ impl NetPathwayClient {
             let Some(delay) = retry_after(&status, Q::REPEATABLE) else {
                 return Err(status);
             };
-            if started.elapsed() + delay >= self.options.deadline {
+            if started.elapsed() + delay >= deadline {
                 return Err(status);
             }
             tokio::time::sleep(delay).await;
             tries += 1;
         }
     }
+}
+
+/// A `grpc-timeout` value (digits and a unit: H, M, S, m, u or n) as a duration.
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// How long to wait before trying a failed call again, or `None` if it must not be: a call the
@@ -262,7 +287,7 @@ fn retry_after(status: &Status, repeatable: bool) -> Option<Duration> {
 }
 
 /// A request the client may send more than once.
-pub(crate) trait Repeatable {
+pub(crate) trait Repeatable: Default {
     /// Whether a repeat after a lost answer changes nothing on the server.
     const REPEATABLE: bool;
     /// Gives the request the id that makes a repeat return the recorded answer, if it has none.
@@ -410,5 +435,51 @@ impl NetPathwayClient {
                 .insert("authorization", value.clone());
         }
         Ok(client.screen_cohort(request).await?.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(grpc_timeout("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(grpc_timeout("1n"), Some(Duration::from_nanos(1)));
+        for bad in ["", "S", "12", "1x", "-1S", "99999999999999999999H"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_shed_call_or_an_unanswered_repeatable_one_is_tried_again() {
+        let shed = tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_millis(250)));
+        let exhausted = Status::with_error_details(Code::ResourceExhausted, "full", shed.clone());
+        let unavailable = Status::with_error_details(Code::Unavailable, "draining", shed);
+        for repeatable in [true, false] {
+            assert_eq!(
+                retry_after(&exhausted, repeatable),
+                Some(Duration::from_millis(250))
+            );
+            assert_eq!(
+                retry_after(&unavailable, repeatable),
+                Some(Duration::from_millis(250))
+            );
+        }
+        let refused = Status::unavailable("connection refused");
+        assert_eq!(
+            retry_after(&refused, true),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(retry_after(&refused, false), None);
+        assert_eq!(retry_after(&Status::internal("bug"), true), None);
+        assert_eq!(
+            retry_after(&Status::resource_exhausted("no RetryInfo"), true),
+            None
+        );
     }
 }

@@ -71,6 +71,10 @@ pub struct ClientOptions {
     /// TLS settings (CA, domain name, and a client identity for mutual TLS); `None` for plaintext.
     #[cfg(feature = "tls")]
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The name the server's certificate must carry for a `dns:///` target's addresses; the
+    /// target's host when `None`. (For an `https://` target, set it in `tls` itself.)
+    #[cfg(feature = "tls")]
+    pub tls_domain: Option<String>,
     /// Bearer token (a JWT from the hospital's identity provider) sent with every call as
     /// `authorization: Bearer <token>`. Replace it with [`NetPathwayClient::with_bearer_token`].
     pub bearer_token: Option<String>,
@@ -88,6 +92,8 @@ impl Default for ClientOptions {
             gzip: false,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "tls")]
+            tls_domain: None,
             bearer_token: None,
             retries: 2,
         }
@@ -102,7 +108,8 @@ impl std::fmt::Debug for ClientOptions {
         #[cfg(feature = "gzip")]
         out.field("gzip", &self.gzip);
         #[cfg(feature = "tls")]
-        out.field("tls", &self.tls.is_some());
+        out.field("tls", &self.tls.is_some())
+            .field("tls_domain", &self.tls_domain);
         out.field(
             "bearer_token",
             &self.bearer_token.as_ref().map(|_| "(redacted)"),
@@ -117,7 +124,9 @@ impl std::fmt::Debug for ClientOptions {
 /// A target is `http://host:port` or `https://host:port` (one server), or `dns:///host:port`
 /// (every address the name resolves to, balanced, and resolved again every 30 s: a Kubernetes
 /// headless Service's replicas). [`ClientBuilder::endpoint`] adds further targets to balance
-/// over. Over TLS, a `dns:///` target's certificates must name its host.
+/// over. Over TLS, a `dns:///` target's certificates must name its host, or the name given to
+/// [`ClientBuilder::tls_domain`]; an `http://` target with TLS set is refused, so that a token
+/// is never sent in clear by mistake.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     targets: Vec<String>,
@@ -172,15 +181,24 @@ impl ClientBuilder {
         self
     }
 
+    /// TLS for every target; targets must then be `https://` or `dns:///`.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: tonic::transport::ClientTlsConfig) -> Self {
         self.options.tls = Some(tls);
         self
     }
 
+    /// The name a `dns:///` target's certificates carry, when it is not the target's host
+    /// (for example the Service name rather than the headless Service's).
+    #[cfg(feature = "tls")]
+    pub fn tls_domain(mut self, name: impl Into<String>) -> Self {
+        self.options.tls_domain = Some(name.into());
+        self
+    }
+
     /// Connects now: one `http(s)://` target is connected before this returns, so a wrong
-    /// address fails here. Several targets, or a `dns:///` one, are resolved now and connected
-    /// as calls need them. Needs a Tokio runtime.
+    /// address fails here. Several targets, or a `dns:///` one, are resolved now (a name that
+    /// does not resolve fails here) and connected as calls need them. Needs a Tokio runtime.
     pub async fn connect(self) -> Result<NetPathwayClient, ClientError> {
         if let [target] = &self.targets[..]
             && !target.starts_with("dns:")
@@ -204,8 +222,8 @@ impl ClientBuilder {
     }
 
     /// Returns at once and connects when the first call is made: a service can start before
-    /// net-pathway does. A call made while no server answers fails UNAVAILABLE (one target) or
-    /// waits for one until its deadline (several, or `dns:///`). Needs a Tokio runtime.
+    /// net-pathway does. A call made while no server answers fails UNAVAILABLE, or
+    /// DEADLINE_EXCEEDED while a `dns:///` name resolves to nothing yet. Needs a Tokio runtime.
     pub fn connect_lazy(self) -> Result<NetPathwayClient, ClientError> {
         if let [target] = &self.targets[..]
             && !target.starts_with("dns:")
@@ -223,7 +241,8 @@ impl ClientBuilder {
         self,
         resolved: Vec<BTreeSet<SocketAddr>>,
     ) -> Result<NetPathwayClient, ClientError> {
-        let (channel, changes) = Channel::balance_channel::<String>(64);
+        // Room for every fixed target at once, and for a resolution's changes.
+        let (channel, changes) = Channel::balance_channel::<String>(self.targets.len() + 64);
         let mut resolved = resolved.into_iter();
         for target in &self.targets {
             match dns_target(target)? {
@@ -238,7 +257,11 @@ impl ClientBuilder {
                 }
                 Some((host, port)) => {
                     // Checked now, so that a bad TLS setting fails here and not in the task.
-                    endpoint(&format!("http://{host}:{port}"), &self.options, Some(&host))?;
+                    let checked = match host.contains(':') {
+                        true => format!("{}://[{host}]:{port}", scheme(&self.options)),
+                        false => format!("{}://{host}:{port}", scheme(&self.options)),
+                    };
+                    endpoint(&checked, &self.options, Some(&host))?;
                     let first = resolved.next().unwrap_or_default();
                     tokio::spawn(follow(
                         changes.clone(),
@@ -281,11 +304,12 @@ fn dns_target(target: &str) -> Result<Option<(String, u16)>, ClientError> {
 }
 
 /// The endpoint for one address, with the options' timeouts, keepalive and TLS (its domain
-/// name set to `tls_domain` when the address came from resolving that name).
+/// name set to the `ClientOptions::tls_domain`, or else to the host `resolved_from` when the
+/// address came from resolving a name).
 fn endpoint(
     target: &str,
     options: &ClientOptions,
-    tls_domain: Option<&str>,
+    resolved_from: Option<&str>,
 ) -> Result<Endpoint, ClientError> {
     let invalid = |source| ClientError::InvalidEndpoint {
         endpoint: target.to_string(),
@@ -295,14 +319,21 @@ fn endpoint(
     let mut e = Endpoint::from_shared(target.to_string()).map_err(invalid)?;
     #[cfg(feature = "tls")]
     if let Some(tls) = options.tls.clone() {
-        let tls = match tls_domain {
-            Some(domain) => tls.domain_name(domain),
-            None => tls,
+        if target.starts_with("http://") {
+            return Err(ClientError::InvalidTarget {
+                endpoint: target.to_string(),
+                reason: "TLS is set, so the target must be https:// (or dns:///)".to_string(),
+            });
+        }
+        let tls = match (&options.tls_domain, resolved_from) {
+            (Some(name), Some(_)) => tls.domain_name(name.clone()),
+            (None, Some(host)) => tls.domain_name(host),
+            (_, None) => tls,
         };
         e = e.tls_config(tls).map_err(invalid)?;
     }
     #[cfg(not(feature = "tls"))]
-    let _ = tls_domain;
+    let _ = resolved_from;
     Ok(e.connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -337,11 +368,9 @@ async fn follow(
     options: ClientOptions,
     mut current: BTreeSet<SocketAddr>,
 ) {
-    let scheme = if cfg!(feature = "tls") && has_tls(&options) {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = scheme(&options);
+    // Keyed by target and address: two targets that resolve to one address keep their own.
+    let key = |address: &SocketAddr| format!("{target}#{address}");
     let mut first = true;
     loop {
         let found = if first && !current.is_empty() {
@@ -352,11 +381,7 @@ async fn follow(
         first = false;
         if let Ok(found) = found {
             for gone in current.difference(&found) {
-                if changes
-                    .send(Change::Remove(gone.to_string()))
-                    .await
-                    .is_err()
-                {
+                if changes.send(Change::Remove(key(gone))).await.is_err() {
                     return;
                 }
             }
@@ -364,17 +389,13 @@ async fn follow(
                 let Ok(e) = endpoint(&format!("{scheme}://{new}"), &options, Some(&host)) else {
                     continue;
                 };
-                if changes
-                    .send(Change::Insert(new.to_string(), e))
-                    .await
-                    .is_err()
-                {
+                if changes.send(Change::Insert(key(new), e)).await.is_err() {
                     return;
                 }
             }
             current = found;
         }
-        // Until the name resolves at all, calls are waiting: look again soon.
+        // Until the name resolves at all, calls wait for it: look again soon.
         let pause = if current.is_empty() {
             Duration::from_secs(1)
         } else {
@@ -387,14 +408,20 @@ async fn follow(
     }
 }
 
+/// `https` when the options set TLS, else `http`.
 #[cfg(feature = "tls")]
-fn has_tls(options: &ClientOptions) -> bool {
-    options.tls.is_some()
+fn scheme(options: &ClientOptions) -> &'static str {
+    if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
 }
 
+/// `http`: built without TLS.
 #[cfg(not(feature = "tls"))]
-fn has_tls(_: &ClientOptions) -> bool {
-    false
+fn scheme(_: &ClientOptions) -> &'static str {
+    "http"
 }
 
 #[cfg(test)]
@@ -425,6 +452,25 @@ mod tests {
                 error.starts_with(&format!("invalid endpoint '{bad}'")),
                 "{error}"
             );
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_to_a_plaintext_target_is_refused() {
+        let error = ClientBuilder::new("http://127.0.0.1:50051")
+            .tls(tonic::transport::ClientTlsConfig::new())
+            .connect_lazy()
+            .expect_err("a token must not go out in clear")
+            .to_string();
+        assert!(error.contains("must be https://"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_dns_target_is_accepted() {
+        for target in ["dns:///[::1]:50051", "dns:///::1:50051"] {
+            let made = ClientBuilder::new(target).connect_lazy();
+            assert!(made.is_ok(), "{target}: {:?}", made.err());
         }
     }
 

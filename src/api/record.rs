@@ -78,7 +78,7 @@ pub async fn prior(
     if request_id.is_empty() {
         return Ok(None);
     }
-    // Boxed: the store's future is large, and only retried request_ids wait on it.
+    // Boxed: the store's future is large, and only requests that carry a request_id wait on it.
     match Box::pin(state.log.store().decision_by_request_id(request_id))
         .await
         .map_err(unavailable)?

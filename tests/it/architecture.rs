@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// The top-level modules each top-level module of `src/` names as `crate::<module>` in its
-/// code (comments and `mod tests` blocks left out), and `tonic` or `prost` where it uses them.
+/// The top-level modules each top-level module of `src/` names as `crate::<module>` or in a
+/// `crate::{…}` group in its code (comments and `mod tests` blocks left out), `tonic` or `prost`
+/// where it uses them, and `pb` wherever it reaches the generated types.
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -29,14 +30,38 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
         let text = std::fs::read_to_string(&path).expect("read module");
         let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
         let deps = graph.entry(module.clone()).or_default();
-        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
-            for framework in ["tonic", "prost"] {
-                if line.contains(&format!("{framework}::")) {
-                    deps.insert(framework.to_string());
-                }
+        let code: String = code
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        // The generated types, however they are reached, count as `pb`.
+        for (marker, framework) in [
+            ("tonic::", "tonic"),
+            ("tonic_types::", "tonic"),
+            ("prost::", "prost"),
+            ("prost_types::", "prost"),
+            ("net_pathway_client::", "pb"),
+        ] {
+            if code.contains(marker) {
+                deps.insert(framework.to_string());
             }
-            for (i, _) in line.match_indices("crate::") {
-                let name: String = line[i + 7..]
+        }
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + 7..];
+            // `crate::{a, b::c}` names several modules at once, over several lines or one.
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group
+                    .split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![rest],
+            };
+            for name in names {
+                let name: String = name
                     .chars()
                     .take_while(|c| c.is_ascii_lowercase() || *c == '_')
                     .collect();

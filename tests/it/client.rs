@@ -137,6 +137,49 @@ async fn a_shed_call_is_tried_again_after_the_delay_its_retry_info_asks() {
 }
 
 #[tokio::test]
+async fn retries_stop_at_the_callers_own_deadline() {
+    let s = server().await;
+    let client = NetPathwayClient::builder(format!("http://{}", s.address))
+        .retries(1000)
+        .connect()
+        .await
+        .expect("connect");
+    let _held = std::sync::Arc::clone(&s.in_flight)
+        .acquire_many_owned(512)
+        .await
+        .expect("all permits");
+    let mut request = tonic::Request::new(lu177_request());
+    request.set_timeout(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let status = client
+        .evaluate_eligibility_with(request)
+        .await
+        .expect_err("shed until the caller's deadline");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Shed every 100 ms (RetryInfo) for half a second, not for the client's 10 s deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let shed = calls(&s, "EvaluateEligibility", "ResourceExhausted");
+    assert!((2..=6).contains(&shed), "tried {shed} times in 500 ms");
+}
+
+#[tokio::test]
+async fn a_call_to_a_name_that_resolves_to_nothing_ends_at_its_deadline() {
+    let client = NetPathwayClient::builder("dns:///nothing-here.invalid:50051")
+        .deadline(Duration::from_millis(300))
+        .connect_lazy()
+        .expect("made before the name resolves");
+    let status = client
+        .get_active_policy(pb::GetActivePolicyRequest::default())
+        .await
+        .expect_err("no server");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
+
+#[tokio::test]
 async fn a_client_that_does_not_retry_reports_the_shed_call() {
     let s = server().await;
     let client = NetPathwayClient::builder(format!("http://{}", s.address))
