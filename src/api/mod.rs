@@ -35,7 +35,9 @@ mod record;
 mod registry;
 mod screening;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use chrono::NaiveDate;
 use tonic::Status;
@@ -261,10 +263,10 @@ pub fn patient_pseudonym(
     nhs.or(local)
 }
 
-/// The active policy, shared by every service. Readers take a cheap `Arc` snapshot, so a call
-/// finishes on the policy it started with.
+/// The active policy, shared by every service. Readers take an `Arc` snapshot without a lock,
+/// so a call finishes on the policy it started with while a reload swaps in the next.
 #[derive(Clone)]
-pub struct ActivePolicy(Arc<RwLock<Arc<Policy>>>);
+pub struct ActivePolicy(Arc<ArcSwap<Policy>>);
 
 impl std::fmt::Debug for ActivePolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -274,22 +276,15 @@ impl std::fmt::Debug for ActivePolicy {
 
 impl ActivePolicy {
     pub fn new(policy: Policy) -> Self {
-        ActivePolicy(Arc::new(RwLock::new(Arc::new(policy))))
+        ActivePolicy(Arc::new(ArcSwap::from_pointee(policy)))
     }
 
     pub fn current(&self) -> Arc<Policy> {
-        match self.0.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.0.load_full()
     }
 
     pub fn replace(&self, policy: Policy) {
-        let next = Arc::new(policy);
-        match self.0.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
+        self.0.store(Arc::new(policy));
     }
 }
 
