@@ -1513,3 +1513,105 @@ fn pregnant_or_breastfeeding(detail: Detail, p: &Patient) -> Finding {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Policy;
+
+    /// What `check` finds for `patient` on 1 January 2026, explained.
+    fn finding(check: &Check, patient: &Patient) -> Finding {
+        let policy = Policy::bundled().expect("bundled policy");
+        let date = NaiveDate::from_ymd_opt(2026, 1, 1).expect("date");
+        let facts = policy.facts(patient, date, Detail::EXPLAINED);
+        check.evaluate(&facts, Detail::EXPLAINED, &|_| Facts::not_in_policy())
+    }
+
+    fn uptake(krenning: Option<i32>, sstr_positive: Option<bool>) -> Patient {
+        let mut patient = Patient::default();
+        patient.imaging.krenning_score = krenning;
+        patient.imaging.sstr_positive = sstr_positive;
+        patient
+    }
+
+    #[test]
+    fn a_krenning_score_decides_a_threshold_either_way() {
+        for (score, at_least, recorded, outcome) in [
+            (3, true, 4, Outcome::Met),
+            (3, true, 3, Outcome::Met),
+            (3, true, 2, Outcome::Unmet),
+            (3, false, 2, Outcome::Met),
+            (3, false, 3, Outcome::Unmet),
+        ] {
+            let check = Check::Krenning { score, at_least };
+            let found = finding(&check, &uptake(Some(recorded), Some(true)));
+            assert_eq!(
+                found.outcome, outcome,
+                "Krenning {recorded} against {score} (at least: {at_least})"
+            );
+            assert_eq!(
+                found.values,
+                vec![(KRENNING, Text::from(recorded.to_string()))]
+            );
+        }
+    }
+
+    /// Reference §16.1: a scan read only as "positive" shows uptake at least as high as normal
+    /// liver, Krenning 2. It settles a threshold at 2 and no other: against a higher threshold
+    /// it is UNKNOWN and names the score that would settle it.
+    #[test]
+    fn a_positive_read_without_a_score_settles_only_the_liver_level() {
+        let liver = Check::Krenning {
+            score: LIVER_LEVEL_KRENNING,
+            at_least: true,
+        };
+        assert_eq!(
+            finding(&liver, &uptake(None, Some(true))).outcome,
+            Outcome::Met
+        );
+        assert_eq!(
+            finding(&liver, &uptake(None, Some(false))).outcome,
+            Outcome::Unmet
+        );
+        for score in [3, 4] {
+            let above = Check::Krenning {
+                score,
+                at_least: true,
+            };
+            let found = finding(&above, &uptake(None, Some(true)));
+            assert_eq!(found.outcome, Outcome::Unknown, "Krenning ≥ {score}");
+            assert_eq!(found.missing.as_ref(), &[KRENNING][..]);
+        }
+    }
+
+    #[test]
+    fn no_uptake_recorded_is_unknown_and_names_both_inputs() {
+        let check = Check::Krenning {
+            score: 3,
+            at_least: true,
+        };
+        let found = finding(&check, &uptake(None, None));
+        assert_eq!(found.outcome, Outcome::Unknown);
+        assert_eq!(found.missing.as_ref(), &[KRENNING, SSTR_POSITIVE][..]);
+    }
+
+    #[test]
+    fn the_catalogue_refuses_a_krenning_score_outside_the_scale_and_unknown_names() {
+        let five: toml::Table = toml::from_str("score = 5").expect("table");
+        let Err(refused) = Check::compile("krenning_at_least", &five) else {
+            panic!("a Krenning score of 5 is accepted");
+        };
+        assert!(refused.contains("Krenning score 0-4"), "{refused}");
+        let three: toml::Table = toml::from_str("score = 3").expect("table");
+        assert!(matches!(
+            Check::compile("krenning_below", &three),
+            Ok(Check::Krenning {
+                score: 3,
+                at_least: false
+            })
+        ));
+        assert!(Check::compile("krenning_above", &three).is_err());
+        let extra: toml::Table = toml::from_str("score = 3\nscan = \"PET\"").expect("table");
+        assert!(Check::compile("krenning_at_least", &extra).is_err());
+    }
+}
