@@ -19,17 +19,6 @@ fn lu177_request() -> pb::EvaluateEligibilityRequest {
     }
 }
 
-/// How many calls of `method` the server has answered with `code`.
-fn calls(s: &TestServer, method: &str, code: &str) -> usize {
-    let series = format!("netpathway_calls_total{{code=\"{code}\",method=\"{method}\"}} ");
-    s.state
-        .metrics_text(&Default::default())
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_dns_target_is_resolved_and_called() {
     let s = server().await;
@@ -58,8 +47,8 @@ async fn calls_are_balanced_over_several_endpoints() {
             .expect("answered");
     }
     let (to_a, to_b) = (
-        calls(&a, "GetActivePolicy", "Ok"),
-        calls(&b, "GetActivePolicy", "Ok"),
+        a.calls_ended("GetActivePolicy", "Ok"),
+        b.calls_ended("GetActivePolicy", "Ok"),
     );
     assert_eq!(to_a + to_b, 40);
     assert!(
@@ -119,13 +108,10 @@ async fn a_shed_call_is_tried_again_after_the_delay_its_retry_info_asks() {
         .connect()
         .await
         .expect("connect");
-    let held = std::sync::Arc::clone(&s.in_flight)
-        .acquire_many_owned(512)
-        .await
-        .expect("all permits");
+    let held = s.hold_every_call_place().await;
     let call = tokio::spawn(async move { client.evaluate_eligibility(lu177_request()).await });
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    while calls(&s, "EvaluateEligibility", "ResourceExhausted") == 0 {
+    while s.calls_ended("EvaluateEligibility", "ResourceExhausted") == 0 {
         assert!(std::time::Instant::now() < until, "the call was never shed");
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -133,7 +119,7 @@ async fn a_shed_call_is_tried_again_after_the_delay_its_retry_info_asks() {
     drop(held);
     let answer = call.await.expect("joined").expect("answered once admitted");
     assert_eq!(answer.therapies.len(), 1);
-    assert_eq!(calls(&s, "EvaluateEligibility", "Ok"), 1);
+    assert_eq!(s.calls_ended("EvaluateEligibility", "Ok"), 1);
 }
 
 #[tokio::test]
@@ -144,10 +130,7 @@ async fn retries_stop_at_the_callers_own_deadline() {
         .connect()
         .await
         .expect("connect");
-    let _held = std::sync::Arc::clone(&s.in_flight)
-        .acquire_many_owned(512)
-        .await
-        .expect("all permits");
+    let _held = s.hold_every_call_place().await;
     let mut request = tonic::Request::new(lu177_request());
     request.set_timeout(Duration::from_millis(500));
     let started = std::time::Instant::now();
@@ -162,7 +145,7 @@ async fn retries_stop_at_the_callers_own_deadline() {
         "{:?}",
         started.elapsed()
     );
-    let shed = calls(&s, "EvaluateEligibility", "ResourceExhausted");
+    let shed = s.calls_ended("EvaluateEligibility", "ResourceExhausted");
     assert!((2..=6).contains(&shed), "tried {shed} times in 500 ms");
 }
 
@@ -187,16 +170,13 @@ async fn a_client_that_does_not_retry_reports_the_shed_call() {
         .connect()
         .await
         .expect("connect");
-    let _held = std::sync::Arc::clone(&s.in_flight)
-        .acquire_many_owned(512)
-        .await
-        .expect("all permits");
+    let _held = s.hold_every_call_place().await;
     let status = client
         .evaluate_eligibility(lu177_request())
         .await
         .expect_err("shed");
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert_eq!(calls(&s, "EvaluateEligibility", "ResourceExhausted"), 1);
+    assert_eq!(s.calls_ended("EvaluateEligibility", "ResourceExhausted"), 1);
 }
 
 #[tokio::test]

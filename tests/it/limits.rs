@@ -61,10 +61,7 @@ async fn an_oversized_request_is_refused_and_other_calls_carry_on() {
 #[tokio::test]
 async fn calls_beyond_the_concurrency_limit_are_shed_with_retry_info() {
     let s = server().await;
-    let held = std::sync::Arc::clone(&s.in_flight)
-        .acquire_many_owned(512)
-        .await
-        .expect("all permits");
+    let held = s.hold_every_call_place().await;
     let status = s
         .client
         .evaluate_eligibility(lu177_request(ta539_small_bowel().england().profile()))
@@ -172,17 +169,12 @@ async fn a_call_whose_deadline_has_passed_does_no_work_and_writes_no_record() {
         "{status:?}"
     );
     // Once the server has counted the call as ended, it has done all it will for it.
-    let ended = |text: String| {
-        text.lines().any(|l| {
-            l.starts_with(
-                "netpathway_calls_total{code=\"DeadlineExceeded\",method=\"EvaluateEligibility\"}",
-            ) || l.starts_with(
-                "netpathway_calls_total{code=\"Cancelled\",method=\"EvaluateEligibility\"}",
-            )
-        })
+    let ended = |s: &TestServer| {
+        s.calls_ended("EvaluateEligibility", "DeadlineExceeded")
+            + s.calls_ended("EvaluateEligibility", "Cancelled")
     };
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    while !ended(s.state.metrics_text(&Default::default())) {
+    while ended(&s) == 0 {
         assert!(std::time::Instant::now() < until, "the call never ended");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -50,6 +50,28 @@ impl TestServer {
             let _ = stop.send(());
         }
     }
+
+    /// Holds every calls-in-progress place (`--max-concurrent-calls`), so that every further
+    /// call is shed until the returned permit is dropped.
+    pub async fn hold_every_call_place(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let places = u32::try_from(self.state.limits.max_concurrent_calls).expect("places");
+        std::sync::Arc::clone(&self.in_flight)
+            .acquire_many_owned(places)
+            .await
+            .expect("every place")
+    }
+
+    /// How many calls of `method` the server has ended with `code` (`tonic::Code`'s name, as
+    /// `netpathway_calls_total` labels it).
+    pub fn calls_ended(&self, method: &str, code: &str) -> usize {
+        let series = format!("netpathway_calls_total{{code=\"{code}\",method=\"{method}\"}} ");
+        self.state
+            .metrics_text(&Default::default())
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 /// Starts the server with the bundled policy.
