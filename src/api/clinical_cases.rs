@@ -7,9 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use prost_reflect::{DescriptorPool, DynamicMessage};
-use serde::Deserialize;
-use serde::de::DeserializeSeed;
+use prost_reflect::DescriptorPool;
 use tonic::Status;
 
 use super::{eligibility, funding, read_evaluation};
@@ -18,60 +16,10 @@ use crate::google::r#type::Date;
 use crate::pb;
 use crate::store::pseudonym::Pseudonymiser;
 
-const CASES: &str = include_str!("../../tests/cases/clinical-cases.toml");
+#[path = "../../tests/cases/case_file.rs"]
+mod case_file;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CaseFile {
-    case: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    name: String,
-    source: String,
-    #[serde(default)]
-    as_of: Option<[i32; 3]>,
-    patient: toml::Value,
-    expect: Vec<Expect>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Expect {
-    therapy: String,
-    status: Option<String>,
-    route: Option<String>,
-    #[serde(default)]
-    missing: Option<Vec<String>>,
-    #[serde(default)]
-    funding_missing: Option<Vec<String>>,
-    mdt: Option<String>,
-    sites: Option<Vec<String>>,
-    commissioner: Option<String>,
-    route_id: Option<String>,
-    #[serde(default)]
-    flags: Vec<String>,
-    #[serde(default)]
-    absent_flags: Vec<String>,
-}
-
-fn patient_from(value: &toml::Value, pool: &DescriptorPool) -> Result<pb::PatientProfile, String> {
-    let descriptor = pool
-        .get_message_by_name("netpathway.v1.PatientProfile")
-        .ok_or("PatientProfile descriptor")?;
-    let dynamic: DynamicMessage = descriptor
-        .deserialize(value.clone())
-        .map_err(|e| e.to_string())?;
-    dynamic
-        .transcode_to::<pb::PatientProfile>()
-        .map_err(|e| e.to_string())
-}
-
-fn enum_name(prefix: &str, short: &str) -> String {
-    format!("{prefix}_{}", short.to_ascii_uppercase())
-}
+use case_file::{CaseFile, enum_name};
 
 /// The eligibility and funding answers for one therapy in `view`, as the unary RPCs build them
 /// for a patient with no registry enrolments.
@@ -116,8 +64,7 @@ fn site_ids(answer: &pb::TherapyFunding) -> Vec<&str> {
 
 #[test]
 fn the_clinical_case_suite() {
-    let file: CaseFile =
-        toml::from_str(CASES).unwrap_or_else(|e| panic!("clinical-cases.toml: {e}"));
+    let file = CaseFile::read();
     let pool = DescriptorPool::decode(crate::FILE_DESCRIPTOR_SET).expect("descriptor set");
     let policy = Policy::bundled().unwrap_or_else(|e| panic!("bundled policy: {e}"));
     let mut failures = Vec::new();
@@ -130,11 +77,8 @@ fn the_clinical_case_suite() {
             "case '{}' names its source",
             case.name
         );
-        let patient = patient_from(&case.patient, &pool)
-            .unwrap_or_else(|e| panic!("case '{}': patient: {e}", case.name));
-        let as_of = case
-            .as_of
-            .map(|[year, month, day]| Date { year, month, day });
+        let patient = case.patient(&pool);
+        let as_of = case.as_of();
         let nation = patient
             .demographics
             .as_ref()

@@ -7,57 +7,30 @@
 
 use net_pathway::google::r#type::Date;
 use net_pathway::pb;
-use prost_reflect::{DescriptorPool, DynamicMessage};
-use serde::Deserialize;
+use prost_reflect::DescriptorPool;
 
 use crate::common::*;
 
-const CASES: &str = include_str!("../cases/clinical-cases.toml");
+#[path = "../cases/case_file.rs"]
+mod case_file;
 
-#[derive(Deserialize)]
-struct CaseFile {
-    case: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    as_of: Option<[i32; 3]>,
-    patient: toml::Value,
-    expect: Vec<Expect>,
-}
-
-#[derive(Deserialize)]
-struct Expect {
-    therapy: String,
-    status: Option<String>,
-    route: Option<String>,
-}
+use case_file::{CaseFile, enum_name};
 
 fn enum_value<E>(prefix: &str, short: &str, from: fn(&str) -> Option<E>) -> E {
-    let name = format!("{prefix}_{}", short.to_ascii_uppercase());
+    let name = enum_name(prefix, short);
     from(&name).unwrap_or_else(|| panic!("no {name} in the contract"))
 }
 
 #[tokio::test]
 async fn every_case_is_answered_over_the_socket_as_the_engine_decides() {
-    let file: CaseFile =
-        toml::from_str(CASES).unwrap_or_else(|e| panic!("clinical-cases.toml: {e}"));
+    let file = CaseFile::read();
     let pool = DescriptorPool::decode(net_pathway::FILE_DESCRIPTOR_SET).expect("descriptor set");
-    let descriptor = pool
-        .get_message_by_name("netpathway.v1.PatientProfile")
-        .expect("PatientProfile descriptor");
     let s = server().await;
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in &file.case {
-        let patient: pb::PatientProfile =
-            DynamicMessage::deserialize(descriptor.clone(), case.patient.clone())
-                .and_then(|m| m.transcode_to().map_err(serde::de::Error::custom))
-                .unwrap_or_else(|e| panic!("case '{}': patient: {e}", case.name));
-        let as_of = case
-            .as_of
-            .map(|[year, month, day]| Date { year, month, day });
+        let patient = case.patient(&pool);
+        let as_of = case.as_of();
         let therapies: Vec<i32> = case
             .expect
             .iter()
