@@ -314,23 +314,22 @@ repeatable!(
     WithdrawEnrolmentRequest: false,
 );
 
-impl Repeatable for pb::EvaluateEligibilityRequest {
-    const REPEATABLE: bool = true;
-    fn name_the_request(&mut self) {
-        if self.request_id.is_empty() {
-            self.request_id = new_request_id();
-        }
-    }
+/// The evaluations: repeatable once they carry a `request_id`, which they are given if they
+/// have none.
+macro_rules! named_by_request_id {
+    ($($request:ident),+ $(,)?) => {
+        $(impl Repeatable for pb::$request {
+            const REPEATABLE: bool = true;
+            fn name_the_request(&mut self) {
+                if self.request_id.is_empty() {
+                    self.request_id = new_request_id();
+                }
+            }
+        })+
+    };
 }
 
-impl Repeatable for pb::ClassifyFundingRequest {
-    const REPEATABLE: bool = true;
-    fn name_the_request(&mut self) {
-        if self.request_id.is_empty() {
-            self.request_id = new_request_id();
-        }
-    }
-}
+named_by_request_id!(EvaluateEligibilityRequest, ClassifyFundingRequest);
 
 /// A random (version 4) UUID, the form the contract asks a `request_id` to take.
 fn new_request_id() -> String {
