@@ -1,5 +1,6 @@
 //! The decision engine: criteria in code, policy as data. Knows nothing of proto or tonic.
 
+pub mod catalogue;
 pub mod criteria;
 pub mod evaluate;
 pub mod finding;

@@ -1020,7 +1020,7 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
         criterion_offsets.push(offset);
         let c = c.into_inner();
         let source = l.lookup(&source_index, &c.source, "source", offset);
-        let check = match Check::compile(&c.check, &c.params) {
+        let check = match super::catalogue::compile(&c.check, &c.params) {
             Ok(check) => check,
             Err(reason) => {
                 l.issue(offset, format!("criterion '{}': {reason}", c.id));
