@@ -27,15 +27,23 @@ pub use net_pathway_client::{FILE_DESCRIPTOR_SET, google};
 /// the build that applied the policy as well as the policy.
 pub const SERVICE_BUILD: &str = env!("NET_PATHWAY_BUILD");
 
-pub mod admission;
-pub mod api;
+// What a binary, a benchmark or a test assembles a service from: the policy and engine, the
+// patient, the configuration, the stores, who may call, the server, reload and logs.
 pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod engine;
-pub mod gate;
-pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+
+pub use admission::WAITING_PER_PLACE;
+pub use api::{ActivePolicy, AppState, today};
+pub use metrics::ReloadCounters;
+
+// The service's own workings: reached only through the items above.
+mod admission;
+mod api;
+mod gate;
+mod metrics;

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use net_pathway::api::{ActivePolicy, AppState};
 use net_pathway::config::{Cli, Command, PolicyCommand, ServeConfig};
 use net_pathway::engine::{Policy, PolicyError};
 use net_pathway::store::pseudonym::Pseudonymiser;
 use net_pathway::store::{DecisionLog, Store};
+use net_pathway::{ActivePolicy, AppState};
 use net_pathway::{reload, server, telemetry};
 
 /// mimalloc: a decision allocates small, short-lived values on every worker thread, where it is
@@ -164,7 +164,7 @@ async fn run(config: ServeConfig, policy: ActivePolicy) -> Result<(), Box<dyn st
     };
     let writer = log.clone();
     let state = AppState::new(policy.clone(), log, pseudonymiser, config.limits())?.with_auth(auth);
-    let reloads = std::sync::Arc::new(net_pathway::metrics::ReloadCounters::default());
+    let reloads = std::sync::Arc::new(net_pathway::ReloadCounters::default());
     if let Some(path) = config.policy.clone() {
         // Zero means SIGHUP only: the file is then looked at once a day at most.
         let seconds = if config.policy_poll_seconds == 0 {

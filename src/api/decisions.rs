@@ -5,10 +5,10 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{Bridge, Reader};
 use super::funding::Registries;
+use super::pages::{page, page_size, read_page_token};
 use super::record::{EvaluationRequest, by_therapy, unavailable};
-use super::{
-    AppState, convert, invalid_argument, page, page_size, patient_pseudonym, read_page_token,
-};
+use super::request::patient_pseudonym;
+use super::{AppState, convert, invalid_argument};
 use crate::domain::Therapy;
 use crate::engine::{Detail, Facts, Policy};
 use crate::pb;
@@ -71,170 +71,163 @@ impl DecisionLogService for DecisionLogApi {
         &self,
         request: Request<pb::GetDecisionRequest>,
     ) -> Result<Response<pb::GetDecisionResponse>, Status> {
-        observed!(self.state, "GetDecision", request, {
-            let _caller = self.state.caller(&request)?;
-            let req = request.into_inner();
-            let mut r = Reader::default();
-            let id = decision_id(&mut r, &req.decision_id);
-            if !r.violations.is_empty() {
-                return Err(invalid_argument(&r.violations));
-            }
-            Ok(Response::new(pb::GetDecisionResponse {
-                decision: Some(load(&self.state, &id).await?),
-            }))
-        })
+        let _caller = self.state.caller(&request)?;
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        let id = decision_id(&mut r, &req.decision_id);
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        Ok(Response::new(pb::GetDecisionResponse {
+            decision: Some(load(&self.state, &id).await?),
+        }))
     }
 
     async fn list_decisions(
         &self,
         request: Request<pb::ListDecisionsRequest>,
     ) -> Result<Response<pb::ListDecisionsResponse>, Status> {
-        observed!(self.state, "ListDecisions", request, {
-            let _caller = self.state.caller(&request)?;
-            let req = request.into_inner();
-            let mut r = Reader::default();
-            let pseudonym = patient_pseudonym(
-                &mut r,
-                &self.state.pseudonymiser,
-                ("patient_nhs_number", &req.patient_nhs_number),
-                ("patient_local_reference", &req.patient_local_reference),
-            );
-            let therapy: Option<Therapy> = r.enumeration("therapy", req.therapy);
-            let status: Option<i32> = match pb::EligibilityStatus::try_from(req.eligibility_status)
-            {
-                Ok(pb::EligibilityStatus::Unspecified) => None,
-                Ok(s) => Some(s as i32),
-                Err(_) => {
-                    r.violation(
-                        "eligibility_status",
-                        format!("unknown enum value {}", req.eligibility_status),
-                    );
-                    None
-                }
-            };
-            let route: Option<i32> = match pb::FundingRoute::try_from(req.funding_route) {
-                Ok(pb::FundingRoute::Unspecified) => None,
-                Ok(route) => Some(route as i32),
-                Err(_) => {
-                    r.violation(
-                        "funding_route",
-                        format!("unknown enum value {}", req.funding_route),
-                    );
-                    None
-                }
-            };
-            if therapy.is_none() {
-                if status.is_some() {
-                    r.violation("eligibility_status", "needs a therapy to filter on");
-                }
-                if route.is_some() {
-                    r.violation("funding_route", "needs a therapy to filter on");
-                }
+        let _caller = self.state.caller(&request)?;
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        let pseudonym = patient_pseudonym(
+            &mut r,
+            &self.state.pseudonymiser,
+            ("patient_nhs_number", &req.patient_nhs_number),
+            ("patient_local_reference", &req.patient_local_reference),
+        );
+        let therapy: Option<Therapy> = r.enumeration("therapy", req.therapy);
+        let status: Option<i32> = match pb::EligibilityStatus::try_from(req.eligibility_status) {
+            Ok(pb::EligibilityStatus::Unspecified) => None,
+            Ok(s) => Some(s as i32),
+            Err(_) => {
+                r.violation(
+                    "eligibility_status",
+                    format!("unknown enum value {}", req.eligibility_status),
+                );
+                None
             }
-            let (start_ms, end_ms) = (
-                millis(&mut r, "start_time", req.start_time.as_ref()),
-                millis(&mut r, "end_time", req.end_time.as_ref()),
-            );
-            if let (Some(s), Some(e)) = (start_ms, end_ms)
-                && s >= e
-            {
-                r.violation("end_time", "must be after start_time");
+        };
+        let route: Option<i32> = match pb::FundingRoute::try_from(req.funding_route) {
+            Ok(pb::FundingRoute::Unspecified) => None,
+            Ok(route) => Some(route as i32),
+            Err(_) => {
+                r.violation(
+                    "funding_route",
+                    format!("unknown enum value {}", req.funding_route),
+                );
+                None
             }
-            let limit = page_size(&mut r, req.page_size);
-            let filter = DecisionFilter {
-                patient_pseudonym: pseudonym,
-                start_ms,
-                end_ms,
-                therapy: therapy.map(|t| t.to_proto()),
-                status,
-                route,
-            };
-            let filters = format!("{filter:?}");
-            let cursor = read_page_token(&mut r, &req.page_token, &filters);
-            if !r.violations.is_empty() {
-                return Err(invalid_argument(&r.violations));
+        };
+        if therapy.is_none() {
+            if status.is_some() {
+                r.violation("eligibility_status", "needs a therapy to filter on");
             }
-            let rows = self
-                .state
-                .log
-                .store()
-                .list_decisions(&filter, cursor.as_ref(), limit + 1)
-                .await
-                .map_err(unavailable)?;
-            let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
-                at_ms: last.received_at_ms,
-                id: last.decision_id.clone(),
-            });
-            let decisions = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-            Ok(Response::new(pb::ListDecisionsResponse {
-                decisions,
-                next_page_token,
-            }))
-        })
+            if route.is_some() {
+                r.violation("funding_route", "needs a therapy to filter on");
+            }
+        }
+        let (start_ms, end_ms) = (
+            millis(&mut r, "start_time", req.start_time.as_ref()),
+            millis(&mut r, "end_time", req.end_time.as_ref()),
+        );
+        if let (Some(s), Some(e)) = (start_ms, end_ms)
+            && s >= e
+        {
+            r.violation("end_time", "must be after start_time");
+        }
+        let limit = page_size(&mut r, req.page_size);
+        let filter = DecisionFilter {
+            patient_pseudonym: pseudonym,
+            start_ms,
+            end_ms,
+            therapy: therapy.map(|t| t.to_proto()),
+            status,
+            route,
+        };
+        let filters = format!("{filter:?}");
+        let cursor = read_page_token(&mut r, &req.page_token, &filters);
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        let rows = self
+            .state
+            .log
+            .store()
+            .list_decisions(&filter, cursor.as_ref(), limit + 1)
+            .await
+            .map_err(unavailable)?;
+        let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
+            at_ms: last.received_at_ms,
+            id: last.decision_id.clone(),
+        });
+        let decisions = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::ListDecisionsResponse {
+            decisions,
+            next_page_token,
+        }))
     }
 
     async fn replay_decision(
         &self,
         request: Request<pb::ReplayDecisionRequest>,
     ) -> Result<Response<pb::ReplayDecisionResponse>, Status> {
-        observed!(self.state, "ReplayDecision", request, {
-            let _caller = self.state.caller(&request)?;
-            let req = request.into_inner();
-            let mut r = Reader::default();
-            let id = decision_id(&mut r, &req.decision_id);
-            if !r.violations.is_empty() {
-                return Err(invalid_argument(&r.violations));
+        let _caller = self.state.caller(&request)?;
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        let id = decision_id(&mut r, &req.decision_id);
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        let record = load(&self.state, &id).await?;
+        let policy = self.state.policy.current();
+        let as_of = record.as_of_date.as_ref();
+        let therapies = match (&record.request, &record.response) {
+            (
+                Some(pb::decision_record::Request::EligibilityRequest(q)),
+                Some(pb::decision_record::Response::EligibilityResponse(then)),
+            ) => {
+                let e = q.evaluation(&self.state, as_of)?;
+                let facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
+                eligibility_replays(&policy, &facts, &then.therapies)
             }
-            let record = load(&self.state, &id).await?;
-            let policy = self.state.policy.current();
-            let as_of = record.as_of_date.as_ref();
-            let therapies = match (&record.request, &record.response) {
-                (
-                    Some(pb::decision_record::Request::EligibilityRequest(q)),
-                    Some(pb::decision_record::Response::EligibilityResponse(then)),
-                ) => {
-                    let e = q.evaluation(&self.state, as_of)?;
-                    let facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
-                    eligibility_replays(&policy, &facts, &then.therapies)
-                }
-                (
-                    Some(pb::decision_record::Request::FundingRequest(q)),
-                    Some(pb::decision_record::Response::FundingResponse(then)),
-                ) => {
-                    let e = q.evaluation(&self.state, as_of)?;
-                    let mut facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
-                    facts.registry_enrolments =
-                        enrolled_now(&self.state, &policy, &record.patient_pseudonym).await?;
-                    funding_replays(&policy, &facts, &then.therapies)
-                }
-                (
-                    Some(pb::decision_record::Request::ScreeningRequest(q)),
-                    Some(pb::decision_record::Response::ScreeningResult(then)),
-                ) => {
-                    let e = q.evaluation(&self.state, as_of)?;
-                    let mut facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
-                    facts.registry_enrolments =
-                        enrolled_now(&self.state, &policy, &record.patient_pseudonym).await?;
-                    let eligibility = then.eligibility.as_ref().map_or(&[][..], |r| &r.therapies);
-                    let funding = then.funding.as_ref().map_or(&[][..], |r| &r.therapies);
-                    screened_together(
-                        &eligibility_replays(&policy, &facts, eligibility),
-                        &funding_replays(&policy, &facts, funding),
-                    )
-                }
-                _ => {
-                    return Err(Status::internal(format!(
-                        "stored decision {id} has no request and response to replay"
-                    )));
-                }
-            };
-            Ok(Response::new(pb::ReplayDecisionResponse {
-                decision_id: record.decision_id,
-                original_policy: record.policy,
-                current_policy: Some(convert::policy_reference(&policy)),
-                therapies,
-            }))
-        })
+            (
+                Some(pb::decision_record::Request::FundingRequest(q)),
+                Some(pb::decision_record::Response::FundingResponse(then)),
+            ) => {
+                let e = q.evaluation(&self.state, as_of)?;
+                let mut facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
+                facts.registry_enrolments =
+                    enrolled_now(&self.state, &policy, &record.patient_pseudonym).await?;
+                funding_replays(&policy, &facts, &then.therapies)
+            }
+            (
+                Some(pb::decision_record::Request::ScreeningRequest(q)),
+                Some(pb::decision_record::Response::ScreeningResult(then)),
+            ) => {
+                let e = q.evaluation(&self.state, as_of)?;
+                let mut facts = policy.facts(&e.patient, e.as_of, Detail::EXPLAINED);
+                facts.registry_enrolments =
+                    enrolled_now(&self.state, &policy, &record.patient_pseudonym).await?;
+                let eligibility = then.eligibility.as_ref().map_or(&[][..], |r| &r.therapies);
+                let funding = then.funding.as_ref().map_or(&[][..], |r| &r.therapies);
+                screened_together(
+                    &eligibility_replays(&policy, &facts, eligibility),
+                    &funding_replays(&policy, &facts, funding),
+                )
+            }
+            _ => {
+                return Err(Status::internal(format!(
+                    "stored decision {id} has no request and response to replay"
+                )));
+            }
+        };
+        Ok(Response::new(pb::ReplayDecisionResponse {
+            decision_id: record.decision_id,
+            original_policy: record.policy,
+            current_policy: Some(convert::policy_reference(&policy)),
+            therapies,
+        }))
     }
 }
 

@@ -6,7 +6,8 @@ use futures_util::future::Either;
 use tonic::{Request, Response, Status};
 
 use super::record::{self, Pending, RecordedAnswer};
-use super::{AppState, Evaluation, convert, decision_id};
+use super::request::decision_id;
+use super::{AppState, Evaluation, convert};
 use crate::engine::{Facts, Policy};
 use crate::pb;
 use crate::pb::eligibility_service_server::EligibilityService;
@@ -27,16 +28,13 @@ impl EligibilityService for EligibilityApi {
         &self,
         request: Request<pb::EvaluateEligibilityRequest>,
     ) -> Result<Response<pb::EvaluateEligibilityResponse>, Status> {
-        observed!(self.state, "EvaluateEligibility", request, {
-            let call = record::admit(&self.state, &request)?;
-            let full =
-                record::full_answer_place(&self.state, request.get_ref().view, call.deadline)
-                    .await?;
-            let validated = record::validate(&self.state, Box::new(request.into_inner())).await?;
-            decide(&self.state, &call.caller, validated, Some(call.deadline))
-                .await
-                .map(|answer| record::held_until_sent(Response::new(answer), full))
-        })
+        let call = record::admit(&self.state, &request)?;
+        let full =
+            record::full_answer_place(&self.state, request.get_ref().view, call.deadline).await?;
+        let validated = record::validate(&self.state, Box::new(request.into_inner())).await?;
+        decide(&self.state, &call.caller, validated, Some(call.deadline))
+            .await
+            .map(|answer| record::held_until_sent(Response::new(answer), full))
     }
 }
 

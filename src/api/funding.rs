@@ -3,7 +3,8 @@
 use tonic::{Request, Response, Status};
 
 use super::record::{self, Pending, RecordedAnswer, unavailable};
-use super::{AppState, Evaluation, convert, decision_id};
+use super::request::decision_id;
+use super::{AppState, Evaluation, convert};
 use crate::engine::{Facts, Policy};
 use crate::pb;
 use crate::pb::funding_service_server::FundingService;
@@ -24,16 +25,13 @@ impl FundingService for FundingApi {
         &self,
         request: Request<pb::ClassifyFundingRequest>,
     ) -> Result<Response<pb::ClassifyFundingResponse>, Status> {
-        observed!(self.state, "ClassifyFunding", request, {
-            let call = record::admit(&self.state, &request)?;
-            let full =
-                record::full_answer_place(&self.state, request.get_ref().view, call.deadline)
-                    .await?;
-            let validated = record::validate(&self.state, Box::new(request.into_inner())).await?;
-            decide(&self.state, &call.caller, validated, Some(call.deadline))
-                .await
-                .map(|answer| record::held_until_sent(Response::new(answer), full))
-        })
+        let call = record::admit(&self.state, &request)?;
+        let full =
+            record::full_answer_place(&self.state, request.get_ref().view, call.deadline).await?;
+        let validated = record::validate(&self.state, Box::new(request.into_inner())).await?;
+        decide(&self.state, &call.caller, validated, Some(call.deadline))
+            .await
+            .map(|answer| record::held_until_sent(Response::new(answer), full))
     }
 }
 

@@ -3,7 +3,8 @@
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, Bridge, Reader};
-use super::{AppState, invalid_argument, requested_therapies};
+use super::request::requested_therapies;
+use super::{AppState, invalid_argument};
 use crate::engine::policy::Severity;
 use crate::pb;
 use crate::pb::policy_service_server::PolicyService;
@@ -24,10 +25,8 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<pb::GetActivePolicyRequest>,
     ) -> Result<Response<pb::GetActivePolicyResponse>, Status> {
-        observed!(self.state, "GetActivePolicy", request, {
-            self.state.caller(&request)?;
-            describe(&self.state, request.into_inner())
-        })
+        self.state.caller(&request)?;
+        describe(&self.state, request.into_inner())
     }
 }
 

@@ -88,29 +88,41 @@ pub async fn prior(
     }
 }
 
-/// An answer a decision record holds: its field number in `DecisionRecord`, the request it
-/// answers, and what the record and the log's outcome index take from it.
+/// An answer a decision record holds: the request it answers, what the record and the log's
+/// outcome index take from it, and its place in `DecisionRecord.response`.
 pub trait RecordedAnswer: Message + Sized {
-    const RECORD_FIELD: u32;
+    /// What the answer is called in an error about a stored record.
+    const NAME: &'static str;
     type Request: EvaluationRequest;
     fn decision_id(&self) -> &str;
     fn policy(&self) -> Option<&pb::PolicyReference>;
     fn as_of_date(&self) -> Option<crate::google::r#type::Date>;
     /// Each therapy's (therapy, eligibility status, funding route); 0 where it does not apply.
     fn outcomes(&self) -> Vec<(i32, i32, i32)>;
+    /// The answer as a record's response.
+    fn into_record(self) -> pb::decision_record::Response;
+    /// The answer a record's response holds, if it is this kind of answer.
+    fn out_of_record(response: pb::decision_record::Response) -> Option<Self>;
+
     /// The answer a stored record holds (a retry's, or a concurrent call's that won).
-    fn from_record(record: pb::DecisionRecord) -> Result<Self, Status>;
-    /// Writes the answer as field `tag` of the record being written into `buf`, as the wire
-    /// writes it (crate::wire); the answer is left as it was.
-    fn write_nested(&mut self, tag: u32, buf: &mut Vec<u8>);
-    /// Bytes to make room for before writing it (crate::wire::room).
-    fn room(&self) -> usize;
+    fn from_record(record: pb::DecisionRecord) -> Result<Self, Status> {
+        record
+            .response
+            .and_then(Self::out_of_record)
+            .ok_or_else(|| {
+                Status::internal(format!(
+                    "stored decision {} has no {} answer",
+                    record.decision_id,
+                    Self::NAME
+                ))
+            })
+    }
 }
 
 macro_rules! recorded_answer {
-    ($response:ident, $request:ident, $field:literal, $variant:ident, |$t:ident| $outcome:expr) => {
+    ($response:ident, $request:ident, $variant:ident, |$t:ident| $outcome:expr) => {
         impl RecordedAnswer for pb::$response {
-            const RECORD_FIELD: u32 = $field;
+            const NAME: &'static str = stringify!($response);
             type Request = pb::$request;
             fn decision_id(&self) -> &str {
                 &self.decision_id
@@ -124,46 +136,36 @@ macro_rules! recorded_answer {
             fn outcomes(&self) -> Vec<(i32, i32, i32)> {
                 self.therapies.iter().map(|$t| $outcome).collect()
             }
-            fn from_record(record: pb::DecisionRecord) -> Result<Self, Status> {
-                match record.response {
-                    Some(pb::decision_record::Response::$variant(r)) => Ok(r),
-                    _ => Err(Status::internal(format!(
-                        "stored decision {} has no {} answer",
-                        record.decision_id,
-                        stringify!($response)
-                    ))),
+            fn into_record(self) -> pb::decision_record::Response {
+                pb::decision_record::Response::$variant(self)
+            }
+            fn out_of_record(response: pb::decision_record::Response) -> Option<Self> {
+                match response {
+                    pb::decision_record::Response::$variant(r) => Some(r),
+                    _ => None,
                 }
-            }
-            fn write_nested(&mut self, tag: u32, buf: &mut Vec<u8>) {
-                crate::wire::write_nested_answer(tag, self, buf)
-            }
-            fn room(&self) -> usize {
-                crate::wire::room(&self.therapies)
             }
         }
     };
 }
 
-// `DecisionRecord.eligibility_response` is field 11, `funding_response` field 12.
 recorded_answer!(
     EvaluateEligibilityResponse,
     EvaluateEligibilityRequest,
-    11,
     EligibilityResponse,
     |t| (t.therapy, t.status, 0)
 );
 recorded_answer!(
     ClassifyFundingResponse,
     ClassifyFundingRequest,
-    12,
     FundingResponse,
     |t| (t.therapy, 0, t.route)
 );
 
-/// A screened patient's one record: `DecisionRecord.screening_result` is field 15. Both answers
-/// carry the record's decision id, policy and as-of date; the eligibility answer's are read.
+/// A screened patient's one record. Both answers carry the record's decision id, policy and
+/// as-of date; the eligibility answer's are read.
 impl RecordedAnswer for pb::ScreeningResult {
-    const RECORD_FIELD: u32 = 15;
+    const NAME: &'static str = "screening";
     type Request = pb::ScreenCohortRequest;
     fn decision_id(&self) -> &str {
         self.eligibility.as_ref().map_or("", |e| &e.decision_id)
@@ -183,20 +185,14 @@ impl RecordedAnswer for pb::ScreeningResult {
             .map(|(therapy, e, f)| (therapy, e.map_or(0, |e| e.status), f.map_or(0, |f| f.route)))
             .collect()
     }
-    fn from_record(record: pb::DecisionRecord) -> Result<Self, Status> {
-        match record.response {
-            Some(pb::decision_record::Response::ScreeningResult(r)) => Ok(r),
-            _ => Err(Status::internal(format!(
-                "stored decision {} has no screening answer",
-                record.decision_id
-            ))),
+    fn into_record(self) -> pb::decision_record::Response {
+        pb::decision_record::Response::ScreeningResult(self)
+    }
+    fn out_of_record(response: pb::decision_record::Response) -> Option<Self> {
+        match response {
+            pb::decision_record::Response::ScreeningResult(r) => Some(r),
+            _ => None,
         }
-    }
-    fn write_nested(&mut self, tag: u32, buf: &mut Vec<u8>) {
-        crate::wire::write_screened(tag, self, buf)
-    }
-    fn room(&self) -> usize {
-        crate::wire::screened_room(self)
     }
 }
 
@@ -249,7 +245,7 @@ pub fn record_answer<'a, M: RecordedAnswer + 'a>(
     deadline: Option<tokio::time::Instant>,
 ) -> Pending<'a, M> {
     if let Some(deadline) = deadline
-        && let Err(late) = super::in_time(deadline)
+        && let Err(late) = super::request::in_time(deadline)
     {
         return Either::Left(ready(Err(late)));
     }
@@ -270,7 +266,7 @@ async fn write_answer<M: RecordedAnswer>(
     state: &AppState,
     caller: &crate::auth::Caller,
     validated: Validated<M::Request>,
-    mut response: M,
+    response: M,
     registry_observations: Vec<pb::RegistryObservation>,
 ) -> Result<M, Status> {
     let Validated {
@@ -290,33 +286,44 @@ async fn write_answer<M: RecordedAnswer>(
         kind: <M::Request as EvaluationRequest>::KIND as i32,
         patient_pseudonym: e.pseudonym.unwrap_or_default(),
         request: Some(stored_request.into_record_request()),
-        // Added by persist, encoded as returned.
         response: None,
         registry_observations,
     };
-    match persist(state, &record, &mut response, fingerprint).await? {
-        Some(winner) => M::from_record(winner),
-        None => Ok(response),
+    match persist(state, record, response, fingerprint).await? {
+        Persisted::Written(response) => Ok(response),
+        Persisted::AlreadyAnswered(winner) => M::from_record(*winner),
     }
 }
 
-/// Writes the record durably; returns the stored record instead when a concurrent call with the
-/// same request_id won the race. The response is encoded into the record as it was returned,
-/// without copying it into the record first.
+/// What writing a decision came to.
+pub enum Persisted<M> {
+    /// The answer was recorded, and is the caller's to return.
+    Written(M),
+    /// A concurrent call with the same request_id was recorded first: its record.
+    AlreadyAnswered(Box<pb::DecisionRecord>),
+}
+
+/// Writes the record, with `response` as its answer, durably; returns the stored record instead
+/// when a concurrent call with the same request_id won the race. The answer is moved into the
+/// record to be encoded and out again to be returned, so what is recorded is what the caller
+/// receives, without a copy.
 pub async fn persist<M: RecordedAnswer>(
     state: &AppState,
-    record: &pb::DecisionRecord,
-    response: &mut M,
+    mut record: pb::DecisionRecord,
+    response: M,
     fingerprint: String,
-) -> Result<Option<pb::DecisionRecord>, Status> {
+) -> Result<Persisted<M>, Status> {
     let policy = record.policy.clone().unwrap_or_default();
     let as_of = record
         .as_of_date
         .map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day))
         .unwrap_or_default();
-    let mut bytes = Vec::with_capacity(record.encoded_len() + response.room());
-    record.encode_raw(&mut bytes);
-    response.write_nested(M::RECORD_FIELD, &mut bytes);
+    let outcomes = response.outcomes();
+    record.response = Some(response.into_record());
+    let bytes = record.encode_to_vec();
+    let Some(response) = record.response.take().and_then(M::out_of_record) else {
+        return Err(Status::internal("the answer was lost from its own record"));
+    };
     let new = NewDecision {
         decision_id: record.decision_id.clone(),
         request_id: (!record.request_id.is_empty()).then(|| record.request_id.clone()),
@@ -333,17 +340,18 @@ pub async fn persist<M: RecordedAnswer>(
             .then(|| record.patient_pseudonym.clone()),
         // Compressed here, on the caller's task, so the single writer only writes.
         record: Record::compressed(bytes),
-        outcomes: response.outcomes(),
+        outcomes,
     };
     let started = std::time::Instant::now();
     let written = state.log.record(new).await.map_err(unavailable)?;
     state.metrics.log_write(started.elapsed());
     match written {
-        WriteOutcome::Written => Ok(None),
+        WriteOutcome::Written => Ok(Persisted::Written(response)),
         WriteOutcome::RequestIdTaken(existing) => {
             let kind =
                 pb::DecisionKind::try_from(record.kind).unwrap_or(pb::DecisionKind::Unspecified);
-            same_request(&existing, &record.request_id, kind, &fingerprint).map(Some)
+            same_request(&existing, &record.request_id, kind, &fingerprint)
+                .map(|winner| Persisted::AlreadyAnswered(Box::new(winner)))
         }
     }
 }
@@ -439,8 +447,8 @@ pub struct Admitted {
 /// has already passed.
 pub fn admit<T>(state: &AppState, request: &tonic::Request<T>) -> Result<Admitted, Status> {
     let caller = state.caller(request)?;
-    let deadline = super::deadline(request, &state.limits);
-    super::in_time(deadline)?;
+    let deadline = super::request::deadline(request, &state.limits);
+    super::request::in_time(deadline)?;
     Ok(Admitted { caller, deadline })
 }
 
@@ -454,7 +462,7 @@ pub async fn full_answer_place(
     deadline: tokio::time::Instant,
 ) -> Result<Option<crate::admission::FullAnswerPlace>, Status> {
     use crate::admission::NoFullPlace;
-    if !super::asks_full(view) {
+    if !super::request::asks_full(view) {
         return Ok(None);
     }
     // Gives up a tenth of the time left before the deadline (at most 100 ms), so the caller
@@ -539,7 +547,7 @@ async fn with_prior<R: EvaluationRequest>(
         .await?
         .map(Box::new);
     if let Some(record) = &validated.prior {
-        super::join_span(&record.decision_id);
+        super::request::join_span(&record.decision_id);
     }
     Ok(validated)
 }
@@ -567,17 +575,15 @@ fn stored<R: EvaluationRequest>(
 mod tests {
     use super::*;
 
-    /// The record as `persist` encodes it: the record, then the response by field number.
-    fn with_response<M: RecordedAnswer + Clone>(
-        response: &M,
-    ) -> Option<pb::decision_record::Response> {
-        let mut bytes = pb::DecisionRecord {
+    /// The answer as `persist` records it, read back from the record's bytes.
+    fn recorded<M: RecordedAnswer + Clone>(response: &M) -> Option<M> {
+        let bytes = pb::DecisionRecord {
             decision_id: "d1".into(),
+            response: Some(response.clone().into_record()),
             ..Default::default()
         }
         .encode_to_vec();
-        response.clone().write_nested(M::RECORD_FIELD, &mut bytes);
-        pb::DecisionRecord::decode(bytes.as_slice()).ok()?.response
+        M::from_record(pb::DecisionRecord::decode(bytes.as_slice()).ok()?).ok()
     }
 
     /// A screened patient's outcomes pair each therapy's status with its route; a therapy only
@@ -611,36 +617,35 @@ mod tests {
         assert_eq!(screened.outcomes(), [(3, 1, 1), (1, 1, 3), (4, 0, 5)]);
     }
 
-    /// A response appended by field number reads back as the record's response: the field
-    /// numbers match the proto.
+    /// Each kind of answer reads back from its record as itself, and a record holding another
+    /// kind of answer is not mistaken for it.
     #[test]
-    fn a_response_appended_by_field_number_is_the_records_response() {
-        let answer = pb::EvaluateEligibilityResponse {
+    fn each_answer_reads_back_from_its_record_and_no_other() {
+        let eligibility = pb::EvaluateEligibilityResponse {
             decision_id: "d1".into(),
             ..Default::default()
         };
-        assert_eq!(
-            with_response(&answer),
-            Some(pb::decision_record::Response::EligibilityResponse(answer))
-        );
-        let answer = pb::ClassifyFundingResponse {
+        assert_eq!(recorded(&eligibility), Some(eligibility.clone()));
+        let funding = pb::ClassifyFundingResponse {
             decision_id: "d1".into(),
             ..Default::default()
         };
-        assert_eq!(
-            with_response(&answer),
-            Some(pb::decision_record::Response::FundingResponse(answer))
-        );
-        let answer = pb::ScreeningResult {
-            eligibility: Some(pb::EvaluateEligibilityResponse {
-                decision_id: "d1".into(),
-                ..Default::default()
-            }),
+        assert_eq!(recorded(&funding), Some(funding.clone()));
+        let screened = pb::ScreeningResult {
+            eligibility: Some(eligibility.clone()),
             funding: None,
         };
-        assert_eq!(
-            with_response(&answer),
-            Some(pb::decision_record::Response::ScreeningResult(answer))
+        assert_eq!(recorded(&screened), Some(screened));
+        let record = pb::DecisionRecord {
+            decision_id: "d1".into(),
+            response: Some(eligibility.into_record()),
+            ..Default::default()
+        };
+        let refused = pb::ClassifyFundingResponse::from_record(record).expect_err("not funding");
+        assert_eq!(refused.code(), tonic::Code::Internal);
+        assert!(
+            refused.message().contains("ClassifyFundingResponse"),
+            "{refused:?}"
         );
     }
 }

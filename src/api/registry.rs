@@ -7,10 +7,10 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::convert::Reader;
+use super::pages::{page, page_size, read_page_token};
 use super::record::{now_ms, timestamp, unavailable};
-use super::{
-    AppState, invalid_argument, page, page_size, patient_pseudonym, read_page_token, today,
-};
+use super::request::patient_pseudonym;
+use super::{AppState, invalid_argument, today};
 use crate::engine::policy::RegistryStatus;
 use crate::pb;
 use crate::pb::registry_service_server::RegistryService;
@@ -208,185 +208,175 @@ impl RegistryService for RegistryApi {
         &self,
         request: Request<pb::EnrolPatientRequest>,
     ) -> Result<Response<pb::EnrolPatientResponse>, Status> {
-        observed!(self.state, "EnrolPatient", request, {
-            let caller = self.state.caller(&request)?;
-            let req = request.into_inner();
-            let asked = asked!(req);
-            let fields = self.read(&caller, asked, false)?;
-            let policy = &fields.policy;
-            let registry = &policy.registries[fields.registry];
-            let subject = format!("registries/{}", registry.id);
-            let capacity = match registry.state_on(today()) {
-                None => {
-                    return Err(precondition(
-                        "REGISTRY_NOT_IN_EFFECT",
-                        &subject,
-                        format!(
-                            "{} has no state today under policy {}",
-                            registry.name, policy.version
-                        ),
-                    ));
-                }
-                Some(state) if state.status == RegistryStatus::ClosedToNewPatients => {
-                    return Err(precondition(
-                        "REGISTRY_CLOSED",
-                        &subject,
-                        format!(
-                            "{} is closed to new patients under policy {} ({}): {}",
-                            registry.name, policy.version, policy.content_hash, state.note
-                        ),
-                    ));
-                }
-                Some(state) => state.capacity,
-            };
-            let result = self
-                .state
-                .log
-                .store()
-                .enrol(&fields.row, capacity)
-                .await
-                .map_err(unavailable)?;
-            let enrolment = outcome(result, &subject)?;
-            tracing::info!(enrolment_id = %enrolment.get_ref().enrolment_id, registry = %registry.id, "patient enrolled");
-            Ok(Response::new(pb::EnrolPatientResponse {
-                enrolment: Some(enrolment.into_inner()),
-            }))
-        })
+        let caller = self.state.caller(&request)?;
+        let req = request.into_inner();
+        let asked = asked!(req);
+        let fields = self.read(&caller, asked, false)?;
+        let policy = &fields.policy;
+        let registry = &policy.registries[fields.registry];
+        let subject = format!("registries/{}", registry.id);
+        let capacity = match registry.state_on(today()) {
+            None => {
+                return Err(precondition(
+                    "REGISTRY_NOT_IN_EFFECT",
+                    &subject,
+                    format!(
+                        "{} has no state today under policy {}",
+                        registry.name, policy.version
+                    ),
+                ));
+            }
+            Some(state) if state.status == RegistryStatus::ClosedToNewPatients => {
+                return Err(precondition(
+                    "REGISTRY_CLOSED",
+                    &subject,
+                    format!(
+                        "{} is closed to new patients under policy {} ({}): {}",
+                        registry.name, policy.version, policy.content_hash, state.note
+                    ),
+                ));
+            }
+            Some(state) => state.capacity,
+        };
+        let result = self
+            .state
+            .log
+            .store()
+            .enrol(&fields.row, capacity)
+            .await
+            .map_err(unavailable)?;
+        let enrolment = outcome(result, &subject)?;
+        tracing::info!(enrolment_id = %enrolment.get_ref().enrolment_id, registry = %registry.id, "patient enrolled");
+        Ok(Response::new(pb::EnrolPatientResponse {
+            enrolment: Some(enrolment.into_inner()),
+        }))
     }
 
     async fn record_prior_agreement(
         &self,
         request: Request<pb::RecordPriorAgreementRequest>,
     ) -> Result<Response<pb::RecordPriorAgreementResponse>, Status> {
-        observed!(self.state, "RecordPriorAgreement", request, {
-            let caller = self.state.caller(&request)?;
-            let req = request.into_inner();
-            let asked = asked!(req);
-            let fields = self.read(&caller, asked, true)?;
-            // Patients agreed before the hold stay in the audit whatever its state: no capacity applies.
-            let result = self
-                .state
-                .log
-                .store()
-                .enrol(&fields.row, None)
-                .await
-                .map_err(unavailable)?;
-            let enrolment =
-                outcome(result, &format!("registries/{}", fields.row.registry_id))?.into_inner();
-            tracing::info!(enrolment_id = %enrolment.enrolment_id, registry = %enrolment.registry_id, "prior agreement recorded");
-            Ok(Response::new(pb::RecordPriorAgreementResponse {
-                enrolment: Some(enrolment),
-            }))
-        })
+        let caller = self.state.caller(&request)?;
+        let req = request.into_inner();
+        let asked = asked!(req);
+        let fields = self.read(&caller, asked, true)?;
+        // Patients agreed before the hold stay in the audit whatever its state: no capacity applies.
+        let result = self
+            .state
+            .log
+            .store()
+            .enrol(&fields.row, None)
+            .await
+            .map_err(unavailable)?;
+        let enrolment =
+            outcome(result, &format!("registries/{}", fields.row.registry_id))?.into_inner();
+        tracing::info!(enrolment_id = %enrolment.enrolment_id, registry = %enrolment.registry_id, "prior agreement recorded");
+        Ok(Response::new(pb::RecordPriorAgreementResponse {
+            enrolment: Some(enrolment),
+        }))
     }
 
     async fn get_enrolment(
         &self,
         request: Request<pb::GetEnrolmentRequest>,
     ) -> Result<Response<pb::GetEnrolmentResponse>, Status> {
-        observed!(self.state, "GetEnrolment", request, {
-            let _caller = self.state.caller(&request)?;
-            let id = request.into_inner().enrolment_id;
-            if uuid::Uuid::try_parse(&id).is_err() {
-                let mut r = Reader::default();
-                r.violation("enrolment_id", "must be an enrolment id (UUID)");
-                return Err(invalid_argument(&r.violations));
-            }
-            match self
-                .state
-                .log
-                .store()
-                .enrolment(&id)
-                .await
-                .map_err(unavailable)?
-            {
-                Some(row) => Ok(Response::new(pb::GetEnrolmentResponse {
-                    enrolment: Some(enrolment(&row)),
-                })),
-                None => Err(Status::not_found(format!("no enrolment {id}"))),
-            }
-        })
+        let _caller = self.state.caller(&request)?;
+        let id = request.into_inner().enrolment_id;
+        if uuid::Uuid::try_parse(&id).is_err() {
+            let mut r = Reader::default();
+            r.violation("enrolment_id", "must be an enrolment id (UUID)");
+            return Err(invalid_argument(&r.violations));
+        }
+        match self
+            .state
+            .log
+            .store()
+            .enrolment(&id)
+            .await
+            .map_err(unavailable)?
+        {
+            Some(row) => Ok(Response::new(pb::GetEnrolmentResponse {
+                enrolment: Some(enrolment(&row)),
+            })),
+            None => Err(Status::not_found(format!("no enrolment {id}"))),
+        }
     }
 
     async fn list_enrolments(
         &self,
         request: Request<pb::ListEnrolmentsRequest>,
     ) -> Result<Response<pb::ListEnrolmentsResponse>, Status> {
-        observed!(self.state, "ListEnrolments", request, {
-            let _caller = self.state.caller(&request)?;
-            let req = request.into_inner();
-            let mut r = Reader::default();
-            let limit = page_size(&mut r, req.page_size);
-            let filters = format!("registry={}", req.registry_id);
-            let cursor = read_page_token(&mut r, &req.page_token, &filters);
-            if !r.violations.is_empty() {
-                return Err(invalid_argument(&r.violations));
-            }
-            let registry = (!req.registry_id.is_empty()).then_some(req.registry_id.as_str());
-            let rows = self
-                .state
-                .log
-                .store()
-                .list_enrolments(registry, cursor.as_ref(), limit + 1)
-                .await
-                .map_err(unavailable)?;
-            let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
-                at_ms: last.created_at_ms,
-                id: last.enrolment_id.clone(),
-            });
-            Ok(Response::new(pb::ListEnrolmentsResponse {
-                enrolments: rows.iter().map(enrolment).collect(),
-                next_page_token,
-            }))
-        })
+        let _caller = self.state.caller(&request)?;
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        let limit = page_size(&mut r, req.page_size);
+        let filters = format!("registry={}", req.registry_id);
+        let cursor = read_page_token(&mut r, &req.page_token, &filters);
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        let registry = (!req.registry_id.is_empty()).then_some(req.registry_id.as_str());
+        let rows = self
+            .state
+            .log
+            .store()
+            .list_enrolments(registry, cursor.as_ref(), limit + 1)
+            .await
+            .map_err(unavailable)?;
+        let (rows, next_page_token) = page(rows, limit, &filters, |last| Cursor {
+            at_ms: last.created_at_ms,
+            id: last.enrolment_id.clone(),
+        });
+        Ok(Response::new(pb::ListEnrolmentsResponse {
+            enrolments: rows.iter().map(enrolment).collect(),
+            next_page_token,
+        }))
     }
 
     async fn withdraw_enrolment(
         &self,
         request: Request<pb::WithdrawEnrolmentRequest>,
     ) -> Result<Response<pb::WithdrawEnrolmentResponse>, Status> {
-        observed!(self.state, "WithdrawEnrolment", request, {
-            let caller = self.state.caller(&request)?;
-            let req = request.into_inner();
-            let mut r = Reader::default();
-            if uuid::Uuid::try_parse(&req.enrolment_id).is_err() {
-                r.violation("enrolment_id", "must be an enrolment id (UUID)");
-            }
-            if req.reason.trim().is_empty() || req.reason.chars().count() > MAX_WITHDRAWAL_REASON {
-                r.violation(
-                    "reason",
-                    format!("is required, at most {MAX_WITHDRAWAL_REASON} characters"),
-                );
-            }
-            if !r.violations.is_empty() {
-                return Err(invalid_argument(&r.violations));
-            }
-            match self
-                .state
-                .log
-                .store()
-                .withdraw(
-                    &req.enrolment_id,
-                    req.reason.trim(),
-                    &caller.identity,
-                    now_ms(),
-                )
-                .await
-                .map_err(unavailable)?
-            {
-                Withdrawal::Withdrawn(row) => Ok(Response::new(pb::WithdrawEnrolmentResponse {
-                    enrolment: Some(enrolment(&row)),
-                })),
-                // Also the answer to the loser of two concurrent withdrawals.
-                Withdrawal::AlreadyWithdrawn(row) => Err(Status::failed_precondition(format!(
-                    "enrolment {} is already withdrawn",
-                    row.enrolment_id
-                ))),
-                Withdrawal::NotFound => Err(Status::not_found(format!(
-                    "no enrolment {}",
-                    req.enrolment_id
-                ))),
-            }
-        })
+        let caller = self.state.caller(&request)?;
+        let req = request.into_inner();
+        let mut r = Reader::default();
+        if uuid::Uuid::try_parse(&req.enrolment_id).is_err() {
+            r.violation("enrolment_id", "must be an enrolment id (UUID)");
+        }
+        if req.reason.trim().is_empty() || req.reason.chars().count() > MAX_WITHDRAWAL_REASON {
+            r.violation(
+                "reason",
+                format!("is required, at most {MAX_WITHDRAWAL_REASON} characters"),
+            );
+        }
+        if !r.violations.is_empty() {
+            return Err(invalid_argument(&r.violations));
+        }
+        match self
+            .state
+            .log
+            .store()
+            .withdraw(
+                &req.enrolment_id,
+                req.reason.trim(),
+                &caller.identity,
+                now_ms(),
+            )
+            .await
+            .map_err(unavailable)?
+        {
+            Withdrawal::Withdrawn(row) => Ok(Response::new(pb::WithdrawEnrolmentResponse {
+                enrolment: Some(enrolment(&row)),
+            })),
+            // Also the answer to the loser of two concurrent withdrawals.
+            Withdrawal::AlreadyWithdrawn(row) => Err(Status::failed_precondition(format!(
+                "enrolment {} is already withdrawn",
+                row.enrolment_id
+            ))),
+            Withdrawal::NotFound => Err(Status::not_found(format!(
+                "no enrolment {}",
+                req.enrolment_id
+            ))),
+        }
     }
 }

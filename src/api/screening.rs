@@ -13,7 +13,8 @@ use prost::Message;
 use tokio::sync::{Notify, mpsc};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{AppState, eligibility, funding, new_decision_id, record};
+use super::request::{asks_full, join, new_decision_id};
+use super::{AppState, eligibility, funding, record};
 use crate::auth::Caller;
 use crate::domain::Violation;
 use crate::pb;
@@ -106,33 +107,11 @@ impl ScreeningService for ScreeningApi {
         &self,
         request: Request<Streaming<pb::ScreenCohortRequest>>,
     ) -> Result<Response<Answers>, Status> {
-        // The call finishes when the stream does: its line and metrics give the stream's
-        // duration and the status its caller receives, not the time taken to open it.
-        let (call, span) = super::Call::start(
-            "ScreenCohort",
-            request.metadata(),
-            std::sync::Arc::clone(&self.state.metrics),
-        );
-        let trace_id = call.trace_id.clone();
-        let opened = span.in_scope(|| self.open(request));
-        let result = match opened {
-            Ok((answers, stream)) => {
-                // The call ends in its span, also if the task is dropped at shutdown.
-                tokio::spawn(tracing::Instrument::instrument(
-                    async move {
-                        let code = stream.await;
-                        call.finish(code);
-                    },
-                    span,
-                ));
-                Ok(Response::new(answers))
-            }
-            Err(status) => {
-                span.in_scope(|| call.finish(status.code()));
-                Err(status)
-            }
-        };
-        crate::telemetry::with_trace_id(result, &trace_id)
+        let (answers, stream) = self.open(request)?;
+        // The stream's work keeps the call's span (`crate::gate`), also if the task is dropped at
+        // shutdown.
+        tokio::spawn(tracing::Instrument::in_current_span(stream));
+        Ok(Response::new(answers))
     }
 }
 
@@ -142,7 +121,7 @@ impl ScreeningApi {
     fn open(
         &self,
         request: Request<Streaming<pb::ScreenCohortRequest>>,
-    ) -> Result<(Answers, impl Future<Output = tonic::Code> + Send + 'static), Status> {
+    ) -> Result<(Answers, impl Future<Output = ()> + Send + 'static), Status> {
         let caller = self.state.caller(&request)?;
         let (answers, rx) = mpsc::channel(ANSWERS_BUFFERED);
         let demand = Arc::new(Demand {
@@ -177,7 +156,7 @@ async fn screen(
     mut patients: Streaming<pb::ScreenCohortRequest>,
     answers: mpsc::Sender<Answer>,
     demand: Arc<Demand>,
-) -> tonic::Code {
+) {
     let limit = state.limits.max_patients_per_stream;
     let window = state.limits.screening_window.max(1);
     let mut stopping = state.stopping.subscribe();
@@ -249,7 +228,7 @@ async fn screen(
                                 permit.send(Err(Status::internal(
                                     "an answer held for this stream could not be sent; the patients not answered can be sent again on a new stream",
                                 )));
-                                return tonic::Code::Internal;
+                                return;
                             }
                         }
                         sent += 1;
@@ -338,22 +317,16 @@ async fn screen(
         }
     }
     tracing::info!(received, screened, refused, "screening stream finished");
-    match ending {
-        Some(status) => {
-            let code = status.code();
-            match answers.send(Err(status)).await {
-                Ok(()) => code,
-                Err(_) => caller_gone(received),
-            }
-        }
-        None => tonic::Code::Ok,
+    if let Some(status) = ending
+        && answers.send(Err(status)).await.is_err()
+    {
+        caller_gone(received);
     }
 }
 
 /// The stream's end when its caller has gone: nobody reads its answers any more.
-fn caller_gone(received: u64) -> tonic::Code {
+fn caller_gone(received: u64) {
     tracing::warn!(received, "screening caller went away; stopping");
-    tonic::Code::Cancelled
 }
 
 /// A patient read from the stream, waiting for room in the stream and a screening place: its
@@ -398,7 +371,7 @@ impl Drop for Place {
 /// message) stay few; never more than there are.
 fn places_for(answer_bytes: usize, limits: &crate::config::Limits) -> u32 {
     let places = answer_bytes.div_ceil(FULL_PER_THERAPY).max(1);
-    u32::try_from(places.min(super::screening_capacity(limits))).unwrap_or(1)
+    u32::try_from(places.min(super::state::screening_capacity(limits))).unwrap_or(1)
 }
 
 /// Bytes a stream's answers may take while they are decided or wait for the caller to read
@@ -419,7 +392,7 @@ fn expected_answer_bytes(request: &pb::ScreenCohortRequest) -> usize {
         n => n.min(all),
     };
     therapies
-        * if !super::asks_full(request.view) {
+        * if !asks_full(request.view) {
             BASIC_PER_THERAPY
         } else {
             FULL_PER_THERAPY
@@ -467,7 +440,7 @@ async fn screen_one(
                 let mut facts = policy.facts(&e.patient, e.as_of, e.detail());
                 facts.registry_enrolments = registries.enrolled;
                 let id = new_decision_id();
-                super::join(&patient_span, &id);
+                join(&patient_span, &id);
                 (
                     eligibility::answer(&policy, &facts, e, id.clone()),
                     funding::answer(&policy, &facts, e, id),

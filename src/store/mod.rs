@@ -843,9 +843,8 @@ mod tests {
     fn the_record_dictionary_never_changes() {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(RECORD_DICTIONARY_1);
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
-            hex,
+            hex::encode(digest),
             "dcf14fa42c1d2ecab671d4c6883cf27ce9f56d166b25344ef5aa04a6f46fbfbb"
         );
         // zstd's dictionary magic, then the id each frame compressed with it names.

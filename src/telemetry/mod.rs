@@ -1,10 +1,9 @@
 //! Structured logs through tracing: human text by default, JSON for log shippers.
 //! The filter comes from RUST_LOG (default "info").
 
-use tonic::codegen::http::HeaderName;
+use tonic::codegen::http::{self, HeaderName};
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
-mod lines;
 mod output;
 
 /// How log lines are written: text for a person, JSON for a log shipper.
@@ -26,52 +25,31 @@ pub fn init(format: LogFormat) -> std::io::Result<LogFlushGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = output::to(std::io::stdout())?;
     let registry = tracing_subscriber::registry().with(filter);
-    // Colour only for a person at a terminal, not for a log collector.
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let layer = fmt::layer().with_writer(writer).with_target(false);
     let _ = match format {
-        LogFormat::Text if terminal => registry
-            .with(fmt::layer().with_writer(writer).with_target(false))
-            .try_init(),
-        // The same lines as tracing-subscriber's formatters write, at a fraction of the cost
-        // (lines.rs).
-        LogFormat::Text => registry
-            .with(plain(
-                writer,
-                lines::TextFields,
-                lines::TextLine::<lines::Clock>::default(),
-            ))
-            .try_init(),
+        // Colour only for a person at a terminal, not for a log collector.
+        LogFormat::Text => registry.with(layer.with_ansi(terminal)).try_init(),
         LogFormat::Json => registry
-            .with(plain(
-                writer,
-                lines::JsonFields,
-                lines::JsonLine::<lines::Clock>::default(),
-            ))
+            .with(
+                layer
+                    .with_ansi(false)
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(true),
+            )
             .try_init(),
     };
     Ok(guard)
 }
 
-/// A layer writing uncoloured lines with our own field and line formatters.
-fn plain<S, N, E>(writer: output::Lines, fields: N, line: E) -> fmt::Layer<S, N, E, output::Lines>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'w> fmt::FormatFields<'w> + 'static,
-    E: fmt::FormatEvent<S, N> + 'static,
-{
-    fmt::layer()
-        .with_writer(writer)
-        .with_ansi(false)
-        .fmt_fields(fields)
-        .event_format(line)
-}
-
 /// The call's trace id: the caller's W3C `traceparent` trace id when it sends a valid one, so
 /// our lines join the caller's trace; otherwise a new random one.
-pub fn trace_id(metadata: &tonic::metadata::MetadataMap) -> String {
+pub fn trace_id(headers: &http::HeaderMap) -> String {
     // A ready-made header name: looking up by text parses and checks the name on every call.
     const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-    AsRef::<tonic::codegen::http::HeaderMap>::as_ref(metadata)
+    headers
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(traceparent_trace_id)
@@ -122,32 +100,23 @@ pub fn call_finished(code: tonic::Code, elapsed: std::time::Duration) {
     }
 }
 
-/// Returns the trace id to the caller as `x-trace-id`, on answers and on errors.
-pub fn with_trace_id<T>(
-    result: Result<tonic::Response<T>, tonic::Status>,
-    trace_id: &str,
-) -> Result<tonic::Response<T>, tonic::Status> {
-    let Ok(mut value) = tonic::metadata::MetadataValue::try_from(trace_id) else {
-        return result;
+/// Tells the caller the call's trace id in `x-trace-id`, on answers and on errors, so a caller
+/// can quote it to find the call's lines.
+pub fn tell_trace_id(headers: &mut http::HeaderMap, trace_id: &str) {
+    const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
+    let Ok(mut value) = http::HeaderValue::from_str(trace_id) else {
+        return;
     };
     // Sent as never indexed (RFC 7541 §6.2.3): a value no later call repeats would only churn
     // both ends' HPACK tables, an insertion and an eviction per call.
     value.set_sensitive(true);
-    match result {
-        Ok(mut response) => {
-            response.metadata_mut().insert("x-trace-id", value);
-            Ok(response)
-        }
-        Err(mut status) => {
-            status.metadata_mut().insert("x-trace-id", value);
-            Err(status)
-        }
-    }
+    headers.insert(X_TRACE_ID, value);
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{trace_id, traceparent_trace_id, with_trace_id};
+    use super::{tell_trace_id, trace_id, traceparent_trace_id};
+    use tonic::codegen::http;
 
     #[test]
     fn a_valid_traceparent_gives_its_trace_id_and_others_are_ignored() {
@@ -167,30 +136,27 @@ mod tests {
     }
 
     #[test]
-    fn the_trace_id_goes_back_never_indexed_on_answers_and_errors() {
+    fn the_trace_id_goes_back_never_indexed() {
         const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-        let answered = with_trace_id(Ok(tonic::Response::new(())), TRACE).expect("answer");
-        let refused =
-            with_trace_id::<()>(Err(tonic::Status::not_found("no")), TRACE).expect_err("error");
-        for metadata in [answered.metadata(), refused.metadata()] {
-            let value = metadata.get("x-trace-id").expect("x-trace-id");
-            assert_eq!(value.to_str().ok(), Some(TRACE));
-            // h2 writes a sensitive value as a never-indexed literal (RFC 7541 §6.2.3).
-            assert!(value.is_sensitive());
-        }
+        let mut headers = http::HeaderMap::new();
+        tell_trace_id(&mut headers, TRACE);
+        let value = headers.get("x-trace-id").expect("x-trace-id");
+        assert_eq!(value.to_str().ok(), Some(TRACE));
+        // h2 writes a sensitive value as a never-indexed literal (RFC 7541 §6.2.3).
+        assert!(value.is_sensitive());
     }
 
     #[test]
-    fn the_callers_traceparent_is_read_from_its_metadata() {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        metadata.insert(
+    fn the_callers_traceparent_is_read_from_its_headers() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
             "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-                .parse()
-                .expect("header"),
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         );
-        assert_eq!(trace_id(&metadata), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let new = trace_id(&tonic::metadata::MetadataMap::new());
+        assert_eq!(trace_id(&headers), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let new = trace_id(&http::HeaderMap::new());
         assert_eq!(new.len(), 32);
         assert!(new.bytes().all(|b| b.is_ascii_hexdigit()));
     }

@@ -104,7 +104,7 @@ async fn full_calls_beyond_the_waiting_room_are_shed_with_retry_info() {
         ..lu177_request(ta539_small_bowel().england().profile())
     };
     // The place held here is no caller's, so every caller's permit goes to a waiting call.
-    let callers = 1 + net_pathway::admission::WAITING_PER_PLACE;
+    let callers = 1 + net_pathway::WAITING_PER_PLACE;
     let waiting: Vec<_> = (0..callers)
         .map(|_| {
             let (client, full) = (s.client.clone(), full.clone());

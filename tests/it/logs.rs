@@ -84,6 +84,10 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
         .await
         .expect_err("bad token");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(
+        refused.metadata().get("x-trace-id").is_some(),
+        "a refusal tells its trace id too: {refused:?}"
+    );
 
     // Stopped the way an orchestrator stops it: lines still queued for the log writer are
     // written before the process exits.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::common::*;
-use net_pathway::metrics::ReloadCounters;
+use net_pathway::ReloadCounters;
 use net_pathway::pb;
 
 #[tokio::test]

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use net_pathway::ReloadCounters;
 use net_pathway::engine::Policy;
-use net_pathway::metrics::ReloadCounters;
 use net_pathway::pb;
 use net_pathway::reload::watch;
 use net_pathway_client::NetPathwayClient;

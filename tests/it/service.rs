@@ -196,7 +196,13 @@ async fn an_unspecified_as_of_date_means_today() {
 }
 
 fn chrono_today() -> net_pathway::google::r#type::Date {
-    net_pathway::api::convert::date(net_pathway::api::today())
+    use chrono::Datelike;
+    let today = net_pathway::today();
+    net_pathway::google::r#type::Date {
+        year: today.year(),
+        month: today.month() as i32,
+        day: today.day() as i32,
+    }
 }
 
 #[tokio::test]

@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use crate::common::*;
-use net_pathway::api::{ActivePolicy, AppState};
 use net_pathway::auth::Authenticator;
 use net_pathway::config::Limits;
 use net_pathway::engine::Policy;
 use net_pathway::pb;
 use net_pathway::store::pseudonym::Pseudonymiser;
 use net_pathway::store::{DecisionLog, Store};
+use net_pathway::{ActivePolicy, AppState};
 use net_pathway_client::{ClientOptions, NetPathwayClient};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};

@@ -4,12 +4,12 @@
 
 pub mod jwt;
 
-use net_pathway::api::{ActivePolicy, AppState};
 use net_pathway::engine::Policy;
 use net_pathway::google::r#type::Date;
 use net_pathway::pb;
 use net_pathway::store::pseudonym::Pseudonymiser;
 use net_pathway::store::{DecisionLog, Store};
+use net_pathway::{ActivePolicy, AppState};
 use net_pathway_client::NetPathwayClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;

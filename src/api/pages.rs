@@ -1,0 +1,86 @@
+//! List pages (AIP-158): page sizes and opaque page tokens bound to the list's filters.
+
+use super::convert::Reader;
+
+/// Page size when a list request leaves it at 0 (AIP-158).
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+/// Largest page a list request may ask for.
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+/// Reads `page_size`: 0 means the default; 1 to the maximum are accepted.
+pub fn page_size(r: &mut Reader, raw: i32) -> i64 {
+    match i64::from(raw) {
+        0 => DEFAULT_PAGE_SIZE,
+        n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+        n => {
+            r.violation(
+                "page_size",
+                format!("must be between 0 and {MAX_PAGE_SIZE}, got {n}"),
+            );
+            DEFAULT_PAGE_SIZE
+        }
+    }
+}
+
+/// An opaque page token: the last item's position and a fingerprint of the filters it belongs to.
+pub fn page_token(cursor: &crate::store::Cursor, filters: &str) -> String {
+    let plain = format!(
+        "v1\n{}\n{}\n{}",
+        cursor.at_ms,
+        cursor.id,
+        filter_key(filters)
+    );
+    hex::encode(plain)
+}
+
+fn filter_key(filters: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(filters.as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// Cuts rows fetched with `limit + 1` to one page and makes the token for the next one
+/// (empty on the last page).
+pub fn page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    filters: &str,
+    position: impl Fn(&T) -> crate::store::Cursor,
+) -> (Vec<T>, String) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let token = match rows.last() {
+        Some(last) if more => page_token(&position(last), filters),
+        _ => String::new(),
+    };
+    (rows, token)
+}
+
+/// Reads a page token made by [`page_token`] for the same filters.
+pub fn read_page_token(r: &mut Reader, raw: &str, filters: &str) -> Option<crate::store::Cursor> {
+    if raw.is_empty() {
+        return None;
+    }
+    let parsed = hex::decode(raw)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|plain| {
+            let parts: Vec<&str> = plain.split('\n').collect();
+            match parts.as_slice() {
+                ["v1", at, id, key] if *key == filter_key(filters) => {
+                    at.parse().ok().map(|at_ms| crate::store::Cursor {
+                        at_ms,
+                        id: id.to_string(),
+                    })
+                }
+                _ => None,
+            }
+        });
+    if parsed.is_none() {
+        r.violation(
+            "page_token",
+            "is not a page token from this list with these filters",
+        );
+    }
+    parsed
+}
