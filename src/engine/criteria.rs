@@ -504,98 +504,16 @@ impl Check {
                     .value(SYNDROME, s.label()),
                 None => detail.unknown(&[SYNDROME], "hormonal (functional) status not recorded"),
             },
-            Check::ExtrahepaticSitesWithin { allowed } => {
-                let sites = &p.extent.extrahepatic_sites;
-                if sites.is_empty() {
-                    detail.unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
-                } else {
-                    let outside = |s: &&ExtrahepaticSite| {
-                        **s != ExtrahepaticSite::None && !allowed.contains(s)
-                    };
-                    let within = !sites.iter().any(|s| outside(&s));
-                    detail
-                        .decided(
-                            within,
-                            if within {
-                                Text::Borrowed("extrahepatic disease within the limit")
-                            } else {
-                                why!(
-                                    detail,
-                                    "extrahepatic disease in {}",
-                                    labels(sites.iter().filter(outside), |s| s.label())
-                                )
-                            },
-                        )
-                        .value(
-                            EXTRAHEPATIC,
-                            why!(detail, "{}", labels(sites, |s| s.label())),
-                        )
-                }
-            }
-            Check::ExtrahepaticSiteAnyOf { sites } => {
-                let recorded = &p.extent.extrahepatic_sites;
-                if recorded.is_empty() {
-                    detail.unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
-                } else {
-                    let found = recorded.iter().any(|s| sites.contains(s));
-                    let listed = || labels(recorded, |s| s.label());
-                    detail
-                        .decided(found, why!(detail, "extrahepatic disease: {}", listed()))
-                        .value(EXTRAHEPATIC, detail.text(listed))
-                }
-            }
-            Check::MibgInterferingDrugTaken => {
-                let drugs = &p.medication.mibg_interfering_drugs;
-                if drugs.is_empty() {
-                    detail.unknown(
-                        &[MIBG_DRUGS],
-                        "medicines that block mIBG uptake not reviewed",
-                    )
-                } else {
-                    let taken = |d: &&MibgInterferingDrug| **d != MibgInterferingDrug::None;
-                    let any_taken = drugs.iter().any(|d| taken(&d));
-                    detail
-                        .decided(
-                            any_taken,
-                            if any_taken {
-                                why!(
-                                    detail,
-                                    "takes {}",
-                                    labels(drugs.iter().filter(taken), |d| d.label())
-                                )
-                            } else {
-                                Text::Borrowed("none taken")
-                            },
-                        )
-                        .value(MIBG_DRUGS, why!(detail, "{}", labels(drugs, |d| d.label())))
-                }
-            }
+            Check::ExtrahepaticSitesWithin { allowed } => extrahepatic_sites_within(detail, p, allowed),
+            Check::ExtrahepaticSiteAnyOf { sites } => extrahepatic_site_any_of(detail, p, sites),
+            Check::MibgInterferingDrugTaken => mibg_interfering_drug_taken(detail, p),
             Check::ChildPughIn { classes } => match p.fitness.child_pugh {
                 Some(c) => detail
                     .decided(classes.contains(&c), c.label())
                     .value(CHILD_PUGH, c.label()),
                 None => detail.unknown(&[CHILD_PUGH], "Child-Pugh class not recorded"),
             },
-            Check::Age { years, at_least } => match f.age {
-                Some(age) => detail
-                    .decided(
-                        (age >= *years) == *at_least,
-                        if *at_least {
-                            why!(detail, "age {age} on {}; needs ≥ {years}", f.as_of)
-                        } else {
-                            why!(detail, "age {age} on {}; under {years}?", f.as_of)
-                        },
-                    )
-                    .value(
-                        if p.demographics.date_of_birth.is_some() {
-                            DATE_OF_BIRTH
-                        } else {
-                            AGE
-                        },
-                        why!(detail, "{age} years"),
-                    ),
-                None => detail.unknown(&[AGE, DATE_OF_BIRTH], "age not recorded"),
-            },
+            Check::Age { years, at_least } => age(detail, f, p, years, at_least),
             Check::PrimarySiteIn { sites } => match p.tumour.primary_site {
                 Some(site) => detail
                     .decided(
@@ -606,24 +524,7 @@ impl Check {
                 None => detail.unknown(&[PRIMARY_SITE], "primary site not recorded"),
             },
             Check::UnresectableOrMetastatic => unresectable_or_metastatic(detail, p),
-            Check::ProgressiveDisease => match p.progression.progressive {
-                Some(true) => {
-                    let mut f = detail
-                        .decided(true, "progressive disease on imaging")
-                        .value(PROGRESSIVE, "yes");
-                    if let Some(d) = p.progression.progression_scan_date {
-                        f = f.value(
-                            "patient.progression.progression_scan_date",
-                            why!(detail, "{d}"),
-                        );
-                    }
-                    f
-                }
-                Some(false) => detail
-                    .decided(false, "disease not progressive")
-                    .value(PROGRESSIVE, "no"),
-                None => detail.unknown(&[PROGRESSIVE], "progression not recorded"),
-            },
+            Check::ProgressiveDisease => progressive_disease(detail, p),
             // A stated differentiation still decides: only the grade has no meaning there.
             Check::DifferentiationIn { .. } if !p.has_who_grade() && f.grade.differentiation.is_none() => {
                 detail.not_applicable(why!(
@@ -639,48 +540,247 @@ impl Check {
                     p.tumour.primary_site.map_or("", |s| s.label())
                 ))
             }
-            Check::DifferentiationIn { accepted } => match f.grade.differentiation {
-                Some(d) => detail
-                    .decided(
-                        accepted.contains(&d),
-                        why!(detail, "{d} ({})", f.grade.differentiation_basis),
-                    )
-                    .value(DIFFERENTIATION, d.label()),
-                // A stated grade implies the differentiation unless it cannot (MiNEN, or a
-                // WHO 2010 G3), and then only the differentiation itself would settle it.
-                None => detail.unknown(
-                    if p.tumour.who_grade.is_some() {
-                        &[DIFFERENTIATION][..]
-                    } else {
-                        &[DIFFERENTIATION, WHO_GRADE][..]
-                    },
-                    why!(detail, "differentiation {}", f.grade.differentiation_basis),
+            Check::DifferentiationIn { accepted } => differentiation_in(detail, f, p, accepted),
+            Check::GradeIn { grades } => grade_in(detail, f, grades),
+            Check::Krenning { score, at_least } => krenning(detail, p, score, at_least),
+            Check::PriorCompletedCourse { therapies, administrations, } => prior_completed_course(detail, p, therapies, administrations),
+            Check::SsaIndicationAllows { indication } => match p.medication.ssa_indication {
+                None => detail.decided(
+                    true,
+                    "no indication asked: symptom or tumour growth control may apply",
                 ),
+                Some(asked) => detail
+                    .decided(
+                        asked == *indication || asked == SsaIndication::SymptomAndTumourControl,
+                        why!(detail, "asked for {asked}"),
+                    )
+                    .value(SSA_INDICATION, asked.label()),
             },
-            Check::GradeIn { grades } => {
-                let mut finding = match f.grade.grade {
-                    Some(g) => detail
-                        .decided(
-                            grades.contains(&g),
-                            why!(detail, "grade {g}: {}", f.grade.basis),
-                        )
-                        .value("derived.who_grade", g.label()),
-                    None => {
-                        let mut u = detail.finding(
-                            Outcome::Unknown,
-                            "no grade: no stated grade and nothing measured",
-                        );
-                        u.missing = f.grade.missing.clone().into();
-                        u
-                    }
-                };
-                if finding.explained {
-                    finding.values.extend(f.grade.values.iter().cloned());
-                }
-                finding
+            Check::NotRecorded { input } => {
+                let present = input.present(p);
+                detail
+                    .decided(!present, if present { "recorded" } else { "not recorded" })
+                    .value(input.path(), if present { "recorded" } else { "not recorded" })
             }
-            Check::Krenning { score, at_least } => {
-                let finding = match (p.imaging.krenning_score, p.imaging.sstr_positive) {
+            Check::Recorded { input } => match (input.read)(p) {
+                Some(v) => detail
+                    .decided(true, with_unit(detail, v, input.unit))
+                    .value(input.path, with_unit(detail, v, input.unit)),
+                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
+            },
+            Check::PregnantOrBreastfeeding => pregnant_or_breastfeeding(detail, p),
+            Check::PriorTherapyAnyOf { therapies } => prior_therapy_any_of(detail, p, therapies),
+            Check::NationIs { nation } => match p.demographics.nation {
+                Some(n) => detail
+                    .decided(n == *nation, why!(detail, "nation is {n}"))
+                    .value(NATION, n.label()),
+                None => detail.unknown(&[NATION], "nation not recorded"),
+            },
+            Check::WelshRegionIs { region } => welsh_region_is(detail, p, region),
+            Check::ValueBelow { input, fallback, threshold, } => value_below(detail, p, input, fallback, threshold),
+            Check::ValueAbove { input, threshold } => match (input.read)(p) {
+                Some(v) => detail
+                    .decided(
+                        v > *threshold,
+                        why!(detail, "{v} {} against > {threshold}", input.unit),
+                    )
+                    .value(input.path, with_unit(detail, v, input.unit)),
+                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
+            },
+            Check::ValueAboveMultipleOf { input, reference, multiple, } => value_above_multiple_of(detail, p, input, reference, multiple),
+            Check::IsTrue { input } | Check::IsFalse { input } => {
+                let wanted = matches!(self, Check::IsTrue { .. });
+                match (input.read)(p) {
+                    Some(v) => detail
+                        .decided(v == wanted, if v { "yes" } else { "no" })
+                        .value(input.path, if v { "yes" } else { "no" }),
+                    None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
+                }
+            }
+            Check::OlderThanDays { input, days } => match (input.read)(p) {
+                Some(d) => {
+                    let age = (f.as_of - d).num_days();
+                    detail
+                        .decided(age > *days, why!(detail, "{age} days old on {}", f.as_of))
+                        .value(input.path, why!(detail, "{d}"))
+                }
+                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
+            },
+            Check::StatedGradeConflicts => stated_grade_conflicts(detail, f, p),
+        }
+    }
+}
+
+/// Extrahepatic disease only in `allowed` sites (or none).
+fn extrahepatic_sites_within(detail: Detail, p: &Patient, allowed: &[ExtrahepaticSite]) -> Finding {
+    let sites = &p.extent.extrahepatic_sites;
+    if sites.is_empty() {
+        detail.unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
+    } else {
+        let outside = |s: &&ExtrahepaticSite| **s != ExtrahepaticSite::None && !allowed.contains(s);
+        let within = !sites.iter().any(|s| outside(&s));
+        detail
+            .decided(
+                within,
+                if within {
+                    Text::Borrowed("extrahepatic disease within the limit")
+                } else {
+                    why!(
+                        detail,
+                        "extrahepatic disease in {}",
+                        labels(sites.iter().filter(outside), |s| s.label())
+                    )
+                },
+            )
+            .value(
+                EXTRAHEPATIC,
+                why!(detail, "{}", labels(sites, |s| s.label())),
+            )
+    }
+}
+
+/// Extrahepatic disease in any of `sites`.
+fn extrahepatic_site_any_of(detail: Detail, p: &Patient, sites: &[ExtrahepaticSite]) -> Finding {
+    let recorded = &p.extent.extrahepatic_sites;
+    if recorded.is_empty() {
+        detail.unknown(&[EXTRAHEPATIC], "extrahepatic disease not recorded")
+    } else {
+        let found = recorded.iter().any(|s| sites.contains(s));
+        let listed = || labels(recorded, |s| s.label());
+        detail
+            .decided(found, why!(detail, "extrahepatic disease: {}", listed()))
+            .value(EXTRAHEPATIC, detail.text(listed))
+    }
+}
+
+/// A medicine that blocks mIBG uptake is taken.
+fn mibg_interfering_drug_taken(detail: Detail, p: &Patient) -> Finding {
+    let drugs = &p.medication.mibg_interfering_drugs;
+    if drugs.is_empty() {
+        detail.unknown(
+            &[MIBG_DRUGS],
+            "medicines that block mIBG uptake not reviewed",
+        )
+    } else {
+        let taken = |d: &&MibgInterferingDrug| **d != MibgInterferingDrug::None;
+        let any_taken = drugs.iter().any(|d| taken(&d));
+        detail
+            .decided(
+                any_taken,
+                if any_taken {
+                    why!(
+                        detail,
+                        "takes {}",
+                        labels(drugs.iter().filter(taken), |d| d.label())
+                    )
+                } else {
+                    Text::Borrowed("none taken")
+                },
+            )
+            .value(MIBG_DRUGS, why!(detail, "{}", labels(drugs, |d| d.label())))
+    }
+}
+
+/// Age on the as-of date at least (or, with `at_least` false, under) `years`.
+fn age(detail: Detail, f: &Facts, p: &Patient, years: &i32, at_least: &bool) -> Finding {
+    match f.age {
+        Some(age) => detail
+            .decided(
+                (age >= *years) == *at_least,
+                if *at_least {
+                    why!(detail, "age {age} on {}; needs ≥ {years}", f.as_of)
+                } else {
+                    why!(detail, "age {age} on {}; under {years}?", f.as_of)
+                },
+            )
+            .value(
+                if p.demographics.date_of_birth.is_some() {
+                    DATE_OF_BIRTH
+                } else {
+                    AGE
+                },
+                why!(detail, "{age} years"),
+            ),
+        None => detail.unknown(&[AGE, DATE_OF_BIRTH], "age not recorded"),
+    }
+}
+
+/// Progressive disease on imaging.
+fn progressive_disease(detail: Detail, p: &Patient) -> Finding {
+    match p.progression.progressive {
+        Some(true) => {
+            let mut f = detail
+                .decided(true, "progressive disease on imaging")
+                .value(PROGRESSIVE, "yes");
+            if let Some(d) = p.progression.progression_scan_date {
+                f = f.value(
+                    "patient.progression.progression_scan_date",
+                    why!(detail, "{d}"),
+                );
+            }
+            f
+        }
+        Some(false) => detail
+            .decided(false, "disease not progressive")
+            .value(PROGRESSIVE, "no"),
+        None => detail.unknown(&[PROGRESSIVE], "progression not recorded"),
+    }
+}
+
+/// The differentiation, stated or implied by a stated grade, is one of `accepted`.
+fn differentiation_in(
+    detail: Detail,
+    f: &Facts,
+    p: &Patient,
+    accepted: &[Differentiation],
+) -> Finding {
+    match f.grade.differentiation {
+        Some(d) => detail
+            .decided(
+                accepted.contains(&d),
+                why!(detail, "{d} ({})", f.grade.differentiation_basis),
+            )
+            .value(DIFFERENTIATION, d.label()),
+        // A stated grade implies the differentiation unless it cannot (MiNEN, or a
+        // WHO 2010 G3), and then only the differentiation itself would settle it.
+        None => detail.unknown(
+            if p.tumour.who_grade.is_some() {
+                &[DIFFERENTIATION][..]
+            } else {
+                &[DIFFERENTIATION, WHO_GRADE][..]
+            },
+            why!(detail, "differentiation {}", f.grade.differentiation_basis),
+        ),
+    }
+}
+
+/// The WHO grade, stated or derived from Ki-67 and mitoses (`grading`), is one of `grades`.
+fn grade_in(detail: Detail, f: &Facts, grades: &[WhoGrade]) -> Finding {
+    let mut finding = match f.grade.grade {
+        Some(g) => detail
+            .decided(
+                grades.contains(&g),
+                why!(detail, "grade {g}: {}", f.grade.basis),
+            )
+            .value("derived.who_grade", g.label()),
+        None => {
+            let mut u = detail.finding(
+                Outcome::Unknown,
+                "no grade: no stated grade and nothing measured",
+            );
+            u.missing = f.grade.missing.clone().into();
+            u
+        }
+    };
+    if finding.explained {
+        finding.values.extend(f.grade.values.iter().cloned());
+    }
+    finding
+}
+
+/// SSTR uptake at least (or, with `at_least` false, below) a Krenning score.
+fn krenning(detail: Detail, p: &Patient, score: &i32, at_least: &bool) -> Finding {
+    let finding = match (p.imaging.krenning_score, p.imaging.sstr_positive) {
                     (Some(k), _) => {
                         let holds = (k >= *score) == *at_least;
                         detail
@@ -721,26 +821,30 @@ impl Check {
                         "SSTR uptake (Krenning score or a positive/negative read) not recorded",
                     ),
                 };
-                match p.imaging.sstr_modality {
-                    Some(m) if finding.outcome != Outcome::Unknown => {
-                        finding.value("patient.imaging.sstr_modality", m.label())
-                    }
-                    _ => finding,
-                }
-            }
-            Check::PriorCompletedCourse {
-                therapies,
-                administrations,
-            } => {
-                let courses = p
-                    .prior_treatments
-                    .iter()
-                    .filter(|t| therapies.contains(&t.therapy));
-                let completed = courses
-                    .clone()
-                    .find(|t| t.cycles.is_some_and(|c| c >= *administrations));
-                let uncounted = courses.clone().any(|t| t.cycles.is_none());
-                match completed {
+    match p.imaging.sstr_modality {
+        Some(m) if finding.outcome != Outcome::Unknown => {
+            finding.value("patient.imaging.sstr_modality", m.label())
+        }
+        _ => finding,
+    }
+}
+
+/// A completed course of one of `therapies`: at least `administrations` given.
+fn prior_completed_course(
+    detail: Detail,
+    p: &Patient,
+    therapies: &[Therapy],
+    administrations: &i32,
+) -> Finding {
+    let courses = p
+        .prior_treatments
+        .iter()
+        .filter(|t| therapies.contains(&t.therapy));
+    let completed = courses
+        .clone()
+        .find(|t| t.cycles.is_some_and(|c| c >= *administrations));
+    let uncounted = courses.clone().any(|t| t.cycles.is_none());
+    match completed {
                     Some(t) => detail
                         .decided(
                             true,
@@ -785,81 +889,60 @@ impl Check {
                             why!(detail, "{} recorded", p.prior_treatments.len()),
                         ),
                 }
+}
+
+/// Previously treated with any of `therapies`.
+fn prior_therapy_any_of(detail: Detail, p: &Patient, therapies: &[Therapy]) -> Finding {
+    let treated = |t: &&crate::domain::PriorTreatment| therapies.contains(&t.therapy);
+    let found = || {
+        labels(p.prior_treatments.iter().filter(treated), |t| {
+            t.therapy.label()
+        })
+    };
+    if !p.prior_treatments.iter().any(|t| treated(&t)) {
+        detail
+            .decided(false, "none of these in the recorded prior treatments")
+            .value(
+                PRIOR_TREATMENTS,
+                why!(detail, "{} recorded", p.prior_treatments.len()),
+            )
+    } else {
+        detail
+            .decided(true, why!(detail, "previously treated with {}", found()))
+            .value(PRIOR_TREATMENTS, detail.text(found))
+    }
+}
+
+/// The Welsh region, recorded or implied by the health board, is `region`.
+fn welsh_region_is(detail: Detail, p: &Patient, region: &WelshRegion) -> Finding {
+    match (p.welsh_region(), p.demographics.welsh_health_board) {
+        (Some(r), board) => {
+            let f = detail.decided(r == *region, why!(detail, "Welsh region is {r}"));
+            match (p.demographics.welsh_region, board) {
+                (None, Some(b)) => f.value(WELSH_HEALTH_BOARD, b.label()),
+                _ => f.value(WELSH_REGION, r.label()),
             }
-            Check::SsaIndicationAllows { indication } => match p.medication.ssa_indication {
-                None => detail.decided(
-                    true,
-                    "no indication asked: symptom or tumour growth control may apply",
-                ),
-                Some(asked) => detail
-                    .decided(
-                        asked == *indication || asked == SsaIndication::SymptomAndTumourControl,
-                        why!(detail, "asked for {asked}"),
-                    )
-                    .value(SSA_INDICATION, asked.label()),
-            },
-            Check::NotRecorded { input } => {
-                let present = input.present(p);
-                detail
-                    .decided(!present, if present { "recorded" } else { "not recorded" })
-                    .value(input.path(), if present { "recorded" } else { "not recorded" })
-            }
-            Check::Recorded { input } => match (input.read)(p) {
-                Some(v) => detail
-                    .decided(true, with_unit(detail, v, input.unit))
-                    .value(input.path, with_unit(detail, v, input.unit)),
-                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
-            },
-            Check::PregnantOrBreastfeeding => pregnant_or_breastfeeding(detail, p),
-            Check::PriorTherapyAnyOf { therapies } => {
-                let treated = |t: &&crate::domain::PriorTreatment| therapies.contains(&t.therapy);
-                let found = || {
-                    labels(p.prior_treatments.iter().filter(treated), |t| {
-                        t.therapy.label()
-                    })
-                };
-                if !p.prior_treatments.iter().any(|t| treated(&t)) {
-                    detail
-                        .decided(false, "none of these in the recorded prior treatments")
-                        .value(
-                            PRIOR_TREATMENTS,
-                            why!(detail, "{} recorded", p.prior_treatments.len()),
-                        )
-                } else {
-                    detail
-                        .decided(true, why!(detail, "previously treated with {}", found()))
-                        .value(PRIOR_TREATMENTS, detail.text(found))
-                }
-            }
-            Check::NationIs { nation } => match p.demographics.nation {
-                Some(n) => detail
-                    .decided(n == *nation, why!(detail, "nation is {n}"))
-                    .value(NATION, n.label()),
-                None => detail.unknown(&[NATION], "nation not recorded"),
-            },
-            Check::WelshRegionIs { region } => match (p.welsh_region(), p.demographics.welsh_health_board) {
-                (Some(r), board) => {
-                    let f = detail.decided(r == *region, why!(detail, "Welsh region is {r}"));
-                    match (p.demographics.welsh_region, board) {
-                        (None, Some(b)) => f.value(WELSH_HEALTH_BOARD, b.label()),
-                        _ => f.value(WELSH_REGION, r.label()),
-                    }
-                }
-                (None, _) => detail.unknown(
-                    &[WELSH_REGION, WELSH_HEALTH_BOARD],
-                    "Welsh region (or health board) not recorded",
-                ),
-            },
-            Check::ValueBelow {
-                input,
-                fallback,
-                threshold,
-            } => {
-                let chosen = [Some(*input), *fallback]
-                    .into_iter()
-                    .flatten()
-                    .find(|i| (i.read)(p).is_some());
-                match chosen.and_then(|i| (i.read)(p).map(|v| (i, v))) {
+        }
+        (None, _) => detail.unknown(
+            &[WELSH_REGION, WELSH_HEALTH_BOARD],
+            "Welsh region (or health board) not recorded",
+        ),
+    }
+}
+
+/// A numeric input below `threshold`, read from `fallback` when `input` is absent.
+fn value_below(
+    detail: Detail,
+    p: &Patient,
+    input: &&'static NumericInput,
+    fallback: &Option<&'static NumericInput>,
+    threshold: &f64,
+) -> Finding {
+    let chosen = [Some(*input), *fallback]
+        .into_iter()
+        .flatten()
+        .find(|i| (i.read)(p).is_some());
+    match chosen.and_then(|i| (i.read)(p).map(|v| (i, v))) {
                     // The threshold is set for `input`'s measure: a value of the fallback measure
                     // says so, so the flag cannot read as if the measures were the same.
                     Some((i, v)) if !std::ptr::eq(i, *input) => detail
@@ -896,82 +979,61 @@ impl Check {
                         detail.unknown(paths, "not recorded")
                     }
                 }
-            }
-            Check::ValueAbove { input, threshold } => match (input.read)(p) {
-                Some(v) => detail
-                    .decided(
-                        v > *threshold,
-                        why!(detail, "{v} {} against > {threshold}", input.unit),
-                    )
-                    .value(input.path, with_unit(detail, v, input.unit)),
-                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
-            },
-            Check::ValueAboveMultipleOf {
-                input,
-                reference,
-                multiple,
-            } => match ((input.read)(p), (reference.read)(p)) {
-                (Some(v), Some(r)) => detail
-                    .decided(
-                        v > multiple * r,
-                        why!(
-                            detail,
-                            "{v} {} against {multiple} x {r} = {}",
-                            input.unit,
-                            multiple * r
-                        ),
-                    )
-                    .value(input.path, with_unit(detail, v, input.unit))
-                    .value(reference.path, with_unit(detail, r, reference.unit)),
-                (v, r) => {
-                    let missing: Vec<&str> =
-                        [(v.is_none(), input.path), (r.is_none(), reference.path)]
-                            .into_iter()
-                            .filter(|(m, _)| *m)
-                            .map(|(_, p)| p)
-                            .collect();
-                    detail.unknown(missing, "not recorded")
-                }
-            },
-            Check::IsTrue { input } | Check::IsFalse { input } => {
-                let wanted = matches!(self, Check::IsTrue { .. });
-                match (input.read)(p) {
-                    Some(v) => detail
-                        .decided(v == wanted, if v { "yes" } else { "no" })
-                        .value(input.path, if v { "yes" } else { "no" }),
-                    None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
-                }
-            }
-            Check::OlderThanDays { input, days } => match (input.read)(p) {
-                Some(d) => {
-                    let age = (f.as_of - d).num_days();
-                    detail
-                        .decided(age > *days, why!(detail, "{age} days old on {}", f.as_of))
-                        .value(input.path, why!(detail, "{d}"))
-                }
-                None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
-            },
-            Check::StatedGradeConflicts => match (&f.grade.conflict, p.tumour.who_grade) {
-                (Some(conflict), _) => {
-                    let mut f2 = detail.decided(true, why!(detail, "{conflict}"));
-                    if f2.explained {
-                        f2.values = f.grade.values.clone();
-                    }
-                    f2
-                }
-                (None, Some(_)) if f.grade.values.len() > 1 => {
-                    detail.decided(false, "stated grade agrees with the measured values")
-                }
-                (None, Some(_)) => detail.unknown(
-                    &[
-                        "patient.tumour.ki67_percent",
-                        "patient.tumour.mitoses_per_2mm2",
-                    ],
-                    "nothing measured to check the stated grade against",
+}
+
+/// A numeric input above `multiple` times a reference input.
+fn value_above_multiple_of(
+    detail: Detail,
+    p: &Patient,
+    input: &&'static NumericInput,
+    reference: &&'static NumericInput,
+    multiple: &f64,
+) -> Finding {
+    match ((input.read)(p), (reference.read)(p)) {
+        (Some(v), Some(r)) => detail
+            .decided(
+                v > multiple * r,
+                why!(
+                    detail,
+                    "{v} {} against {multiple} x {r} = {}",
+                    input.unit,
+                    multiple * r
                 ),
-                (None, None) => detail.decided(false, "no stated grade to conflict"),
-            },
+            )
+            .value(input.path, with_unit(detail, v, input.unit))
+            .value(reference.path, with_unit(detail, r, reference.unit)),
+        (v, r) => {
+            let missing: Vec<&str> = [(v.is_none(), input.path), (r.is_none(), reference.path)]
+                .into_iter()
+                .filter(|(m, _)| *m)
+                .map(|(_, p)| p)
+                .collect();
+            detail.unknown(missing, "not recorded")
         }
+    }
+}
+
+/// A stated WHO grade disagrees with the measured Ki-67 or mitoses.
+fn stated_grade_conflicts(detail: Detail, f: &Facts, p: &Patient) -> Finding {
+    match (&f.grade.conflict, p.tumour.who_grade) {
+        (Some(conflict), _) => {
+            let mut f2 = detail.decided(true, why!(detail, "{conflict}"));
+            if f2.explained {
+                f2.values = f.grade.values.clone();
+            }
+            f2
+        }
+        (None, Some(_)) if f.grade.values.len() > 1 => {
+            detail.decided(false, "stated grade agrees with the measured values")
+        }
+        (None, Some(_)) => detail.unknown(
+            &[
+                "patient.tumour.ki67_percent",
+                "patient.tumour.mitoses_per_2mm2",
+            ],
+            "nothing measured to check the stated grade against",
+        ),
+        (None, None) => detail.decided(false, "no stated grade to conflict"),
     }
 }
 
@@ -1180,5 +1242,162 @@ mod tests {
         let found = finding(&check, &uptake(None, None));
         assert_eq!(found.outcome, Outcome::Unknown);
         assert_eq!(found.missing.as_ref(), &[KRENNING, SSTR_POSITIVE][..]);
+    }
+
+    fn numeric_input(path: &str) -> &'static NumericInput {
+        NUMERIC_INPUTS
+            .iter()
+            .find(|i| i.path == path)
+            .expect("a numeric input")
+    }
+
+    fn course(therapy: Therapy, cycles: Option<i32>) -> crate::domain::PriorTreatment {
+        crate::domain::PriorTreatment {
+            therapy,
+            start_date: None,
+            end_date: None,
+            cycles,
+            cumulative_activity_gbq: None,
+            best_response: None,
+        }
+    }
+
+    /// The renal flags' thresholds are set for creatinine clearance, and a measured clearance
+    /// and an estimated GFR are not the same measure (reference §14.8): eGFR stands in only when
+    /// clearance is absent, and the finding says which measure decided. Clearance, when
+    /// recorded, decides even if eGFR disagrees. The threshold here is the test's.
+    #[test]
+    fn a_fallback_measure_stands_in_only_when_the_first_is_absent_and_says_so() {
+        let check = Check::ValueBelow {
+            input: numeric_input("patient.labs.creatinine_clearance_ml_per_min"),
+            fallback: Some(numeric_input("patient.labs.egfr_ml_per_min_per_1_73m2")),
+            threshold: 50.0,
+        };
+        let mut patient = Patient::default();
+        patient.labs.egfr_ml_per_min_per_1_73m2 = Some(40.0);
+        let found = finding(&check, &patient);
+        assert_eq!(found.outcome, Outcome::Met);
+        assert_eq!(found.values[0].0, "patient.labs.egfr_ml_per_min_per_1_73m2");
+        assert!(
+            found.values[0].1.contains("eGFR, not creatinine clearance"),
+            "{found:?}"
+        );
+        patient.labs.creatinine_clearance_ml_per_min = Some(60.0);
+        let found = finding(&check, &patient);
+        assert_eq!(found.outcome, Outcome::Unmet, "clearance decides over eGFR");
+        let found = finding(&check, &Patient::default());
+        assert_eq!(found.outcome, Outcome::Unknown);
+        assert_eq!(
+            found.missing.as_ref(),
+            &[
+                "patient.labs.creatinine_clearance_ml_per_min",
+                "patient.labs.egfr_ml_per_min_per_1_73m2"
+            ][..]
+        );
+    }
+
+    /// Retreatment is a further course after a completed one (reference §16.1): a course
+    /// counted short of it is not one, and a course recorded without its count is UNKNOWN,
+    /// never a no.
+    #[test]
+    fn a_completed_course_needs_its_administrations_counted() {
+        let check = Check::PriorCompletedCourse {
+            therapies: vec![Therapy::PrrtLu177Dotatate],
+            administrations: 4,
+        };
+        let with = |courses: Vec<crate::domain::PriorTreatment>| {
+            let patient = Patient {
+                prior_treatments: courses,
+                ..Patient::default()
+            };
+            finding(&check, &patient).outcome
+        };
+        assert_eq!(
+            with(vec![course(Therapy::PrrtLu177Dotatate, Some(4))]),
+            Outcome::Met
+        );
+        assert_eq!(
+            with(vec![course(Therapy::PrrtLu177Dotatate, Some(2))]),
+            Outcome::Unmet
+        );
+        assert_eq!(
+            with(vec![course(Therapy::PrrtLu177Dotatate, None)]),
+            Outcome::Unknown
+        );
+        assert_eq!(
+            with(vec![course(Therapy::Everolimus, Some(6))]),
+            Outcome::Unmet
+        );
+        assert_eq!(with(vec![]), Outcome::Unmet);
+        assert_eq!(
+            with(vec![
+                course(Therapy::PrrtLu177Dotatate, None),
+                course(Therapy::PrrtLu177Dotatate, Some(4))
+            ]),
+            Outcome::Met,
+            "one counted, completed course settles it"
+        );
+    }
+
+    /// A patient whose Welsh region is not recorded is placed by their health board: Betsi
+    /// Cadwaladr serves North Wales; the finding names the board it used.
+    #[test]
+    fn the_health_board_places_a_patient_in_a_welsh_region() {
+        let north = Check::WelshRegionIs {
+            region: WelshRegion::North,
+        };
+        let mut patient = Patient::default();
+        assert_eq!(finding(&north, &patient).outcome, Outcome::Unknown);
+        patient.demographics.welsh_health_board =
+            Some(crate::domain::WelshHealthBoard::BetsiCadwaladr);
+        let found = finding(&north, &patient);
+        assert_eq!(found.outcome, Outcome::Met);
+        assert_eq!(found.values[0].0, WELSH_HEALTH_BOARD);
+        patient.demographics.welsh_health_board =
+            Some(crate::domain::WelshHealthBoard::CardiffAndVale);
+        assert_eq!(finding(&north, &patient).outcome, Outcome::Unmet);
+    }
+
+    /// "None" recorded among extrahepatic sites is no disease outside the liver, not a site
+    /// outside the limit; nothing recorded is UNKNOWN.
+    #[test]
+    fn extrahepatic_disease_within_a_limit_reads_none_as_no_disease() {
+        let check = Check::ExtrahepaticSitesWithin {
+            allowed: vec![ExtrahepaticSite::Bone],
+        };
+        let with = |sites: Vec<ExtrahepaticSite>| {
+            let mut patient = Patient::default();
+            patient.extent.extrahepatic_sites = sites;
+            finding(&check, &patient).outcome
+        };
+        assert_eq!(with(vec![]), Outcome::Unknown);
+        assert_eq!(with(vec![ExtrahepaticSite::None]), Outcome::Met);
+        assert_eq!(with(vec![ExtrahepaticSite::Bone]), Outcome::Met);
+        assert_eq!(
+            with(vec![ExtrahepaticSite::Bone, ExtrahepaticSite::Lung]),
+            Outcome::Unmet
+        );
+    }
+
+    /// Age on the as-of date decides both ways, from the date of birth when it is given.
+    #[test]
+    fn age_is_taken_on_the_as_of_date() {
+        let adult = Check::Age {
+            years: 18,
+            at_least: true,
+        };
+        let child = Check::Age {
+            years: 18,
+            at_least: false,
+        };
+        let mut patient = Patient::default();
+        assert_eq!(finding(&adult, &patient).outcome, Outcome::Unknown);
+        // 18 on 1 January 2026, the date `finding` evaluates on.
+        patient.demographics.date_of_birth = NaiveDate::from_ymd_opt(2008, 1, 1);
+        assert_eq!(finding(&adult, &patient).outcome, Outcome::Met);
+        assert_eq!(finding(&child, &patient).outcome, Outcome::Unmet);
+        patient.demographics.date_of_birth = NaiveDate::from_ymd_opt(2008, 1, 2);
+        assert_eq!(finding(&adult, &patient).outcome, Outcome::Unmet);
+        assert_eq!(finding(&child, &patient).outcome, Outcome::Met);
     }
 }
