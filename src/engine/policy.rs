@@ -864,6 +864,21 @@ impl Policy {
     }
 }
 
+/// Where each id of the policy file is: sources, commissioners, MDTs, delivery sites,
+/// registries and criteria, each by its position in the compiled policy.
+struct Ids {
+    sources: HashMap<String, usize>,
+    commissioners: HashMap<String, usize>,
+    mdts: HashMap<String, usize>,
+    sites: HashMap<String, usize>,
+    registries: HashMap<String, usize>,
+    criteria: HashMap<String, usize>,
+}
+
+/// Compiles the policy file in the order its parts refer to each other: sources, grading,
+/// commissioners, MDTs and sites, registries, criteria, then the routes and therapies that
+/// name them all, and the example cases. Every problem is an issue with its line; the policy
+/// is used only if there are none.
 fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
     let header = raw.policy;
     if header.version.get_ref().trim().is_empty() {
@@ -877,11 +892,92 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
         header.effective_to,
         header.version.span().start,
     );
+    let source_ids = l.index(&raw.sources, |s| &s.id, "source");
+    let sources = compile_sources(raw.sources);
+    let (grading, grading_sources) = compile_grading(l, &source_ids, raw.grading);
+    let commissioner_ids = l.index(&raw.commissioners, |c| &c.id, "commissioner");
+    let commissioners = compile_commissioners(l, &source_ids, raw.commissioners);
+    let (mdts, mdt_ids) = compile_named(l, &source_ids, raw.mdts, "MDT");
+    let (sites, site_ids) = compile_named(l, &source_ids, raw.sites, "delivery site");
+    let registry_ids = l.index(&raw.registries, |r| &r.id, "registry");
+    let registries = compile_registries(l, &source_ids, raw.registries);
+    let criterion_ids = l.index(&raw.criteria, |c| &c.id, "criterion");
+    let criteria = compile_criteria(l, &source_ids, &criterion_ids, &sources, raw.criteria);
+    let ids = Ids {
+        sources: source_ids,
+        commissioners: commissioner_ids,
+        mdts: mdt_ids,
+        sites: site_ids,
+        registries: registry_ids,
+        criteria: criterion_ids,
+    };
 
-    let source_index = l.index(&raw.sources, |s| &s.id, "source");
-    let sources: Vec<Source> = raw
-        .sources
-        .into_iter()
+    let mdt_rules = selectors(l, &ids, raw.mdt_rules);
+    let mdt_overrides = selectors(l, &ids, raw.mdt_overrides);
+    let fallback_mdt = l.lookup(
+        &ids.mdts,
+        &header.fallback_mdt,
+        "MDT (policy.fallback_mdt)",
+        0,
+    );
+    let mut routes = Routes {
+        ids: &ids,
+        seen: HashSet::new(),
+    };
+    let mut common_routes = Vec::new();
+    for r in raw.common_routes {
+        let offset = r.span().start;
+        let route = routes.compile(l, r.into_inner(), offset);
+        if route.when.is_empty() {
+            l.issue(
+                offset,
+                format!(
+                    "common route '{}' needs conditions: it comes before every therapy's own routes",
+                    route.id
+                ),
+            );
+        }
+        common_routes.push(route);
+    }
+    let mut therapies = TherapyPolicies::default();
+    for t in raw.therapies {
+        let offset = t.span().start;
+        let therapy = compile_therapy(l, &mut routes, &criteria, t.into_inner(), offset);
+        if therapies.contains_key(&therapy.therapy) {
+            l.issue(
+                offset,
+                format!("therapy {} is defined twice", therapy.therapy),
+            );
+        }
+        therapies.insert(therapy.therapy, therapy);
+    }
+    let cases = compile_cases(l, &ids.sources, raw.cases);
+
+    Policy {
+        version: header.version.into_inner(),
+        title: header.title,
+        period,
+        file: l.file.to_string(),
+        content_hash: format!("sha256:{:x}", Sha256::digest(text.as_bytes())),
+        sources,
+        grading,
+        grading_sources,
+        criteria,
+        commissioners,
+        mdts,
+        sites,
+        registries,
+        mdt_rules,
+        mdt_overrides,
+        common_routes,
+        fallback_mdt,
+        therapies,
+        cases,
+    }
+}
+
+fn compile_sources(raw: Vec<Spanned<RawSource>>) -> Vec<Source> {
+    raw.into_iter()
         .map(|s| {
             let s = s.into_inner();
             Source {
@@ -893,42 +989,48 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
                 evidence: s.evidence,
             }
         })
-        .collect();
+        .collect()
+}
 
-    let grading_offset = raw.grading.span().start;
-    let grading = raw.grading.into_inner();
-    let grading_sources = (
-        l.lookup(&source_index, &grading.source, "source", grading_offset),
-        l.lookup(
-            &source_index,
-            &grading.lung_source,
-            "source",
-            grading_offset,
-        ),
+/// The grading cut-offs: percentages, and G2's below G3's.
+fn compile_grading(
+    l: &mut Loader,
+    source_ids: &HashMap<String, usize>,
+    raw: Spanned<GradingParameters>,
+) -> (GradingParameters, (usize, usize)) {
+    let offset = raw.span().start;
+    let grading = raw.into_inner();
+    let sources = (
+        l.lookup(source_ids, &grading.source, "source", offset),
+        l.lookup(source_ids, &grading.lung_source, "source", offset),
     );
     for (name, value) in [
         ("ki67_g2_from_percent", grading.ki67_g2_from_percent),
         ("ki67_g3_above_percent", grading.ki67_g3_above_percent),
     ] {
         if !(0.0..=100.0).contains(&value) {
-            l.issue(
-                grading_offset,
-                format!("{name} must be a percentage, got {value}"),
-            );
+            l.issue(offset, format!("{name} must be a percentage, got {value}"));
         }
     }
     if grading.ki67_g2_from_percent > grading.ki67_g3_above_percent
         || grading.mitoses_g2_from > grading.mitoses_g3_above
     {
-        l.issue(grading_offset, "G2 cut-offs must not be above G3 cut-offs");
+        l.issue(offset, "G2 cut-offs must not be above G3 cut-offs");
     }
+    (grading, sources)
+}
 
-    let commissioner_index = l.index(&raw.commissioners, |c| &c.id, "commissioner");
+/// Commissioners, each with at least one period and no two overlapping.
+fn compile_commissioners(
+    l: &mut Loader,
+    source_ids: &HashMap<String, usize>,
+    raw: Vec<Spanned<RawCommissioner>>,
+) -> Vec<Commissioner> {
     let mut commissioners = Vec::new();
-    for c in raw.commissioners {
+    for c in raw {
         let offset = c.span().start;
         let c = c.into_inner();
-        let source = l.lookup(&source_index, &c.source, "source", offset);
+        let source = l.lookup(source_ids, &c.source, "source", offset);
         if c.periods.is_empty() {
             l.issue(
                 offset,
@@ -951,36 +1053,44 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             periods,
         });
     }
+    commissioners
+}
 
-    let named = |l: &mut Loader,
-                 items: Vec<Spanned<RawNamed>>,
-                 what: &str|
-     -> (Vec<Named>, HashMap<String, usize>) {
-        let index = l.index(&items, |n| &n.id, what);
-        let list = items
-            .into_iter()
-            .map(|n| {
-                let offset = n.span().start;
-                let n = n.into_inner();
-                let source = l.lookup(&source_index, &n.source, "source", offset);
-                Named {
-                    id: n.id,
-                    name: n.name,
-                    source,
-                }
-            })
-            .collect();
-        (list, index)
-    };
-    let (mdts, mdt_index) = named(l, raw.mdts, "MDT");
-    let (sites, site_index) = named(l, raw.sites, "delivery site");
+/// MDTs or delivery sites: an id, a name and a source each.
+fn compile_named(
+    l: &mut Loader,
+    source_ids: &HashMap<String, usize>,
+    items: Vec<Spanned<RawNamed>>,
+    what: &str,
+) -> (Vec<Named>, HashMap<String, usize>) {
+    let index = l.index(&items, |n| &n.id, what);
+    let list = items
+        .into_iter()
+        .map(|n| {
+            let offset = n.span().start;
+            let n = n.into_inner();
+            let source = l.lookup(source_ids, &n.source, "source", offset);
+            Named {
+                id: n.id,
+                name: n.name,
+                source,
+            }
+        })
+        .collect();
+    (list, index)
+}
 
-    let registry_index = l.index(&raw.registries, |r| &r.id, "registry");
+/// Registries, their periods not overlapping, a capacity only while open.
+fn compile_registries(
+    l: &mut Loader,
+    source_ids: &HashMap<String, usize>,
+    raw: Vec<Spanned<RawRegistry>>,
+) -> Vec<Registry> {
     let mut registries = Vec::new();
-    for r in raw.registries {
+    for r in raw {
         let offset = r.span().start;
         let r = r.into_inner();
-        let source = l.lookup(&source_index, &r.source, "source", offset);
+        let source = l.lookup(source_ids, &r.source, "source", offset);
         let mut periods = Vec::new();
         let mut spans = Vec::new();
         for p in r.periods {
@@ -1011,15 +1121,26 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             periods,
         });
     }
+    registries
+}
 
-    let criterion_index = l.index(&raw.criteria, |c| &c.id, "criterion");
+/// Criteria: each check from the catalogue, a safety criterion with its severity and flag, a
+/// criterion citing a source still to verify saying so; then each composite's members, which
+/// must be defined above it, so composites can never loop.
+fn compile_criteria(
+    l: &mut Loader,
+    source_ids: &HashMap<String, usize>,
+    criterion_ids: &HashMap<String, usize>,
+    sources: &[Source],
+    raw: Vec<Spanned<RawCriterion>>,
+) -> Vec<Criterion> {
     let mut criteria = Vec::new();
-    let mut criterion_offsets = Vec::new();
-    for c in raw.criteria {
+    let mut offsets = Vec::new();
+    for c in raw {
         let offset = c.span().start;
-        criterion_offsets.push(offset);
+        offsets.push(offset);
         let c = c.into_inner();
-        let source = l.lookup(&source_index, &c.source, "source", offset);
+        let source = l.lookup(source_ids, &c.source, "source", offset);
         let check = match super::catalogue::compile(&c.check, &c.params) {
             Ok(check) => check,
             Err(reason) => {
@@ -1067,17 +1188,11 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             to_verify: c.to_verify,
         });
     }
-
-    // Composites may name only criteria defined above them, so they can never loop.
-    for (i, (criterion, offset)) in criteria
-        .iter_mut()
-        .zip(criterion_offsets.iter())
-        .enumerate()
-    {
+    for (i, (criterion, offset)) in criteria.iter_mut().zip(offsets.iter()).enumerate() {
         if let Check::Composite { any, names } = &criterion.check {
             let mut members = Vec::new();
             for name in names {
-                match criterion_index.get(name) {
+                match criterion_ids.get(name) {
                     Some(&m) if m < i => members.push(m),
                     Some(_) => l.issue(*offset, format!("criterion '{}': '{name}' must be defined above the composite that names it", criterion.id)),
                     None => l.issue(*offset, format!("criterion '{}': unknown criterion '{name}'", criterion.id)),
@@ -1090,43 +1205,49 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             };
         }
     }
+    criteria
+}
 
-    let refs = |l: &mut Loader, ids: &[String], offset: usize| -> Vec<usize> {
-        ids.iter()
-            .map(|id| l.lookup(&criterion_index, id, "criterion", offset))
-            .collect()
-    };
-    let selectors = |l: &mut Loader, raw: Vec<Spanned<RawSelector>>| -> Vec<Selector> {
-        raw.into_iter()
-            .map(|s| {
-                let offset = s.span().start;
-                let s = s.into_inner();
-                Selector {
-                    when: refs(l, &s.when, offset),
-                    target: l.lookup(&mdt_index, &s.mdt, "MDT", offset),
-                }
-            })
-            .collect()
-    };
-    let mdt_rules = selectors(l, raw.mdt_rules);
-    let mdt_overrides = selectors(l, raw.mdt_overrides);
-    let fallback_mdt = l.lookup(
-        &mdt_index,
-        &header.fallback_mdt,
-        "MDT (policy.fallback_mdt)",
-        0,
-    );
+/// The criteria a list of ids names.
+fn refs(l: &mut Loader, ids: &Ids, names: &[String], offset: usize) -> Vec<usize> {
+    names
+        .iter()
+        .map(|id| l.lookup(&ids.criteria, id, "criterion", offset))
+        .collect()
+}
 
-    let mut route_ids = HashSet::new();
-    let mut compile_route = |l: &mut Loader, r: RawRoute, offset: usize| -> Route {
-        if !route_ids.insert(r.id.clone()) {
+/// MDT selectors: when these criteria are met, this MDT.
+fn selectors(l: &mut Loader, ids: &Ids, raw: Vec<Spanned<RawSelector>>) -> Vec<Selector> {
+    raw.into_iter()
+        .map(|s| {
+            let offset = s.span().start;
+            let s = s.into_inner();
+            Selector {
+                when: refs(l, ids, &s.when, offset),
+                target: l.lookup(&ids.mdts, &s.mdt, "MDT", offset),
+            }
+        })
+        .collect()
+}
+
+/// Funding routes, common and per therapy: every route id used once.
+struct Routes<'a> {
+    ids: &'a Ids,
+    seen: HashSet<String>,
+}
+
+impl Routes<'_> {
+    /// A route, its registry named exactly when it is an audit registry route.
+    fn compile(&mut self, l: &mut Loader, r: RawRoute, offset: usize) -> Route {
+        let ids = self.ids;
+        if !self.seen.insert(r.id.clone()) {
             l.issue(offset, format!("duplicate route id '{}'", r.id));
         }
         let period = l.period(r.effective_from, r.effective_to, offset);
         let registry = r
             .registry
             .as_deref()
-            .map(|id| l.lookup(&registry_index, id, "registry", offset));
+            .map(|id| l.lookup(&ids.registries, id, "registry", offset));
         if (r.route == RouteKind::AuditRegistry) != registry.is_some() {
             l.issue(
                 offset,
@@ -1137,16 +1258,16 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             );
         }
         Route {
-            when: refs(l, &r.when, offset),
-            commissioner: l.lookup(&commissioner_index, &r.commissioner, "commissioner", offset),
-            source: l.lookup(&source_index, &r.source, "source", offset),
+            when: refs(l, ids, &r.when, offset),
+            commissioner: l.lookup(&ids.commissioners, &r.commissioner, "commissioner", offset),
+            source: l.lookup(&ids.sources, &r.source, "source", offset),
             mdt: r
                 .mdt
                 .as_deref()
-                .map(|m| l.lookup(&mdt_index, m, "MDT", offset)),
+                .map(|m| l.lookup(&ids.mdts, m, "MDT", offset)),
             sites: r.sites.map(|s| {
                 s.iter()
-                    .map(|s| l.lookup(&site_index, s, "delivery site", offset))
+                    .map(|s| l.lookup(&ids.sites, s, "delivery site", offset))
                     .collect()
             }),
             id: r.id,
@@ -1159,105 +1280,97 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             notes: r.notes,
             registry,
         }
-    };
-    let mut common_routes = Vec::new();
-    for r in raw.common_routes {
-        let offset = r.span().start;
-        let route = compile_route(l, r.into_inner(), offset);
-        if route.when.is_empty() {
-            l.issue(
-                offset,
-                format!(
-                    "common route '{}' needs conditions: it comes before every therapy's own routes",
-                    route.id
-                ),
-            );
-        }
-        common_routes.push(route);
     }
+}
 
-    let mut therapies = TherapyPolicies::default();
-    for t in raw.therapies {
-        let offset = t.span().start;
-        let t = t.into_inner();
-        let eligibility = refs(l, &t.eligibility, offset);
-        if !eligibility
-            .iter()
-            .any(|c| criteria.get(*c).is_some_and(|c| c.role == Role::Required))
-        {
-            l.issue(
-                offset,
-                format!(
-                    "therapy {}: eligibility needs at least one required criterion",
-                    t.therapy
-                ),
-            );
-        }
-        let mdt = selectors(l, t.mdt);
-        let mut delivery = Vec::new();
-        for d in t.delivery {
-            let offset = d.span().start;
-            let d = d.into_inner();
-            let when = refs(l, &d.when, offset);
-            let mut periods = Vec::new();
-            let mut spans = Vec::new();
-            for p in d.periods {
-                let offset = p.span().start;
-                let p = p.into_inner();
-                let period = l.period(p.effective_from, p.effective_to, offset);
-                spans.push((period, offset));
-                let sites = p
-                    .sites
-                    .iter()
-                    .map(|s| l.lookup(&site_index, s, "delivery site", offset))
-                    .collect();
-                let source = l.lookup(&source_index, &p.source, "source", offset);
-                periods.push(DeliveryPeriod {
-                    period,
-                    sites,
-                    source,
-                    note: p.note,
-                });
-            }
-            l.no_overlaps(&spans, &format!("therapy {} delivery", t.therapy));
-            delivery.push(Delivery { when, periods });
-        }
-        let mut routes: Vec<Route> = Vec::new();
-        let mut last_offset: HashMap<Nation, (usize, bool)> = HashMap::new();
-        for r in t.routes {
-            let offset = r.span().start;
-            let route = compile_route(l, r.into_inner(), offset);
-            let catch_all = route.when.is_empty() && route.period == Period::default();
-            last_offset.insert(route.nation, (offset, catch_all));
-            routes.push(route);
-        }
-        for (nation, (offset, catch_all)) in last_offset {
-            if !catch_all {
-                l.issue(offset, format!("therapy {}: the last {nation} route must have no conditions and no dates, so every patient gets a route", t.therapy));
-            }
-        }
-        if therapies.contains_key(&t.therapy) {
-            l.issue(offset, format!("therapy {} is defined twice", t.therapy));
-        }
-        therapies.insert(
-            t.therapy,
-            TherapyPolicy {
-                therapy: t.therapy,
-                eligibility,
-                mdt,
-                delivery,
-                routes,
-                notes: t.notes,
-            },
+/// One therapy: eligibility with at least one required criterion, its MDT selectors, delivery
+/// periods that do not overlap, and routes whose last for each nation catches every patient.
+fn compile_therapy(
+    l: &mut Loader,
+    routes: &mut Routes,
+    criteria: &[Criterion],
+    t: RawTherapy,
+    offset: usize,
+) -> TherapyPolicy {
+    let ids = routes.ids;
+    let eligibility = refs(l, ids, &t.eligibility, offset);
+    if !eligibility
+        .iter()
+        .any(|c| criteria.get(*c).is_some_and(|c| c.role == Role::Required))
+    {
+        l.issue(
+            offset,
+            format!(
+                "therapy {}: eligibility needs at least one required criterion",
+                t.therapy
+            ),
         );
     }
+    let mdt = selectors(l, ids, t.mdt);
+    let mut delivery = Vec::new();
+    for d in t.delivery {
+        let offset = d.span().start;
+        let d = d.into_inner();
+        let when = refs(l, ids, &d.when, offset);
+        let mut periods = Vec::new();
+        let mut spans = Vec::new();
+        for p in d.periods {
+            let offset = p.span().start;
+            let p = p.into_inner();
+            let period = l.period(p.effective_from, p.effective_to, offset);
+            spans.push((period, offset));
+            let sites = p
+                .sites
+                .iter()
+                .map(|s| l.lookup(&ids.sites, s, "delivery site", offset))
+                .collect();
+            let source = l.lookup(&ids.sources, &p.source, "source", offset);
+            periods.push(DeliveryPeriod {
+                period,
+                sites,
+                source,
+                note: p.note,
+            });
+        }
+        l.no_overlaps(&spans, &format!("therapy {} delivery", t.therapy));
+        delivery.push(Delivery { when, periods });
+    }
+    let mut compiled: Vec<Route> = Vec::new();
+    let mut last_offset: HashMap<Nation, (usize, bool)> = HashMap::new();
+    for r in t.routes {
+        let offset = r.span().start;
+        let route = routes.compile(l, r.into_inner(), offset);
+        let catch_all = route.when.is_empty() && route.period == Period::default();
+        last_offset.insert(route.nation, (offset, catch_all));
+        compiled.push(route);
+    }
+    for (nation, (offset, catch_all)) in last_offset {
+        if !catch_all {
+            l.issue(offset, format!("therapy {}: the last {nation} route must have no conditions and no dates, so every patient gets a route", t.therapy));
+        }
+    }
+    TherapyPolicy {
+        therapy: t.therapy,
+        eligibility,
+        mdt,
+        delivery,
+        routes: compiled,
+        notes: t.notes,
+    }
+}
 
+/// The policy's example cases, each citing a source; run after the policy compiles.
+fn compile_cases(
+    l: &mut Loader,
+    source_ids: &HashMap<String, usize>,
+    raw: Vec<Spanned<RawCase>>,
+) -> Vec<Case> {
     let mut cases = Vec::new();
-    for c in raw.cases {
+    for c in raw {
         let offset = c.span().start;
         let line = l.line(offset);
         let c = c.into_inner();
-        l.lookup(&source_index, &c.source, "source", offset);
+        l.lookup(source_ids, &c.source, "source", offset);
         let expectations = c
             .expect
             .into_iter()
@@ -1274,28 +1387,7 @@ fn compile(l: &mut Loader, raw: RawPolicy, text: &str) -> Policy {
             expectations,
         });
     }
-
-    Policy {
-        version: header.version.into_inner(),
-        title: header.title,
-        period,
-        file: l.file.to_string(),
-        content_hash: format!("sha256:{:x}", Sha256::digest(text.as_bytes())),
-        sources,
-        grading,
-        grading_sources,
-        criteria,
-        commissioners,
-        mdts,
-        sites,
-        registries,
-        mdt_rules,
-        mdt_overrides,
-        common_routes,
-        fallback_mdt,
-        therapies,
-        cases,
-    }
+    cases
 }
 
 #[cfg(test)]
