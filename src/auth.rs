@@ -18,7 +18,7 @@ use tonic::codegen::http::header::AUTHORIZATION;
 
 /// What a caller may do. Each RPC needs exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
+pub(crate) enum Role {
     /// Eligibility, funding, and reading the active policy.
     Evaluate,
     /// Enrolling, recording prior agreements, withdrawing.
@@ -74,13 +74,13 @@ impl Caller {
         }
     }
 
-    pub fn has(&self, role: Role) -> bool {
+    pub(crate) fn has(&self, role: Role) -> bool {
         self.roles & role.bit() != 0
     }
 }
 
 /// The identity recorded when no authentication is configured.
-pub const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 /// Why authentication could not be set up at start.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ pub struct JwtSettings {
 }
 
 /// Largest clock skew accepted in configuration: beyond this an expired token is not expired.
-pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+pub(crate) const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// Verified tokens remembered, so a service reusing its token pays for one signature check.
 const TOKEN_CACHE_ENTRIES: usize = 4096;
 
@@ -317,7 +317,7 @@ impl Authenticator {
 
     /// The caller, if they hold `role`; UNAUTHENTICATED or PERMISSION_DENIED otherwise. Reads
     /// only the call's headers and its connection's client certificate, never its body.
-    pub fn authorize_headers(
+    pub(crate) fn authorize_headers(
         &self,
         headers: &HeaderMap,
         peer_certs: impl FnOnce() -> Option<PeerCertificates>,
@@ -389,7 +389,7 @@ impl Authenticator {
 }
 
 /// The client certificate chain of a call's connection, leaf first.
-pub type PeerCertificates = Arc<Vec<tonic::transport::CertificateDer<'static>>>;
+pub(crate) type PeerCertificates = Arc<Vec<tonic::transport::CertificateDer<'static>>>;
 
 /// The certificate's subject common names, then its DNS subject alternative names.
 fn certificate_names(der: &[u8]) -> Vec<String> {

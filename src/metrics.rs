@@ -83,7 +83,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new(commits: &crate::store::CommitCounters) -> Result<Self, prometheus::Error> {
+    pub(crate) fn new(commits: &crate::store::CommitCounters) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let calls = IntCounterVec::new(
             Opts::new(

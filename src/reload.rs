@@ -16,7 +16,7 @@ use crate::metrics::ReloadCounters;
 
 /// What one reload attempt did.
 #[derive(Debug)]
-pub enum Reloaded {
+pub(crate) enum Reloaded {
     /// The new version is active.
     Activated {
         version: String,
@@ -27,7 +27,7 @@ pub enum Reloaded {
 }
 
 /// Validates `path` and, if it is good and different, makes it the active policy.
-pub fn reload(
+pub(crate) fn reload(
     active: &ActivePolicy,
     path: &Path,
     counters: &ReloadCounters,

@@ -73,7 +73,7 @@ pub async fn serve(
 /// Health name that stays SERVING while the process runs (until shutdown), whatever the
 /// database does: the liveness probe's, so a database outage takes replicas out of the load
 /// balancer (readiness) without restarting them.
-pub const LIVENESS: &str = "liveness";
+pub(crate) const LIVENESS: &str = "liveness";
 
 /// Like [`serve`], and also serves grpc.health.v1 alone, in plaintext, on `health_listener`:
 /// the kubelet's native gRPC probes cannot speak TLS.

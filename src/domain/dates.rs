@@ -20,12 +20,12 @@ pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> 
 }
 
 /// Like [`required`], for an optional field.
-pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+pub(crate) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
     required(d).map(Some)
 }
 
 /// Completed years from `from` to `to` (negative if `to` is earlier).
-pub fn whole_years_between(from: NaiveDate, to: NaiveDate) -> i32 {
+pub(crate) fn whole_years_between(from: NaiveDate, to: NaiveDate) -> i32 {
     let mut years = to.year() - from.year();
     if (to.month(), to.day()) < (from.month(), from.day()) {
         years -= 1;

@@ -10,7 +10,7 @@ mod validate;
 use chrono::NaiveDate;
 use serde::Deserialize;
 
-pub use validate::{FieldName, Violation};
+pub(crate) use validate::{FieldName, Violation};
 
 /// Every fact the service may use (reference §13), grouped as the proto groups them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -19,13 +19,13 @@ pub struct Patient {
     pub demographics: Demographics,
     pub tumour: Tumour,
     pub extent: DiseaseExtent,
-    pub progression: Progression,
+    pub(crate) progression: Progression,
     pub imaging: Imaging,
     pub prior_treatments: Vec<PriorTreatment>,
-    pub medication: Medication,
-    pub fitness: Fitness,
+    pub(crate) medication: Medication,
+    pub(crate) fitness: Fitness,
     pub labs: LaboratoryResults,
-    pub mdt: MdtContext,
+    pub(crate) mdt: MdtContext,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -76,7 +76,7 @@ pub struct DiseaseExtent {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Progression {
+pub(crate) struct Progression {
     pub progressive: Option<bool>,
     #[serde(deserialize_with = "dates::optional")]
     pub baseline_scan_date: Option<NaiveDate>,
@@ -119,7 +119,7 @@ pub struct PriorTreatment {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Medication {
+pub(crate) struct Medication {
     pub on_long_acting_ssa: Option<bool>,
     #[serde(deserialize_with = "dates::optional")]
     pub ssa_last_dose_date: Option<NaiveDate>,
@@ -129,7 +129,7 @@ pub struct Medication {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Fitness {
+pub(crate) struct Fitness {
     pub ecog_performance_status: Option<i32>,
     pub karnofsky_performance_status: Option<i32>,
     pub life_expectancy_months: Option<i32>,
@@ -169,7 +169,7 @@ pub struct LaboratoryResults {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct MdtContext {
+pub(crate) struct MdtContext {
     pub discussed: Option<bool>,
     pub mdt: Option<MdtName>,
     #[serde(deserialize_with = "dates::optional")]

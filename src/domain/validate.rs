@@ -5,7 +5,7 @@ use super::*;
 
 /// One invalid field: its path (proto snake_case, relative to the patient) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
+pub(crate) struct Violation {
     pub field: String,
     pub description: String,
 }
@@ -21,7 +21,7 @@ impl Violation {
 
 /// A field's path, spelled out only when there is a violation to name: most requests have
 /// none, and building every path up front cost a twentieth of a screened patient's time.
-pub trait FieldName {
+pub(crate) trait FieldName {
     fn name(&self) -> String;
 }
 
@@ -130,7 +130,7 @@ impl Checker {
 impl Patient {
     /// Checks ranges and consistency on `today`; `as_of` is the evaluation date (an age may
     /// be stated as of either). Returns every violation, paths relative to the patient.
-    pub fn validate(&self, today: NaiveDate, as_of: NaiveDate) -> Vec<Violation> {
+    pub(crate) fn validate(&self, today: NaiveDate, as_of: NaiveDate) -> Vec<Violation> {
         let mut c = Checker {
             today,
             date_of_birth: self.demographics.date_of_birth,

@@ -23,7 +23,7 @@ use crate::domain::{
     rename_all = "snake_case",
     deny_unknown_fields
 )]
-pub enum CheckSpec {
+pub(crate) enum CheckSpec {
     /// Age on the as-of date at least `years`.
     AgeAtLeast {
         years: i32,
@@ -148,7 +148,7 @@ pub enum CheckSpec {
 }
 
 /// Reads check `name` with its parameters and compiles it.
-pub fn compile(name: &str, params: &toml::Table) -> Result<Check, String> {
+pub(crate) fn compile(name: &str, params: &toml::Table) -> Result<Check, String> {
     let mut written = toml::Table::new();
     written.insert("check".into(), toml::Value::String(name.to_string()));
     written.insert("params".into(), toml::Value::Table(params.clone()));

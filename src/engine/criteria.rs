@@ -36,7 +36,7 @@ pub struct Facts<'a> {
     pub patient: &'a Patient,
     pub as_of: NaiveDate,
     pub age: Option<i32>,
-    pub grade: GradeAssessment,
+    pub(crate) grade: GradeAssessment,
     /// Registries (policy ids) in which the patient is actively enrolled, as the store says.
     /// Set before any criterion is evaluated: findings are remembered once made.
     pub registry_enrolments: Vec<String>,
@@ -44,7 +44,7 @@ pub struct Facts<'a> {
     pub detail: Detail,
     /// Each criterion's finding at `detail`, made at most once per patient and date:
     /// eligibility, funding, MDT selection and delivery sites share most criteria.
-    pub findings: Vec<std::cell::OnceCell<Finding>>,
+    pub(crate) findings: Vec<std::cell::OnceCell<Finding>>,
     /// The MDT the policy's geographic rules select for this patient, for every therapy
     /// without a rule of its own: chosen once, not once per answer.
     pub geographic_mdt: std::cell::OnceCell<Option<usize>>,
@@ -52,13 +52,13 @@ pub struct Facts<'a> {
 
 impl Facts<'_> {
     /// The stand-in for a criterion that is not in the policy these facts were made for.
-    pub fn not_in_policy() -> &'static Finding {
+    pub(crate) fn not_in_policy() -> &'static Finding {
         &NOT_IN_POLICY
     }
 }
 
 /// A numeric patient input a threshold check may name in the policy file.
-pub struct NumericInput {
+pub(crate) struct NumericInput {
     pub path: &'static str,
     pub unit: &'static str,
     read: fn(&Patient) -> Option<f64>,
@@ -76,13 +76,13 @@ impl NumericInput {
 }
 
 /// A yes/no patient input a check may name in the policy file.
-pub struct BooleanInput {
+pub(crate) struct BooleanInput {
     pub path: &'static str,
     read: fn(&Patient) -> Option<bool>,
 }
 
 /// A dated patient input a check may name in the policy file.
-pub struct DateInput {
+pub(crate) struct DateInput {
     pub path: &'static str,
     read: fn(&Patient) -> Option<NaiveDate>,
 }
@@ -99,7 +99,7 @@ macro_rules! numeric {
 
 /// A numeric or dated input whose presence a check tests.
 #[derive(Clone, Copy)]
-pub enum RecordedInput {
+pub(crate) enum RecordedInput {
     Numeric(&'static NumericInput),
     Date(&'static DateInput),
 }
@@ -121,7 +121,7 @@ impl RecordedInput {
 }
 
 /// Every numeric input a policy may threshold.
-pub static NUMERIC_INPUTS: &[NumericInput] = &[
+pub(crate) static NUMERIC_INPUTS: &[NumericInput] = &[
     numeric!("tumour.ki67_percent", "%", |p| p.tumour.ki67_percent),
     numeric!("tumour.mitoses_per_2mm2", "per 2 mm²", |p| p
         .tumour
@@ -201,7 +201,7 @@ macro_rules! input {
 }
 
 /// Every yes/no input a policy may test.
-pub static BOOLEAN_INPUTS: &[BooleanInput] = &[
+pub(crate) static BOOLEAN_INPUTS: &[BooleanInput] = &[
     input!(
         BooleanInput,
         "imaging.fdg_positive_sstr_negative_lesion",
@@ -264,7 +264,7 @@ pub static BOOLEAN_INPUTS: &[BooleanInput] = &[
 ];
 
 /// Every dated input a policy may age-check.
-pub static DATE_INPUTS: &[DateInput] = &[
+pub(crate) static DATE_INPUTS: &[DateInput] = &[
     input!(DateInput, "imaging.sstr_scan_date", |p| p
         .imaging
         .sstr_scan_date),
@@ -308,7 +308,7 @@ const MIBG_DRUGS: &str = "patient.medication.mibg_interfering_drugs";
 const CHILD_PUGH: &str = "patient.fitness.child_pugh";
 
 /// A compiled check with its parameters.
-pub enum Check {
+pub(crate) enum Check {
     /// Age on the as-of date at least (or, with `at_least` false, under) `years`.
     Age {
         years: i32,

@@ -20,12 +20,12 @@ use crate::domain::{Nation, Patient, Therapy};
 #[derive(Debug, Clone, Copy)]
 pub struct CriterionReport<'a> {
     pub criterion: usize,
-    pub finding: &'a Finding,
+    pub(crate) finding: &'a Finding,
 }
 
 /// Why a safety flag was raised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlagKind {
+pub(crate) enum FlagKind {
     /// An absolute contraindication that is not recorded: exclude it before treatment.
     ContraindicationNotRecorded,
     /// A safety limit is met: specialist review.
@@ -36,7 +36,7 @@ pub enum FlagKind {
 
 /// A safety finding for specialist review; its words come from the policy and the finding.
 #[derive(Debug, Clone, Copy)]
-pub struct FlagReport<'a> {
+pub(crate) struct FlagReport<'a> {
     pub criterion: usize,
     pub severity: Severity,
     pub kind: FlagKind,
@@ -52,20 +52,20 @@ pub struct EligibilityAnswer<'a> {
     /// Explained answers only.
     pub criteria: Vec<CriterionReport<'a>>,
     pub missing: Vec<&'static str>,
-    pub flags: Vec<FlagReport<'a>>,
+    pub(crate) flags: Vec<FlagReport<'a>>,
     /// The deciding MDT (an index into the policy's MDTs).
     pub mdt: usize,
 }
 
 #[derive(Debug, Clone)]
-pub struct CommissionerOnDate<'a> {
+pub(crate) struct CommissionerOnDate<'a> {
     pub id: &'a str,
     pub name: Cow<'a, str>,
     pub source: usize,
 }
 
 #[derive(Debug, Clone)]
-pub struct SiteOnDate<'a> {
+pub(crate) struct SiteOnDate<'a> {
     pub site: usize,
     pub period: Period,
     pub note: &'a str,
@@ -80,11 +80,11 @@ pub struct FundingAnswer<'a> {
     pub summary: Cow<'a, str>,
     pub nation: Option<Nation>,
     /// Explained answers only, like `sites` and `notes`: BASIC answers do not show them.
-    pub commissioner: Option<CommissionerOnDate<'a>>,
-    pub prior_approval: Option<PriorApproval>,
+    pub(crate) commissioner: Option<CommissionerOnDate<'a>>,
+    pub(crate) prior_approval: Option<PriorApproval>,
     /// The deciding MDT (an index into the policy's MDTs).
     pub mdt: usize,
-    pub sites: Vec<SiteOnDate<'a>>,
+    pub(crate) sites: Vec<SiteOnDate<'a>>,
     /// Explained answers only.
     pub criteria: Vec<CriterionReport<'a>>,
     pub source: Option<usize>,
@@ -131,7 +131,7 @@ impl Policy {
 
     /// One criterion's finding at the facts' detail (composites evaluate their members), made
     /// once per patient and date.
-    pub fn finding<'f>(&self, criterion: usize, facts: &'f Facts) -> &'f Finding {
+    pub(crate) fn finding<'f>(&self, criterion: usize, facts: &'f Facts) -> &'f Finding {
         match (facts.findings.get(criterion), self.criteria.get(criterion)) {
             (Some(cell), Some(c)) => cell.get_or_init(|| {
                 c.check

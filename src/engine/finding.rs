@@ -8,7 +8,7 @@ use std::borrow::Cow;
 /// that has no meaning for the patient (a WHO digestive grade for a phaeochromocytoma,
 /// position 6): it neither blocks nor supports, and the therapy's other criteria decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Met,
     Unmet,
     Unknown,
@@ -23,11 +23,11 @@ impl Outcome {
 }
 
 /// Text in an answer: the policy's own words are borrowed, anything formatted is owned.
-pub type Text = std::borrow::Cow<'static, str>;
+pub(crate) type Text = std::borrow::Cow<'static, str>;
 
 /// What one check found.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub outcome: Outcome,
     /// (field path, value with unit); explained findings only.
     pub values: Vec<(&'static str, Text)>,
@@ -107,11 +107,6 @@ impl Detail {
 }
 
 impl Finding {
-    /// Whether the values and explanation were made.
-    pub fn is_explained(&self) -> bool {
-        self.explained
-    }
-
     pub(super) fn value(mut self, field: &'static str, value: impl Into<Text>) -> Self {
         if self.explained {
             self.values.push((field, value.into()));

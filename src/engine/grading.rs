@@ -11,7 +11,7 @@ use crate::domain::{Differentiation, GradingSystem, LungClassification, Patient,
 /// Grade cut-offs, read from the policy file so a future WHO edition is a policy change.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GradingParameters {
+pub(crate) struct GradingParameters {
     /// Source id for the digestive (GEP) table.
     pub source: String,
     /// Source id for the lung/thymic table.
@@ -32,7 +32,7 @@ pub struct GradingParameters {
 
 /// What the service concluded about grade and differentiation, and from what.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct GradeAssessment {
+pub(crate) struct GradeAssessment {
     /// The grade the rules use; `None` when nothing was recorded to grade from.
     pub grade: Option<WhoGrade>,
     /// How the grade was reached, in words; empty unless the assessment was asked to explain.

@@ -11,5 +11,6 @@ mod properties;
 
 pub use criteria::Facts;
 pub use evaluate::{EligibilityAnswer, FundingAnswer};
-pub use finding::{Detail, Finding, Outcome, Text};
+pub use finding::Detail;
+pub(crate) use finding::Outcome;
 pub use policy::{Policy, PolicyError, PolicyIssue};

@@ -16,9 +16,9 @@ use super::grading::GradingParameters;
 use crate::domain::{Nation, Patient, Therapy, dates};
 
 /// The policy that ships in the binary and serves when no path is configured.
-pub const BUNDLED_POLICY: &str = include_str!("../../policy/net-pathway.toml");
+pub(crate) const BUNDLED_POLICY: &str = include_str!("../../policy/net-pathway.toml");
 /// The name the bundled policy reports in errors.
-pub const BUNDLED_POLICY_NAME: &str = "policy/net-pathway.toml (bundled)";
+pub(crate) const BUNDLED_POLICY_NAME: &str = "policy/net-pathway.toml (bundled)";
 
 /// One problem in a policy file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,7 +64,7 @@ fn list(issues: &[PolicyIssue]) -> String {
 /// How strongly a source supports a rule (the evidence tags of docs/clinical-reference.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Evidence {
+pub(crate) enum Evidence {
     Source,
     ServicePage,
     ToVerify,
@@ -75,7 +75,7 @@ pub enum Evidence {
 /// What a criterion does to an eligibility answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub(crate) enum Role {
     #[default]
     Required,
     Contraindication,
@@ -85,7 +85,7 @@ pub enum Role {
 /// Severity of a safety flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Severity {
+pub(crate) enum Severity {
     Info,
     Review,
     Withhold,
@@ -94,7 +94,7 @@ pub enum Severity {
 /// A funding route as written in the policy. `AuditRegistry` resolves by the registry's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RouteKind {
+pub(crate) enum RouteKind {
     RoutinelyCommissionedNiceTa,
     PriorApprovalRequired,
     RoutinelyCommissioned,
@@ -177,7 +177,7 @@ impl Policy {
 /// How prior approval is sought.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PriorApproval {
+pub(crate) enum PriorApproval {
     None,
     Blueteq,
     IndividualRequest,
@@ -187,7 +187,7 @@ pub enum PriorApproval {
 /// State of an audit registry on a date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RegistryStatus {
+pub(crate) enum RegistryStatus {
     Open,
     ClosedToNewPatients,
 }
@@ -206,7 +206,7 @@ pub enum Status {
 
 /// An inclusive date range; `None` ends are open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Period {
+pub(crate) struct Period {
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
 }
@@ -235,18 +235,18 @@ pub struct Source {
     pub section: String,
     pub published: Option<NaiveDate>,
     pub url: String,
-    pub evidence: Evidence,
+    pub(crate) evidence: Evidence,
 }
 
 pub struct Criterion {
     pub id: String,
     pub description: String,
-    pub role: Role,
+    pub(crate) role: Role,
     pub check_name: String,
     pub parameters: String,
-    pub check: Check,
+    pub(crate) check: Check,
     pub source: usize,
-    pub severity: Option<Severity>,
+    pub(crate) severity: Option<Severity>,
     /// The message a safety flag carries.
     pub flag: String,
     /// No document in the reference says this as the criterion applies it: answers flag it
@@ -254,20 +254,19 @@ pub struct Criterion {
     pub to_verify: bool,
 }
 
-pub struct Named {
+pub(crate) struct Named {
     pub id: String,
     pub name: String,
-    pub source: usize,
 }
 
-pub struct Commissioner {
+pub(crate) struct Commissioner {
     pub id: String,
     pub source: usize,
     pub periods: Vec<(Period, String)>,
 }
 
 /// A registry's state over a date range.
-pub struct RegistryPeriod {
+pub(crate) struct RegistryPeriod {
     pub period: Period,
     pub status: RegistryStatus,
     pub note: String,
@@ -275,20 +274,19 @@ pub struct RegistryPeriod {
     pub capacity: Option<i64>,
 }
 
-pub struct Registry {
+pub(crate) struct Registry {
     pub id: String,
     pub name: String,
-    pub source: usize,
     pub periods: Vec<RegistryPeriod>,
 }
 
 /// "When these criteria are all MET, use this target."
-pub struct Selector {
+pub(crate) struct Selector {
     pub when: Vec<usize>,
     pub target: usize,
 }
 
-pub struct DeliveryPeriod {
+pub(crate) struct DeliveryPeriod {
     pub period: Period,
     pub sites: Vec<usize>,
     pub source: usize,
@@ -297,18 +295,18 @@ pub struct DeliveryPeriod {
 
 pub struct Delivery {
     pub when: Vec<usize>,
-    pub periods: Vec<DeliveryPeriod>,
+    pub(crate) periods: Vec<DeliveryPeriod>,
 }
 
 pub struct Route {
     pub id: String,
     pub nation: Nation,
-    pub kind: RouteKind,
+    pub(crate) kind: RouteKind,
     pub when: Vec<usize>,
     pub commissioner: usize,
-    pub prior_approval: PriorApproval,
+    pub(crate) prior_approval: PriorApproval,
     pub next_if_refused: FundingRoute,
-    pub period: Period,
+    pub(crate) period: Period,
     pub source: usize,
     pub summary: String,
     pub notes: Vec<String>,
@@ -317,7 +315,7 @@ pub struct Route {
     pub registry: Option<usize>,
 }
 
-pub struct TherapyPolicy {
+pub(crate) struct TherapyPolicy {
     pub therapy: Therapy,
     pub eligibility: Vec<usize>,
     pub mdt: Vec<Selector>,
@@ -332,12 +330,12 @@ pub struct Case {
     pub line: usize,
     pub as_of: NaiveDate,
     pub patient: Patient,
-    pub expectations: Vec<(usize, Expectation)>,
+    pub(crate) expectations: Vec<(usize, Expectation)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Expectation {
+pub(crate) struct Expectation {
     pub therapy: Therapy,
     pub status: Option<Status>,
     pub route: Option<FundingRoute>,
@@ -351,7 +349,7 @@ pub struct Expectation {
 /// therapy up three or four times; a `BTreeMap` search took 4 % of a screened patient's
 /// instructions.
 #[derive(Default)]
-pub struct TherapyPolicies(Vec<Option<TherapyPolicy>>);
+pub(crate) struct TherapyPolicies(Vec<Option<TherapyPolicy>>);
 
 impl TherapyPolicies {
     pub fn get(&self, therapy: &Therapy) -> Option<&TherapyPolicy> {
@@ -375,24 +373,24 @@ impl TherapyPolicies {
 pub struct Policy {
     pub version: String,
     pub title: String,
-    pub period: Period,
+    pub(crate) period: Period,
     pub file: String,
     pub content_hash: String,
     pub sources: Vec<Source>,
-    pub grading: GradingParameters,
+    pub(crate) grading: GradingParameters,
     pub grading_sources: (usize, usize),
     pub criteria: Vec<Criterion>,
-    pub commissioners: Vec<Commissioner>,
-    pub mdts: Vec<Named>,
-    pub sites: Vec<Named>,
-    pub registries: Vec<Registry>,
-    pub mdt_rules: Vec<Selector>,
+    pub(crate) commissioners: Vec<Commissioner>,
+    pub(crate) mdts: Vec<Named>,
+    pub(crate) sites: Vec<Named>,
+    pub(crate) registries: Vec<Registry>,
+    pub(crate) mdt_rules: Vec<Selector>,
     /// MDT rules that come before a therapy's own (a child goes to the paediatric MDT).
-    pub mdt_overrides: Vec<Selector>,
+    pub(crate) mdt_overrides: Vec<Selector>,
     /// Routes tried before each therapy's own routes (a child is outside the adult pathways).
     pub common_routes: Vec<Route>,
     pub fallback_mdt: usize,
-    pub therapies: TherapyPolicies,
+    pub(crate) therapies: TherapyPolicies,
     pub cases: Vec<Case>,
 }
 
@@ -1069,11 +1067,11 @@ fn compile_named(
         .map(|n| {
             let offset = n.span().start;
             let n = n.into_inner();
-            let source = l.lookup(source_ids, &n.source, "source", offset);
+            // Each MDT and site cites its source; the loader checks it resolves.
+            l.lookup(source_ids, &n.source, "source", offset);
             Named {
                 id: n.id,
                 name: n.name,
-                source,
             }
         })
         .collect();
@@ -1090,7 +1088,8 @@ fn compile_registries(
     for r in raw {
         let offset = r.span().start;
         let r = r.into_inner();
-        let source = l.lookup(source_ids, &r.source, "source", offset);
+        // Each registry cites its source; the loader checks it resolves.
+        l.lookup(source_ids, &r.source, "source", offset);
         let mut periods = Vec::new();
         let mut spans = Vec::new();
         for p in r.periods {
@@ -1117,7 +1116,6 @@ fn compile_registries(
         registries.push(Registry {
             id: r.id,
             name: r.name,
-            source,
             periods,
         });
     }

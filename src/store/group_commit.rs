@@ -20,7 +20,7 @@ type Reply = oneshot::Sender<Result<WriteOutcome, String>>;
 /// What the writer has committed, for the metrics: the writer's busy fraction is the rate of
 /// `seconds`, so an operator sees when it, not the calls, sets the decision log's pace.
 #[derive(Clone, Debug)]
-pub struct CommitCounters {
+pub(crate) struct CommitCounters {
     pub commits: IntCounter,
     pub records: IntCounter,
     pub seconds: Counter,
@@ -122,7 +122,7 @@ impl DecisionLog {
     }
 
     /// The writer's counters, for registering with the metrics (they stay at zero when off).
-    pub fn counters(&self) -> &CommitCounters {
+    pub(crate) fn counters(&self) -> &CommitCounters {
         &self.counters
     }
 

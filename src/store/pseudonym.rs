@@ -127,7 +127,7 @@ fn lower_hex(bytes: &[u8]) -> String {
 
 /// Validates an NHS number: 10 digits (spaces ignored) whose modulus 11 check digit is right.
 /// Returns the digits.
-pub fn valid_nhs_number(raw: &str) -> Result<String, &'static str> {
+pub(crate) fn valid_nhs_number(raw: &str) -> Result<String, &'static str> {
     let digits: String = raw.chars().filter(|c| *c != ' ').collect();
     if digits.len() != 10 || !digits.chars().all(|c| c.is_ascii_digit()) {
         return Err("must be 10 digits");

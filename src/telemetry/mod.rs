@@ -15,7 +15,7 @@ pub enum LogFormat {
 /// waiting are written when the returned guard drops, so the caller keeps it until the process
 /// ends. A SIGKILL can lose the lines not yet written; decisions are in the decision log, not
 /// here.
-pub type LogFlushGuard = tracing_appender::non_blocking::WorkerGuard;
+pub(crate) type LogFlushGuard = tracing_appender::non_blocking::WorkerGuard;
 
 /// Lines waiting for the writer thread at most: past this (a log collector that has stopped
 /// reading), calls wait for it rather than lines being dropped. At about 400 bytes a line, a
@@ -93,7 +93,7 @@ fn traceparent_trace_id(value: &str) -> Option<&str> {
 
 /// The one line every call logs when it finishes (inside its span, so it carries the method,
 /// trace id, caller and decision id). No patient data is in it.
-pub fn call_finished(code: tonic::Code, elapsed: std::time::Duration) {
+pub(crate) fn call_finished(code: tonic::Code, elapsed: std::time::Duration) {
     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     match code {
         tonic::Code::Ok => tracing::info!(code = ?code, micros, "call finished"),
@@ -108,7 +108,7 @@ pub fn call_finished(code: tonic::Code, elapsed: std::time::Duration) {
 
 /// Tells the caller the call's trace id in `x-trace-id`, on answers and on errors, so a caller
 /// can quote it to find the call's lines.
-pub fn tell_trace_id(headers: &mut http::HeaderMap, trace_id: &str) {
+pub(crate) fn tell_trace_id(headers: &mut http::HeaderMap, trace_id: &str) {
     const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
     let Ok(mut value) = http::HeaderValue::from_str(trace_id) else {
         return;
