@@ -74,7 +74,13 @@ fn main() -> ExitCode {
 
 fn serve(config: ServeConfig) -> ExitCode {
     // Kept to the end of serve(), so queued log lines are written before the process exits.
-    let _log_flush = telemetry::init(config.log_format);
+    let _log_flush = match telemetry::init(config.log_format) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("cannot start the log writer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // With more than one rustls provider in the graph the TLS server would panic choosing one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(why) = config.check_exposure() {

@@ -4,6 +4,8 @@
 use tonic::codegen::http::{self, HeaderName};
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
+mod output;
+
 /// How log lines are written: text for a person, JSON for a log shipper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -11,31 +13,26 @@ pub enum LogFormat {
     Json,
 }
 
-/// Log lines are written to stdout by tracing-appender's background thread; lines still
-/// waiting are written when the returned guard drops, so the caller keeps it until the process
-/// ends. A SIGKILL can lose the lines not yet written; decisions are in the decision log, not
-/// here.
-pub(crate) type LogFlushGuard = tracing_appender::non_blocking::WorkerGuard;
+/// Log lines are written to stdout by a background thread in batches (output.rs); lines
+/// still waiting are written when the returned guard drops, so the caller keeps it until the
+/// process ends. A SIGKILL can lose the last 10 ms or so of lines; decisions are in the
+/// decision log, not here.
+pub type LogFlushGuard = output::LinesWritten;
 
-/// Lines waiting for the writer thread at most: past this (a log collector that has stopped
-/// reading), calls wait for it rather than lines being dropped. At about 400 bytes a line, a
-/// few megabytes.
-const MOST_LINES_WAITING: usize = 8 * 1024;
-
-/// Installs the global subscriber; a second call installs nothing.
-pub fn init(format: LogFormat) -> LogFlushGuard {
+/// Installs the global subscriber; a second call installs nothing. Fails only if the writer
+/// thread cannot be started.
+pub fn init(format: LogFormat) -> std::io::Result<LogFlushGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(MOST_LINES_WAITING)
-        .thread_name("log-writer")
-        .finish(std::io::stdout());
+    let (writer, guard) = output::to(std::io::stdout())?;
     let registry = tracing_subscriber::registry().with(filter);
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let layer = fmt::layer().with_writer(writer).with_target(false);
+    let layer = fmt::layer().with_writer(writer);
     let _ = match format {
-        // Colour only for a person at a terminal, not for a log collector.
-        LogFormat::Text => registry.with(layer.with_ansi(terminal)).try_init(),
+        // Colour only for a person at a terminal, not for a log collector. The text line leaves
+        // out the target, which the JSON line keeps for log shippers to filter on.
+        LogFormat::Text => registry
+            .with(layer.with_target(false).with_ansi(terminal))
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 layer
@@ -47,7 +44,7 @@ pub fn init(format: LogFormat) -> LogFlushGuard {
             )
             .try_init(),
     };
-    guard
+    Ok(guard)
 }
 
 /// The call's trace id: the caller's W3C `traceparent` trace id when it sends a valid one, so

@@ -112,6 +112,13 @@ async fn every_line_of_a_call_carries_its_trace_and_decision_ids_and_no_patient_
         assert_eq!(line["span"]["decision_id"], decision_id.as_str(), "{line}");
         assert_eq!(line["span"]["caller"], "mdt-workflow", "{line}");
         assert_eq!(line["span"]["method"], "EvaluateEligibility", "{line}");
+        // Log shippers filter on the target (the module that wrote the line).
+        assert!(
+            line["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("net_pathway")),
+            "{line}"
+        );
     }
     assert!(
         of_call.iter().any(|l| l["message"] == "call finished"),
