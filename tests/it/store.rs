@@ -620,3 +620,44 @@ async fn a_database_from_a_newer_binary_is_refused() {
         }
     }
 }
+
+/// Listing decisions by outcome reads each decision's outcomes from the time index the list
+/// walks, not from its row (migration 0006): in an embedded database the row's outcomes come
+/// after its record, kilobytes in overflow pages, so a filter matching few decisions read every
+/// record (33 s from a cold cache over 200,000 decisions of 8 KB; 0.3 s from the index).
+#[tokio::test]
+async fn the_time_index_carries_the_outcomes_a_list_filters_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let store = Store::open(&url).await.expect("store");
+        let columns: Vec<String> = match &store {
+            Store::Sqlite(pool) => {
+                sqlx::query_as::<_, (String,)>(
+                    "SELECT name FROM pragma_index_info('decisions_by_time') ORDER BY seqno",
+                )
+                .fetch_all(pool)
+                .await
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_as::<_, (String,)>(
+                    "SELECT a.attname::text FROM pg_index i \
+                     JOIN pg_class c ON c.oid = i.indexrelid \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                     WHERE c.relname = 'decisions_by_time' \
+                     ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                )
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .expect("index columns")
+        .into_iter()
+        .map(|(name,)| name)
+        .collect();
+        assert_eq!(
+            columns,
+            ["received_at_ms", "decision_id", "outcomes"],
+            "{backend}"
+        );
+    }
+}
