@@ -621,10 +621,11 @@ async fn a_database_from_a_newer_binary_is_refused() {
     }
 }
 
-/// Listing decisions by outcome reads each decision's outcomes from the time index the list
-/// walks, not from its row (migration 0006): in an embedded database the row's outcomes come
-/// after its record, kilobytes in overflow pages, so a filter matching few decisions read every
-/// record (33 s from a cold cache over 200,000 decisions of 8 KB; 0.3 s from the index).
+/// In an embedded database, listing decisions by outcome reads each decision's outcomes from the
+/// time index the list walks, not from its row (migration 0006): a filter matching few decisions
+/// read every page of the table (11 s from a cold cache over 200,000 decisions of 8 KB; 0.35 s
+/// from the index). PostgreSQL keeps its time index as it was: the list reads each row's record
+/// anyway, and rebuilding the index there would lock the table during a rolling upgrade.
 #[tokio::test]
 async fn the_time_index_carries_the_outcomes_a_list_filters_on() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -654,10 +655,10 @@ async fn the_time_index_carries_the_outcomes_a_list_filters_on() {
         .into_iter()
         .map(|(name,)| name)
         .collect();
-        assert_eq!(
-            columns,
-            ["received_at_ms", "decision_id", "outcomes"],
-            "{backend}"
-        );
+        let expected: &[&str] = match &store {
+            Store::Sqlite(_) => &["received_at_ms", "decision_id", "outcomes"],
+            Store::Postgres(_) => &["received_at_ms", "decision_id"],
+        };
+        assert_eq!(columns, expected, "{backend}");
     }
 }
