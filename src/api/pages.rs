@@ -4,21 +4,19 @@ use super::convert::Reader;
 
 /// Page size when a list request leaves it at 0 (AIP-158).
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
-/// Largest page a list request may ask for.
+/// Largest page a list answers with.
 pub const MAX_PAGE_SIZE: i64 = 500;
 
-/// Reads `page_size`: 0 means the default; 1 to the maximum are accepted.
+/// Reads `page_size` as AIP-158 says: 0 means the default, a size above the maximum is the
+/// maximum, and a negative size is refused.
 pub fn page_size(r: &mut Reader, raw: i32) -> i64 {
     match i64::from(raw) {
         0 => DEFAULT_PAGE_SIZE,
-        n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-        n => {
-            r.violation(
-                "page_size",
-                format!("must be between 0 and {MAX_PAGE_SIZE}, got {n}"),
-            );
+        n if n < 0 => {
+            r.violation("page_size", format!("must not be negative, got {n}"));
             DEFAULT_PAGE_SIZE
         }
+        n => n.min(MAX_PAGE_SIZE),
     }
 }
 
@@ -88,6 +86,20 @@ pub fn read_page_token(r: &mut Reader, raw: &str, filters: &str) -> Option<crate
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// AIP-158: unset is the default, above the maximum is the maximum, negative is refused.
+    #[test]
+    fn a_page_size_above_the_maximum_is_the_maximum() {
+        let mut r = Reader::default();
+        assert_eq!(page_size(&mut r, 0), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(&mut r, 1), 1);
+        assert_eq!(page_size(&mut r, 500), 500);
+        assert_eq!(page_size(&mut r, 501), MAX_PAGE_SIZE);
+        assert_eq!(page_size(&mut r, i32::MAX), MAX_PAGE_SIZE);
+        assert!(r.violations.is_empty());
+        page_size(&mut r, -1);
+        assert_eq!(r.violations.len(), 1);
+    }
 
     /// A token handed to a caller before an upgrade still reads after it: the format is fixed
     /// (hex of `v1`, the position and the filters' fingerprint), written here in full.

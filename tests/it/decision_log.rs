@@ -334,15 +334,23 @@ async fn listing_pages_through_decisions_and_refuses_a_bad_token() {
         .expect_err("token from other filters");
     assert_eq!(field_violations(&mismatch)[0].field, "page_token");
 
-    let too_big = s
-        .client
+    // AIP-158: a page size above the maximum is the maximum; a negative one is refused.
+    s.client
         .list_decisions(pb::ListDecisionsRequest {
             page_size: 501,
             ..Default::default()
         })
         .await
-        .expect_err("too big");
-    assert_eq!(field_violations(&too_big)[0].field, "page_size");
+        .expect("a page size above the maximum is the maximum");
+    let negative = s
+        .client
+        .list_decisions(pb::ListDecisionsRequest {
+            page_size: -1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("negative");
+    assert_eq!(field_violations(&negative)[0].field, "page_size");
     let route_alone = pb::ListDecisionsRequest {
         funding_route: pb::FundingRoute::AuditRegistryClosed as i32,
         ..Default::default()
