@@ -53,8 +53,7 @@ pub struct Decoder<U> {
 /// Whether `U` is the request of a unary RPC: every request but the screening stream's. buf lint
 /// (STANDARD) names every request message `<Rpc>Request`.
 fn is_unary_request<U>() -> bool {
-    let name = std::any::type_name::<U>();
-    name.ends_with("Request") && !name.ends_with("::ScreenCohortRequest")
+    is_request::<U>() && !std::any::type_name::<U>().ends_with("::ScreenCohortRequest")
 }
 
 fn is_request<U>() -> bool {

@@ -72,12 +72,11 @@ impl AppState {
     /// The caller the gate authenticated and authorized for this RPC (`crate::gate`). A call
     /// that did not pass the gate is refused.
     pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<crate::auth::Caller, Status> {
-        let caller = request
+        request
             .extensions()
             .get::<crate::auth::Caller>()
             .cloned()
-            .ok_or_else(|| Status::internal("the call did not pass the service's gate"))?;
-        Ok(caller)
+            .ok_or_else(|| Status::internal("the call did not pass the service's gate"))
     }
 
     /// Patients being screened now, across every ScreenCohort stream.

@@ -85,8 +85,10 @@ impl Drop for Call {
 /// `grpc-status` in the headers (gRPC over HTTP/2, "Responses"); any other answer's status comes
 /// in its trailers.
 pub fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    // A ready-made header name: looking up by text parses and checks the name on every call.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     headers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .map(|value| tonic::Code::from_bytes(value.as_bytes()))
 }
 

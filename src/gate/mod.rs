@@ -149,11 +149,10 @@ where
         let (caller, admission) = match admitted {
             Ok(admitted) => admitted,
             Err(status) => {
+                let code = status.code();
                 let mut refusal = status.into_http();
                 tell_trace_id(refusal.headers_mut(), call.trace_id());
-                span.in_scope(|| {
-                    call.finish(status_in(refusal.headers()).unwrap_or(tonic::Code::Unknown))
-                });
+                span.in_scope(|| call.finish(code));
                 return Box::pin(std::future::ready(Ok(refusal)));
             }
         };
