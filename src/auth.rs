@@ -15,6 +15,9 @@ use serde::Deserialize;
 use tonic::Status;
 use tonic::codegen::http::HeaderMap;
 use tonic::codegen::http::header::AUTHORIZATION;
+use tonic_types::ErrorDetails;
+
+use crate::errors::{Reason, error, error_with};
 
 /// What a caller may do. Each RPC needs exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -327,11 +330,16 @@ impl Authenticator {
         if caller.has(role) {
             Ok(caller)
         } else {
-            Err(Status::permission_denied(format!(
-                "{} does not hold the '{}' role this call needs",
-                caller.identity,
-                role.name()
-            )))
+            Err(error_with(
+                Reason::RoleMissing,
+                format!(
+                    "{} does not hold the '{}' role this call needs",
+                    caller.identity,
+                    role.name()
+                ),
+                ErrorDetails::new(),
+                HashMap::from([("role".to_string(), role.name().to_string())]),
+            ))
         }
     }
 
@@ -346,7 +354,7 @@ impl Authenticator {
         }
         if let Some(value) = headers.get(AUTHORIZATION) {
             let Some(jwt) = &self.jwt else {
-                return Err(Status::unauthenticated(
+                return Err(refused(
                     "bearer tokens are not accepted here; present a client certificate",
                 ));
             };
@@ -359,9 +367,7 @@ impl Authenticator {
                 })
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
-                .ok_or_else(|| {
-                    Status::unauthenticated("the authorization header must be 'Bearer <token>'")
-                })?;
+                .ok_or_else(|| refused("the authorization header must be 'Bearer <token>'"))?;
             return jwt.verify(token);
         }
         if let Some(certificates) = &self.certificates
@@ -374,17 +380,23 @@ impl Authenticator {
                 .find_map(|n| certificates.get(n))
                 .cloned()
                 .ok_or_else(|| {
-                    Status::permission_denied(format!(
-                        "client certificate {} is not mapped to an identity",
-                        names.first().map_or("(no name)", String::as_str)
-                    ))
+                    error(
+                        Reason::CertificateNotMapped,
+                        format!(
+                            "client certificate {} is not mapped to an identity",
+                            names.first().map_or("(no name)", String::as_str)
+                        ),
+                    )
                 });
         }
-        Err(Status::unauthenticated(if self.jwt.is_some() {
-            "no credential: send 'authorization: Bearer <token>'"
-        } else {
-            "no credential: present a client certificate"
-        }))
+        Err(error(
+            Reason::CredentialMissing,
+            if self.jwt.is_some() {
+                "no credential: send 'authorization: Bearer <token>'"
+            } else {
+                "no credential: present a client certificate"
+            },
+        ))
     }
 }
 
@@ -422,11 +434,11 @@ impl JwtVerifier {
             return Ok(caller.clone());
         }
         let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Status::unauthenticated("the bearer token is not a well-formed JWT"))?;
+            .map_err(|_| refused("the bearer token is not a well-formed JWT"))?;
         // RFC 7515 §4.1.11: a token whose header makes extensions critical must be refused by a
         // recipient that does not understand them, and this service understands none.
         if names_critical_extensions(token) {
-            return Err(Status::unauthenticated(
+            return Err(refused(
                 "the token's header names critical extensions (crit) that this service does not understand",
             ));
         }
@@ -435,13 +447,13 @@ impl JwtVerifier {
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         };
         let (_, algorithm, key) = keys.find(header.kid.as_deref()).ok_or_else(|| {
-            Status::unauthenticated(match &header.kid {
+            refused(match &header.kid {
                 Some(kid) => format!("the token's signing key '{kid}' is not in the key set"),
                 None => "the token names no key (kid) and the key set holds several".into(),
             })
         })?;
         if header.alg != *algorithm {
-            return Err(Status::unauthenticated(format!(
+            return Err(refused(format!(
                 "the token is signed with {:?} but its key is for {algorithm:?}",
                 header.alg
             )));
@@ -457,13 +469,13 @@ impl JwtVerifier {
             key,
             &validation,
         )
-        .map_err(|e| Status::unauthenticated(token_problem(e.kind())))?;
+        .map_err(|e| refused(token_problem(e.kind())))?;
         let claims = data.claims;
         let identity = claims
             .get("sub")
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| Status::unauthenticated("the token has no subject (sub)"))?
+            .ok_or_else(|| refused("the token has no subject (sub)"))?
             .to_string();
         let names: Vec<&str> = match claims.get(&self.settings.roles_claim) {
             Some(serde_json::Value::Array(items)) => {
@@ -502,6 +514,11 @@ fn names_critical_extensions(token: &str) -> bool {
             serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json).ok()
         })
         .is_some_and(|header| header.contains_key("crit"))
+}
+
+/// UNAUTHENTICATED: the credential was refused.
+fn refused(message: impl Into<String>) -> Status {
+    error(Reason::CredentialRefused, message)
 }
 
 fn token_problem(kind: &jsonwebtoken::errors::ErrorKind) -> String {

@@ -45,5 +45,6 @@ pub use metrics::ReloadCounters;
 // The service's own workings: reached only through the items above.
 mod admission;
 mod api;
+mod errors;
 mod gate;
 mod metrics;

@@ -11,6 +11,8 @@ use tonic::Status;
 use tonic::codec::DecodeBuf;
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
+use crate::errors::{Reason, error};
+
 /// The codec the generated services use (build.rs `codec_path`).
 #[derive(Debug, Clone)]
 pub struct Codec<T, U>(PhantomData<(T, U)>);
@@ -67,16 +69,17 @@ impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.decoded = self.decoded.saturating_add(1);
         if self.decoded > 1 && is_unary_request::<U>() {
-            return Err(Status::invalid_argument(
+            return Err(error(
+                Reason::MoreThanOneMessage,
                 "a unary call carries one request message; this call carried more",
             ));
         }
         self.prost.decode(buf).map_err(|status| {
             if is_request::<U>() {
-                Status::invalid_argument(format!(
-                    "the request does not parse: {}",
-                    status.message()
-                ))
+                error(
+                    Reason::MalformedRequest,
+                    format!("the request does not parse: {}", status.message()),
+                )
             } else {
                 status
             }

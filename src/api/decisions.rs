@@ -11,6 +11,7 @@ use super::request::patient_pseudonym;
 use super::{AppState, convert, invalid_argument};
 use crate::domain::Therapy;
 use crate::engine::{Detail, Facts, Policy};
+use crate::errors::{Reason, error, not_found};
 use crate::pb;
 use crate::pb::decision_log_service_server::DecisionLogService;
 use crate::store::{Cursor, DecisionFilter, StoredDecision};
@@ -27,10 +28,10 @@ impl DecisionLogApi {
 
 fn decode(stored: &StoredDecision) -> Result<pb::DecisionRecord, Status> {
     pb::DecisionRecord::decode(stored.record.as_slice()).map_err(|e| {
-        Status::internal(format!(
-            "stored decision {} cannot be read: {e}",
-            stored.decision_id
-        ))
+        error(
+            Reason::StoredRecordUnreadable,
+            format!("stored decision {} cannot be read: {e}", stored.decision_id),
+        )
     })
 }
 
@@ -61,7 +62,12 @@ fn millis(r: &mut Reader, field: &str, t: Option<&prost_types::Timestamp>) -> Op
 async fn load(state: &AppState, id: &str) -> Result<pb::DecisionRecord, Status> {
     match state.log.store().decision(id).await.map_err(unavailable)? {
         Some(stored) => decode(&stored),
-        None => Err(Status::not_found(format!("no decision {id}"))),
+        None => Err(not_found(
+            Reason::DecisionNotFound,
+            "decision",
+            "decisions",
+            id,
+        )),
     }
 }
 
@@ -217,9 +223,10 @@ impl DecisionLogService for DecisionLogApi {
                 )
             }
             _ => {
-                return Err(Status::internal(format!(
-                    "stored decision {id} has no request and response to replay"
-                )));
+                return Err(error(
+                    Reason::StoredRecordUnreadable,
+                    format!("stored decision {id} has no request and response to replay"),
+                ));
             }
         };
         Ok(Response::new(pb::ReplayDecisionResponse {

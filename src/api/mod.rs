@@ -6,7 +6,6 @@ mod clinical_cases;
 pub mod convert;
 mod decisions;
 pub(crate) mod eligibility;
-mod errors;
 pub(crate) mod funding;
 mod pages;
 mod policy;
@@ -16,9 +15,9 @@ mod request;
 mod screening;
 mod state;
 
+pub use crate::errors::invalid_argument;
 pub use decisions::DecisionLogApi;
 pub use eligibility::EligibilityApi;
-pub use errors::invalid_argument;
 pub use funding::FundingApi;
 pub use policy::PolicyApi;
 pub use registry::RegistryApi;

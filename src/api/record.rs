@@ -8,6 +8,7 @@ use futures_util::future::Either;
 use tonic::Status;
 
 use super::{AppState, Evaluation, read_evaluation};
+use crate::errors::{Reason, error};
 use crate::pb;
 use crate::store::{NewDecision, Record, StoreError, StoredDecision, WriteOutcome};
 use prost::Message;
@@ -26,9 +27,10 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
 
 pub fn unavailable(e: StoreError) -> Status {
     tracing::error!(error = %e, "decision log unavailable");
-    Status::unavailable(format!(
-        "the decision log is unavailable, so no decision was returned: {e}"
-    ))
+    error(
+        Reason::DecisionLogUnavailable,
+        format!("the decision log is unavailable, so no decision was returned: {e}"),
+    )
 }
 
 /// Keyed fingerprint of a request (identifiers already removed; the pseudonym stands in).
@@ -55,16 +57,22 @@ pub fn same_request(
     fingerprint: &str,
 ) -> Result<pb::DecisionRecord, Status> {
     if existing.kind != kind as i32 || existing.request_hash != fingerprint {
-        return Err(Status::already_exists(format!(
-            "request_id {request_id} was already used for a different request (decision {}); use a new request_id for a new request",
-            existing.decision_id
-        )));
+        return Err(error(
+            Reason::RequestIdReused,
+            format!(
+                "request_id {request_id} was already used for a different request (decision {}); use a new request_id for a new request",
+                existing.decision_id
+            ),
+        ));
     }
     pb::DecisionRecord::decode(existing.record.as_slice()).map_err(|e| {
-        Status::internal(format!(
-            "stored decision {} cannot be read: {e}",
-            existing.decision_id
-        ))
+        error(
+            Reason::StoredRecordUnreadable,
+            format!(
+                "stored decision {} cannot be read: {e}",
+                existing.decision_id
+            ),
+        )
     })
 }
 
@@ -110,11 +118,14 @@ pub trait RecordedAnswer: Message + Sized {
             .response
             .and_then(Self::out_of_record)
             .ok_or_else(|| {
-                Status::internal(format!(
-                    "stored decision {} has no {} answer",
-                    record.decision_id,
-                    Self::NAME
-                ))
+                error(
+                    Reason::StoredRecordUnreadable,
+                    format!(
+                        "stored decision {} has no {} answer",
+                        record.decision_id,
+                        Self::NAME
+                    ),
+                )
             })
     }
 }
@@ -322,7 +333,10 @@ pub async fn persist<M: RecordedAnswer>(
     record.response = Some(response.into_record());
     let bytes = record.encode_to_vec();
     let Some(response) = record.response.take().and_then(M::out_of_record) else {
-        return Err(Status::internal("the answer was lost from its own record"));
+        return Err(error(
+            Reason::Internal,
+            "the answer was lost from its own record",
+        ));
     };
     let new = NewDecision {
         decision_id: record.decision_id.clone(),
@@ -477,12 +491,16 @@ pub async fn full_answer_place(
             "overloaded: the {places} places for FULL answers being decided or sent are held and {} more FULL calls wait; nothing was recorded; retry later, or ask for the BASIC view, which does not wait",
             places * crate::admission::WAITING_PER_PLACE
         ))),
-        Err(NoFullPlace::Closed) => Err(Status::unavailable(
+        Err(NoFullPlace::Closed) => Err(error(
+            Reason::ShuttingDown,
             "the server is not deciding FULL answers; nothing was recorded",
         )),
-        Err(NoFullPlace::TimedOut) => Err(Status::deadline_exceeded(format!(
-            "the call's deadline passed while it waited for one of the {places} places for FULL answers being decided or sent; nothing was recorded; BASIC answers do not wait"
-        ))),
+        Err(NoFullPlace::TimedOut) => Err(error(
+            Reason::DeadlinePassed,
+            format!(
+                "the call's deadline passed while it waited for one of the {places} places for FULL answers being decided or sent; nothing was recorded; BASIC answers do not wait"
+            ),
+        )),
     }
 }
 

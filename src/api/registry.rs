@@ -2,9 +2,11 @@
 //! Whether new patients may enter is policy (the registry's dated state and capacity); who is
 //! in it is data in the store.
 
+use std::collections::HashMap;
+
 use chrono::NaiveDate;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
+use tonic_types::ErrorDetails;
 
 use super::convert::Reader;
 use super::pages::{page, page_size, read_page_token};
@@ -12,6 +14,7 @@ use super::record::{now_ms, timestamp, unavailable};
 use super::request::patient_pseudonym;
 use super::{AppState, invalid_argument, today};
 use crate::engine::policy::RegistryStatus;
+use crate::errors::{Reason, error, error_with, not_found};
 use crate::pb;
 use crate::pb::registry_service_server::RegistryService;
 use crate::store::{Cursor, EnrolOutcome, EnrolmentRow, Withdrawal};
@@ -178,22 +181,27 @@ impl RegistryApi {
     }
 }
 
-fn precondition(kind: &str, subject: &str, description: String) -> Status {
+/// FAILED_PRECONDITION whose google.rpc.PreconditionFailure names the registry (`subject`),
+/// with the reason as its type.
+fn precondition(reason: Reason, subject: &str, description: String) -> Status {
     let mut details = ErrorDetails::new();
-    details.add_precondition_failure_violation(kind, subject, description.clone());
-    Status::with_error_details(Code::FailedPrecondition, description, details)
+    details.add_precondition_failure_violation(reason.as_str(), subject, description.clone());
+    error_with(reason, description, details, HashMap::new())
 }
 
 /// The answer to an enrolment attempt; `subject` names the registry in a PreconditionFailure.
 fn outcome(result: EnrolOutcome, subject: &str) -> Result<Response<pb::Enrolment>, Status> {
     match result {
         EnrolOutcome::Enrolled(row) => Ok(Response::new(enrolment(&row))),
-        EnrolOutcome::AlreadyEnrolled(row) => Err(Status::already_exists(format!(
-            "the patient is already actively enrolled in {} (enrolment {})",
-            row.registry_id, row.enrolment_id
-        ))),
+        EnrolOutcome::AlreadyEnrolled(row) => Err(error(
+            Reason::AlreadyEnrolled,
+            format!(
+                "the patient is already actively enrolled in {} (enrolment {})",
+                row.registry_id, row.enrolment_id
+            ),
+        )),
         EnrolOutcome::CapacityReached { capacity, active } => Err(precondition(
-            "REGISTRY_CAPACITY",
+            Reason::RegistryCapacity,
             subject,
             format!(
                 "the registry's capacity of {capacity} new patients is reached ({active} actively enrolled)"
@@ -218,7 +226,7 @@ impl RegistryService for RegistryApi {
         let capacity = match registry.state_on(today()) {
             None => {
                 return Err(precondition(
-                    "REGISTRY_NOT_IN_EFFECT",
+                    Reason::RegistryNotInEffect,
                     &subject,
                     format!(
                         "{} has no state today under policy {}",
@@ -228,7 +236,7 @@ impl RegistryService for RegistryApi {
             }
             Some(state) if state.status == RegistryStatus::ClosedToNewPatients => {
                 return Err(precondition(
-                    "REGISTRY_CLOSED",
+                    Reason::RegistryClosed,
                     &subject,
                     format!(
                         "{} is closed to new patients under policy {} ({}): {}",
@@ -298,7 +306,12 @@ impl RegistryService for RegistryApi {
             Some(row) => Ok(Response::new(pb::GetEnrolmentResponse {
                 enrolment: Some(enrolment(&row)),
             })),
-            None => Err(Status::not_found(format!("no enrolment {id}"))),
+            None => Err(not_found(
+                Reason::EnrolmentNotFound,
+                "enrolment",
+                "enrolments",
+                &id,
+            )),
         }
     }
 
@@ -369,14 +382,16 @@ impl RegistryService for RegistryApi {
                 enrolment: Some(enrolment(&row)),
             })),
             // Also the answer to the loser of two concurrent withdrawals.
-            Withdrawal::AlreadyWithdrawn(row) => Err(Status::failed_precondition(format!(
-                "enrolment {} is already withdrawn",
-                row.enrolment_id
-            ))),
-            Withdrawal::NotFound => Err(Status::not_found(format!(
-                "no enrolment {}",
-                req.enrolment_id
-            ))),
+            Withdrawal::AlreadyWithdrawn(row) => Err(error(
+                Reason::AlreadyWithdrawn,
+                format!("enrolment {} is already withdrawn", row.enrolment_id),
+            )),
+            Withdrawal::NotFound => Err(not_found(
+                Reason::EnrolmentNotFound,
+                "enrolment",
+                "enrolments",
+                &req.enrolment_id,
+            )),
         }
     }
 }

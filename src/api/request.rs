@@ -6,9 +6,9 @@ use tonic::Status;
 use tonic::codegen::http::HeaderName;
 
 use super::convert::{Bridge, Reader};
-use super::errors::invalid_argument;
 use crate::config::Limits;
 use crate::domain::{Patient, Therapy};
+use crate::errors::invalid_argument;
 use crate::google::r#type::Date as ProtoDate;
 use crate::pb;
 use crate::store::pseudonym::{Pseudonymiser, valid_nhs_number};
@@ -48,7 +48,8 @@ fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
 /// decision is recorded, so a call that is already too late does nothing and writes nothing.
 pub fn in_time(deadline: tokio::time::Instant) -> Result<(), Status> {
     if tokio::time::Instant::now() >= deadline {
-        Err(Status::deadline_exceeded(
+        Err(crate::errors::error(
+            crate::errors::Reason::DeadlinePassed,
             "the call's deadline passed before it could be answered; nothing was recorded",
         ))
     } else {

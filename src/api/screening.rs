@@ -17,6 +17,7 @@ use super::request::{asks_full, join, new_decision_id};
 use super::{AppState, eligibility, funding, record};
 use crate::auth::Caller;
 use crate::domain::Violation;
+use crate::errors::{self, Reason};
 use crate::pb;
 use crate::pb::screening_service_server::ScreeningService;
 
@@ -204,7 +205,8 @@ async fn screen(
             biased;
             Ok(()) = stopping.wait_for(|stop| *stop).map(|r| r.map(|_| ())), if reading => {
                 reading = false;
-                ending = Some(Status::unavailable(
+                ending = Some(errors::error(
+                    Reason::ShuttingDown,
                     "the server is shutting down: this stream takes no more patients; every answer sent is recorded; send the patients not answered on a new stream",
                 ));
                 // The patient read but not started is not decided: the caller sends it again.
@@ -225,7 +227,8 @@ async fn screen(
                             Ok(answer) => permit.send(Ok(answer)),
                             Err(error) => {
                                 tracing::error!(%error, "a held screening answer did not decode");
-                                permit.send(Err(Status::internal(
+                                permit.send(Err(errors::error(
+                                    Reason::Internal,
                                     "an answer held for this stream could not be sent; the patients not answered can be sent again on a new stream",
                                 )));
                                 return;
@@ -299,9 +302,12 @@ async fn screen(
                 }
                 Ok(Some(_)) => {
                     reading = false;
-                    ending = Some(Status::resource_exhausted(format!(
-                        "this stream reached the limit of {limit} patients; the first {limit} were answered; send the rest on a new stream"
-                    )));
+                    ending = Some(errors::error(
+                        Reason::StreamLimitReached,
+                        format!(
+                            "this stream reached the limit of {limit} patients; the first {limit} were answered; send the rest on a new stream"
+                        ),
+                    ));
                 }
                 Ok(None) => reading = false,
                 Err(status) => {

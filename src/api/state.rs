@@ -76,7 +76,12 @@ impl AppState {
             .extensions()
             .get::<crate::auth::Caller>()
             .cloned()
-            .ok_or_else(|| Status::internal("the call did not pass the service's gate"))
+            .ok_or_else(|| {
+                crate::errors::error(
+                    crate::errors::Reason::Internal,
+                    "the call did not pass the service's gate",
+                )
+            })
     }
 
     /// Patients being screened now, across every ScreenCohort stream.
@@ -117,10 +122,11 @@ impl AppState {
     pub fn overloaded(&self, message: String) -> Status {
         let mut details = tonic_types::ErrorDetails::new();
         details.set_retry_info(Some(self.admissions.retry_after()));
-        <Status as tonic_types::StatusExt>::with_error_details(
-            tonic::Code::ResourceExhausted,
+        crate::errors::error_with(
+            crate::errors::Reason::Overloaded,
             message,
             details,
+            std::collections::HashMap::new(),
         )
     }
 }

@@ -135,11 +135,14 @@ impl http_body::Body for Streamed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
+        let mut polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
+                if let Some(trailers) = frame.trailers_mut() {
                     let code = status_in(trailers).unwrap_or(tonic::Code::Unknown);
+                    if code != tonic::Code::Ok {
+                        crate::errors::give_error_info(trailers);
+                    }
                     self.end(code);
                 }
             }

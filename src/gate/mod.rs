@@ -23,6 +23,7 @@ mod unread;
 use crate::admission::HeldUntilSent;
 use crate::api::AppState;
 use crate::auth::Role;
+use crate::errors::give_error_info;
 use crate::telemetry::tell_trace_id;
 use call::{Call, Streamed, status_in};
 use unread::Unread;
@@ -128,9 +129,10 @@ where
         let Some((method, role)) = rpc_of(path) else {
             if is_netpathway(path) {
                 // A netpathway path with no role in the table: refused, never open.
-                return Box::pin(std::future::ready(Ok(Status::unimplemented(format!(
-                    "{path} is not an RPC of this service"
-                ))
+                return Box::pin(std::future::ready(Ok(crate::errors::error(
+                    crate::errors::Reason::NotAnRpc,
+                    format!("{path} is not an RPC of this service"),
+                )
                 .into_http())));
             }
             // Health and reflection: open, never shed, so probes answer under load.
@@ -167,6 +169,7 @@ where
                     tell_trace_id(response.headers_mut(), call.trace_id());
                     if let Some(code) = status_in(response.headers()) {
                         // Refused before its first answer: the call ends here.
+                        give_error_info(response.headers_mut());
                         call.finish(code);
                         return Ok(response);
                     }
@@ -182,7 +185,11 @@ where
                 let response = answer.await?;
                 let (mut parts, body) = response.into_parts();
                 tell_trace_id(&mut parts.headers, call.trace_id());
-                call.finish(status_in(&parts.headers).unwrap_or(tonic::Code::Ok));
+                let code = status_in(&parts.headers).unwrap_or(tonic::Code::Ok);
+                if code != tonic::Code::Ok {
+                    give_error_info(&mut parts.headers);
+                }
+                call.finish(code);
                 let place = parts
                     .extensions
                     .remove::<HeldUntilSent>()

@@ -142,10 +142,13 @@ impl http_body::Body for Unread {
                 }
             }
             Sending::GaveUp(waited) => {
-                let status = Status::deadline_exceeded(format!(
-                    "the caller took none of the answer for {} s, so it was dropped; anything the call recorded stays recorded, and a decision asked again with the same request_id gets the same answer",
-                    waited.as_secs()
-                ));
+                let status = crate::errors::error(
+                    crate::errors::Reason::AnswerNotTaken,
+                    format!(
+                        "the caller took none of the answer for {} s, so it was dropped; anything the call recorded stays recorded, and a decision asked again with the same request_id gets the same answer",
+                        waited.as_secs()
+                    ),
+                );
                 *sending = Sending::Ended;
                 let mut trailers = http::HeaderMap::new();
                 match status.add_header(&mut trailers) {

@@ -51,6 +51,7 @@ async fn a_call_without_a_token_is_unauthenticated() {
         .await
         .expect_err("no credential");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert_eq!(reason(&refused), "CREDENTIAL_MISSING");
     assert!(refused.message().contains("Bearer"), "{refused:?}");
     assert_eq!(
         recorded(&server).await,
@@ -100,6 +101,14 @@ async fn a_caller_without_the_rpcs_role_is_permission_denied() {
         .await
         .expect_err("registry-read cannot evaluate");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(reason(&refused), "ROLE_MISSING");
+    assert_eq!(
+        tonic_types::StatusExt::get_error_details(&refused)
+            .error_info()
+            .and_then(|info| info.metadata.get("role").cloned())
+            .as_deref(),
+        Some("evaluate")
+    );
     assert!(refused.message().contains("'evaluate'"), "{refused:?}");
     registry_clerk
         .list_enrolments(pb::ListEnrolmentsRequest::default())
@@ -238,6 +247,7 @@ async fn tokens_that_are_expired_early_misaddressed_or_forged_are_unauthenticate
             .await
             .expect_err(why);
         assert_eq!(refused.code(), Code::Unauthenticated, "{why}: {refused:?}");
+        assert_eq!(reason(&refused), "CREDENTIAL_REFUSED", "{why}");
         assert!(refused.message().contains(why), "{why}: {refused:?}");
         assert!(
             !refused.message().contains(&token),

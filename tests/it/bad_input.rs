@@ -22,7 +22,7 @@ async fn violations(s: &TestServer, request: pb::EvaluateEligibilityRequest) -> 
         .cloned()
         .expect("ErrorInfo detail");
     assert_eq!(info.reason, "INVALID_REQUEST");
-    assert_eq!(info.domain, "netpathway.v1");
+    assert_eq!(info.domain, "net-pathway.nhs.uk");
     field_violations(&status)
         .into_iter()
         .map(|v| v.field)

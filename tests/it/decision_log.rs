@@ -259,6 +259,17 @@ async fn get_decision_returns_the_full_record() {
         .await
         .expect_err("none");
     assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(reason(&missing), "DECISION_NOT_FOUND");
+    let named = tonic_types::StatusExt::get_error_details(&missing)
+        .resource_info()
+        .map(|info| (info.resource_type.clone(), info.resource_name.clone()));
+    assert_eq!(
+        named,
+        Some((
+            "decision".to_string(),
+            "decisions/01a22000-0000-7000-8000-000000000000".to_string()
+        ))
+    );
     let bad = s
         .client
         .get_decision(pb::GetDecisionRequest {

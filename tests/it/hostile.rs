@@ -1163,3 +1163,71 @@ fn malformed_requests_are_refused_and_never_crash_the_server() {
     server.assert_alive();
     runtime.block_on(server.assert_well_behaved_callers_answered());
 }
+
+/// The ErrorInfo reason an answer's status carries (trailers-only, or in its trailers), read
+/// from the raw headers as a caller in any language reads it; asserts the service's domain.
+async fn raw_reason(response: h2::client::ResponseFuture) -> (Option<i32>, String) {
+    let response = response.await.expect("answered");
+    let mut headers = response.headers().clone();
+    if !headers.contains_key("grpc-status") {
+        let mut body = response.into_body();
+        while let Some(data) = body.data().await {
+            let data = data.expect("data");
+            let _ = body.flow_control().release_capacity(data.len());
+        }
+        headers = body.trailers().await.expect("trailers").unwrap_or_default();
+    }
+    let status = tonic::Status::from_header_map(&headers).expect("a grpc-status");
+    (Some(status.code() as i32), reason(&status))
+}
+
+/// Errors raised by the gRPC library below the service (a unary call with no message), and
+/// by the service's own framing rules, carry ErrorInfo with the service's domain like every
+/// other error, so a caller never meets a bare status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_below_the_handlers_carry_error_info_too() {
+    let server = binary(&[]).await;
+    let message = framed(&eligibility_request().encode_to_vec());
+    let cases: [(&str, &str, Vec<Bytes>, i32, &str); 4] = [
+        ("no message", ELIGIBILITY, vec![], 13, "TRANSPORT"),
+        (
+            "two messages",
+            ELIGIBILITY,
+            vec![message.clone(), message.clone()],
+            3,
+            "MORE_THAN_ONE_MESSAGE",
+        ),
+        (
+            "a message that does not parse",
+            ELIGIBILITY,
+            vec![framed(&[0xff, 0xff, 0xff])],
+            3,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            "a method the service lacks",
+            "/netpathway.v1.EligibilityService/Nope",
+            vec![message],
+            12,
+            "NOT_AN_RPC",
+        ),
+    ];
+    for (what, path, chunks, code, expected) in cases {
+        let mut ready = server.h2().await.ready().await.expect("ready");
+        let (response, mut body) = ready
+            .send_request(grpc_request(path, &[]), false)
+            .expect("sent");
+        let count = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            body.send_data(chunk, i + 1 == count).expect("data");
+        }
+        if count == 0 {
+            body.send_data(Bytes::new(), true).expect("end");
+        }
+        assert_eq!(
+            raw_reason(response).await,
+            (Some(code), expected.to_string()),
+            "{what}"
+        );
+    }
+}

@@ -68,6 +68,7 @@ async fn calls_beyond_the_concurrency_limit_are_shed_with_retry_info() {
         .await
         .expect_err("shed");
     assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&status), "OVERLOADED");
     let retry = status
         .get_error_details()
         .retry_info()

@@ -172,6 +172,7 @@ async fn enrolment_while_the_registry_is_closed_is_a_failed_precondition_naming_
         .await
         .expect_err("closed");
     assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&status), "REGISTRY_CLOSED");
     let failure = status
         .get_error_details()
         .precondition_failure()
@@ -226,8 +227,10 @@ async fn enrolment_requests_are_validated() {
         .get_enrolment(pb::GetEnrolmentRequest {
             enrolment_id: "01a22000-0000-7000-8000-000000000000".into(),
         })
-        .await;
-    assert_eq!(missing.expect_err("none").code(), Code::NotFound);
+        .await
+        .expect_err("none");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(reason(&missing), "ENROLMENT_NOT_FOUND");
 }
 
 /// The bundled policy with the registry open to new patients, at most `capacity` at once.

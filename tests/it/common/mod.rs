@@ -17,6 +17,19 @@ use tokio::sync::oneshot;
 #[allow(unused_imports)]
 pub use pb::{EligibilityStatus as Status, FundingRoute as Route, Therapy};
 
+/// The reason a failed call gives in its google.rpc.ErrorInfo, which every error carries with
+/// the service's domain.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let info = status
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "net-pathway.nhs.uk", "{status:?}");
+    info.reason
+}
+
 /// A running server and a client connected to it; dropping it stops the server.
 pub struct TestServer {
     pub client: NetPathwayClient,
