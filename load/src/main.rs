@@ -51,6 +51,15 @@ enum View {
     Full,
 }
 
+/// How FULL answers cite their sources (CitationStyle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Citations {
+    /// Each item with its full citation (the server's default, deprecated).
+    Inline,
+    /// Each source and criterion statement once per answer.
+    Shared,
+}
+
 /// Load generator for net-pathway.
 #[derive(Debug, Parser)]
 #[command(name = "net-pathway-load", version, about)]
@@ -74,6 +83,9 @@ struct Args {
     rpc: Rpc,
     #[arg(long, value_enum, default_value_t = View::Basic)]
     view: View,
+    /// How FULL answers cite their sources.
+    #[arg(long, value_enum, default_value_t = Citations::Inline)]
+    citations: Citations,
     /// Patient mix: JSON lines, each an EvaluateEligibilityRequest in the proto JSON mapping
     /// (its patient and therapies are used). Default: examples/load/patient-mix.jsonl.
     #[arg(long)]
@@ -141,6 +153,10 @@ fn read_mix(args: &Args) -> Result<Vec<pb::EvaluateEligibilityRequest>, String> 
             View::Basic => pb::EvaluationView::Basic as i32,
             View::Full => pb::EvaluationView::Full as i32,
         };
+        request.citations = match args.citations {
+            Citations::Inline => pb::CitationStyle::Inline as i32,
+            Citations::Shared => pb::CitationStyle::Shared as i32,
+        };
         request.request_id.clear();
         mix.push(request);
     }
@@ -158,6 +174,7 @@ fn funding_request(request: pb::EvaluateEligibilityRequest) -> pb::ClassifyFundi
         therapies: request.therapies,
         as_of_date: request.as_of_date,
         view: request.view,
+        citations: request.citations,
     }
 }
 
@@ -188,6 +205,7 @@ fn screening_request(
         therapies: template.therapies.clone(),
         as_of_date: template.as_of_date,
         view: template.view,
+        citations: template.citations,
     }
 }
 
@@ -237,29 +255,55 @@ fn part_bytes(result: &pb::CriterionResult, clear: impl Fn(&mut pb::CriterionRes
     result.encoded_len() - without.encoded_len()
 }
 
-/// One line per mix patient: the eligibility answer's size on the wire and what its bytes are,
+/// One line per mix patient: the FULL eligibility and funding answers' sizes on the wire,
+/// citing inline (deprecated) and shared, and what the inline eligibility answer's bytes are,
 /// each part counted as the bytes of its fields (docs/performance.md, FULL view).
+#[allow(deprecated)] // Measures the inline form's citations and statements.
 async fn answer_bytes(
     client: &NetPathwayClient,
     mix: &[pb::EvaluateEligibilityRequest],
 ) -> Result<(), String> {
     use prost::Message;
     report!(
-        "{:>7} {:>7} {:>8} {:>13} {:>12} {:>7} {:>12} {:>13}  distinct citations/criteria",
+        "{:>7} {:>8} {:>14} {:>8} {:>14} {:>8} {:>13} {:>12} {:>7} {:>12}  distinct citations/criteria",
         "patient",
-        "bytes",
+        "inline",
+        "shared",
+        "funding",
+        "shared",
         "criteria",
         "citations",
         "descriptions",
         "values",
-        "explanations",
-        "rest"
+        "explanations"
     );
+    let (mut inline_total, mut shared_total) = (0, 0);
     for (n, request) in mix.iter().enumerate() {
+        let styled = |style: pb::CitationStyle| pb::EvaluateEligibilityRequest {
+            view: pb::EvaluationView::Full as i32,
+            citations: style as i32,
+            ..request.clone()
+        };
+        let failed = |e: tonic::Status| format!("patient {}: {e}", n + 1);
         let answer = client
-            .evaluate_eligibility(request.clone())
+            .evaluate_eligibility(styled(pb::CitationStyle::Inline))
             .await
-            .map_err(|e| format!("patient {}: {e}", n + 1))?;
+            .map_err(failed)?;
+        let shared = client
+            .evaluate_eligibility(styled(pb::CitationStyle::Shared))
+            .await
+            .map_err(failed)?
+            .encoded_len();
+        let funding = client
+            .classify_funding(funding_request(styled(pb::CitationStyle::Inline)))
+            .await
+            .map_err(failed)?
+            .encoded_len();
+        let funding_shared = client
+            .classify_funding(funding_request(styled(pb::CitationStyle::Shared)))
+            .await
+            .map_err(failed)?
+            .encoded_len();
         let criteria: Vec<&pb::CriterionResult> =
             answer.therapies.iter().flat_map(|t| &t.criteria).collect();
         let sum = |clear: &dyn Fn(&mut pb::CriterionResult)| -> usize {
@@ -270,27 +314,37 @@ async fn answer_bytes(
         let values = sum(&|c| c.values_used.clear());
         let explanations = sum(&|c| c.explanation.clear());
         let total = answer.encoded_len();
+        inline_total += total;
+        shared_total += shared;
         let sources: std::collections::HashSet<&str> = criteria
             .iter()
             .filter_map(|c| c.source.as_ref().map(|s| s.id.as_str()))
             .collect();
         let distinct: std::collections::HashSet<&str> =
             criteria.iter().map(|c| c.criterion_id.as_str()).collect();
-        let share = |part: usize| format!("{part} ({:.0} %)", 100.0 * part as f64 / total as f64);
+        let of = |part: usize, whole: usize| {
+            format!("{part} ({:.0} %)", 100.0 * part as f64 / whole as f64)
+        };
         report!(
-            "{:>7} {:>7} {:>8} {:>13} {:>12} {:>7} {:>12} {:>13}  {}/{}",
+            "{:>7} {:>8} {:>14} {:>8} {:>14} {:>8} {:>13} {:>12} {:>7} {:>12}  {}/{}",
             n + 1,
             total,
+            of(shared, total),
+            funding,
+            of(funding_shared, funding),
             criteria.len(),
-            share(citations),
+            of(citations, total),
             descriptions,
             values,
             explanations,
-            share(total - citations - descriptions - values - explanations),
             sources.len(),
             distinct.len()
         );
     }
+    report!(
+        "eligibility, every patient: {inline_total} bytes inline, {shared_total} shared ({:.1} %)",
+        100.0 * shared_total as f64 / inline_total as f64
+    );
     Ok(())
 }
 

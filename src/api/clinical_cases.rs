@@ -39,6 +39,7 @@ fn decide(
         &[therapy as i32],
         as_of.as_ref(),
         view as i32,
+        pb::CitationStyle::Inline as i32,
     )?;
     let facts = policy.facts(&e.patient, e.as_of, e.detail());
     let mut eligibility = eligibility::answer(policy, &facts, &e, String::new());

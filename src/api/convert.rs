@@ -2,10 +2,13 @@
 
 use chrono::{Datelike, NaiveDate};
 
+use super::citations::Citations;
 use crate::domain::{self, FieldName, Patient, Violation};
+use crate::engine::criteria::Comparison;
 use crate::engine::evaluate::{
     CriterionReport, EligibilityAnswer, FlagKind, FlagReport, FundingAnswer,
 };
+use crate::engine::finding::Quantity;
 use crate::engine::grading::GradeAssessment;
 use crate::engine::policy::{
     Evidence, FundingRoute, Period, Policy, PriorApproval, Role, Severity, Status,
@@ -444,11 +447,31 @@ fn paths(missing: &[&'static str]) -> Vec<String> {
     missing.iter().map(|m| (*m).to_string()).collect()
 }
 
-fn criterion(policy: &Policy, r: &CriterionReport) -> pb::CriterionResult {
+/// A number with its UCUM unit.
+pub fn quantity(q: Quantity) -> pb::Quantity {
+    pb::Quantity {
+        value: q.value,
+        unit: q.unit.to_owned(),
+    }
+}
+
+fn limit((comparison, q): (Comparison, Quantity)) -> pb::Limit {
+    pb::Limit {
+        comparison: match comparison {
+            Comparison::LessThan => pb::Comparison::LessThan,
+            Comparison::AtMost => pb::Comparison::AtMost,
+            Comparison::GreaterThan => pb::Comparison::GreaterThan,
+            Comparison::AtLeast => pb::Comparison::AtLeast,
+        } as i32,
+        quantity: Some(quantity(q)),
+    }
+}
+
+/// A criterion's result, its statement and source cited as the answer's style asks.
+fn criterion(policy: &Policy, r: &CriterionReport, cites: &mut Citations) -> pb::CriterionResult {
     let c = &policy.criteria[r.criterion];
-    pb::CriterionResult {
+    let mut result = pb::CriterionResult {
         criterion_id: c.id.clone(),
-        description: c.description.clone(),
         role: role(c.role) as i32,
         outcome: match r.finding.outcome {
             Outcome::Met => pb::CriterionOutcome::Met,
@@ -460,19 +483,34 @@ fn criterion(policy: &Policy, r: &CriterionReport) -> pb::CriterionResult {
             .finding
             .values
             .iter()
-            .map(|(field, value)| pb::PatientValue {
+            .map(|(field, shown)| pb::PatientValue {
                 field: (*field).to_string(),
-                value: value.to_string(),
+                value: shown.text.to_string(),
+                quantity: shown.quantity.map(quantity),
             })
             .collect(),
         missing_inputs: paths(&r.finding.missing),
         explanation: r.finding.explanation.to_string(),
-        source: Some(source(policy, c.source)),
-    }
+        ..Default::default()
+    };
+    cites.statement(policy, r.criterion, &mut result);
+    result
 }
 
-fn flag(policy: &Policy, f: &FlagReport) -> pb::SafetyFlag {
+fn flag(policy: &Policy, f: &FlagReport, cites: &mut Citations) -> pb::SafetyFlag {
     let c = &policy.criteria[f.criterion];
+    let measured = || {
+        f.finding
+            .values
+            .first()
+            .and_then(|(_, shown)| shown.quantity)
+    };
+    let (measured, limit) = match f.kind {
+        FlagKind::ContraindicationNotRecorded => (None, None),
+        FlagKind::UnverifiedCriterion | FlagKind::SafetyLimit => {
+            (measured().map(quantity), c.check.limit().map(limit))
+        }
+    };
     let (message, field, value, threshold) = match f.kind {
         FlagKind::ContraindicationNotRecorded => (
             format!(
@@ -496,7 +534,7 @@ fn flag(policy: &Policy, f: &FlagReport) -> pb::SafetyFlag {
             f.finding
                 .values
                 .first()
-                .map(|(_, value)| value.to_string())
+                .map(|(_, shown)| shown.text.to_string())
                 .unwrap_or_default(),
             c.check.threshold_text(),
         ),
@@ -505,11 +543,13 @@ fn flag(policy: &Policy, f: &FlagReport) -> pb::SafetyFlag {
                 .finding
                 .values
                 .first()
-                .map(|(field, value)| ((*field).to_string(), value.to_string()))
+                .map(|(field, shown)| ((*field).to_string(), shown.text.to_string()))
                 .unwrap_or_default();
             (c.flag.clone(), field, value, c.check.threshold_text())
         }
     };
+    let (source_id, source) = cites.source(policy, c.source);
+    #[allow(deprecated)] // `source`: filled in the inline style only.
     pb::SafetyFlag {
         flag_id: c.id.clone(),
         severity: severity(f.severity) as i32,
@@ -517,14 +557,22 @@ fn flag(policy: &Policy, f: &FlagReport) -> pb::SafetyFlag {
         field,
         value,
         threshold,
-        source: Some(source(policy, c.source)),
+        source,
+        source_id,
+        measured,
+        limit,
     }
 }
 
 /// One therapy's eligibility for the wire: BASIC is the status alone; FULL adds the summary,
 /// criteria, missing inputs, flags and deciding MDT (the facts behind a FULL answer are
 /// explained).
-pub fn eligibility(policy: &Policy, a: EligibilityAnswer, full: bool) -> pb::TherapyEligibility {
+pub fn eligibility(
+    policy: &Policy,
+    a: EligibilityAnswer,
+    full: bool,
+    cites: &mut Citations,
+) -> pb::TherapyEligibility {
     let status = match a.status {
         Status::Eligible => pb::EligibilityStatus::Eligible,
         Status::NotEligible => pb::EligibilityStatus::NotEligible,
@@ -538,9 +586,13 @@ pub fn eligibility(policy: &Policy, a: EligibilityAnswer, full: bool) -> pb::The
     };
     if full {
         out.summary = a.summary;
-        out.criteria = a.criteria.iter().map(|r| criterion(policy, r)).collect();
+        out.criteria = a
+            .criteria
+            .iter()
+            .map(|r| criterion(policy, r, cites))
+            .collect();
         out.missing_inputs = paths(&a.missing);
-        out.safety_flags = a.flags.iter().map(|f| flag(policy, f)).collect();
+        out.safety_flags = a.flags.iter().map(|f| flag(policy, f, cites)).collect();
         out.deciding_mdt = mdt(policy, a.mdt);
     }
     out
@@ -549,7 +601,12 @@ pub fn eligibility(policy: &Policy, a: EligibilityAnswer, full: bool) -> pb::The
 /// One therapy's funding for the wire: BASIC is the route, its rule, the nation and the route
 /// to try if refused; FULL adds the summary, missing inputs, commissioner, prior approval,
 /// deciding MDT, delivery sites, criteria, source and notes.
-pub fn funding(policy: &Policy, a: FundingAnswer, full: bool) -> pb::TherapyFunding {
+pub fn funding(
+    policy: &Policy,
+    a: FundingAnswer,
+    full: bool,
+    cites: &mut Citations,
+) -> pb::TherapyFunding {
     let mut out = pb::TherapyFunding {
         therapy: a.therapy.to_proto(),
         route: route(a.route) as i32,
@@ -565,10 +622,15 @@ pub fn funding(policy: &Policy, a: FundingAnswer, full: bool) -> pb::TherapyFund
     if full {
         out.summary = a.summary.into_owned();
         out.missing_inputs = paths(&a.missing);
-        out.commissioner = a.commissioner.map(|c| pb::Commissioner {
-            id: c.id.to_string(),
-            name: c.name.into_owned(),
-            source: Some(source(policy, c.source)),
+        out.commissioner = a.commissioner.map(|c| {
+            let (source_id, source) = cites.source(policy, c.source);
+            #[allow(deprecated)] // `source`: filled in the inline style only.
+            pb::Commissioner {
+                id: c.id.to_string(),
+                name: c.name.into_owned(),
+                source,
+                source_id,
+            }
         });
         out.prior_approval = a.prior_approval.map(|p| pb::PriorApproval {
             required: p != PriorApproval::None,
@@ -582,18 +644,32 @@ pub fn funding(policy: &Policy, a: FundingAnswer, full: bool) -> pb::TherapyFund
             .map(|s| {
                 let site = &policy.sites[s.site];
                 let (effective_from, effective_to) = period_dates(&s.period);
+                let (source_id, source) = cites.source(policy, s.source);
+                #[allow(deprecated)] // `source`: filled in the inline style only.
                 pb::DeliverySite {
                     id: site.id.clone(),
                     name: site.name.clone(),
                     effective_from,
                     effective_to,
                     note: s.note.to_string(),
-                    source: Some(source(policy, s.source)),
+                    source,
+                    source_id,
                 }
             })
             .collect();
-        out.criteria = a.criteria.iter().map(|r| criterion(policy, r)).collect();
-        out.source = a.source.map(|s| source(policy, s));
+        out.criteria = a
+            .criteria
+            .iter()
+            .map(|r| criterion(policy, r, cites))
+            .collect();
+        if let Some(s) = a.source {
+            let (source_id, source) = cites.source(policy, s);
+            out.source_id = source_id;
+            #[allow(deprecated)] // Filled in the inline style only.
+            {
+                out.source = source;
+            }
+        }
         out.notes = a.notes.into_iter().map(|n| n.into_owned()).collect();
     }
     out

@@ -3,6 +3,7 @@
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::citations::Citations;
 use super::convert::{Bridge, Reader};
 use super::funding::Registries;
 use super::pages::{page, page_size, read_page_token};
@@ -259,7 +260,12 @@ fn eligibility_replays(
     then.iter()
         .filter_map(|before| {
             let therapy = Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
-            let now = convert::eligibility(policy, policy.eligibility(facts, therapy), true);
+            let now = convert::eligibility(
+                policy,
+                policy.eligibility(facts, therapy),
+                true,
+                &mut Citations::new(policy, true),
+            );
             let changed_criteria = changed(&before.criteria, &now.criteria);
             Some(pb::TherapyReplay {
                 therapy: before.therapy,
@@ -283,7 +289,12 @@ fn funding_replays(
     then.iter()
         .filter_map(|before| {
             let therapy = Therapy::from_proto(pb::Therapy::try_from(before.therapy).ok()?)?;
-            let now = convert::funding(policy, policy.funding(facts, therapy), true);
+            let now = convert::funding(
+                policy,
+                policy.funding(facts, therapy),
+                true,
+                &mut Citations::new(policy, true),
+            );
             let changed_criteria = changed(&before.criteria, &now.criteria);
             Some(pb::TherapyReplay {
                 therapy: before.therapy,

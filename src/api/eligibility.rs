@@ -5,6 +5,7 @@ use std::future::ready;
 use futures_util::future::Either;
 use tonic::{Request, Response, Status};
 
+use super::citations::Citations;
 use super::record::{self, Pending, RecordedAnswer};
 use super::request::decision_id;
 use super::{AppState, Evaluation, convert};
@@ -68,17 +69,22 @@ pub fn answer(
     e: &Evaluation,
     decision_id: String,
 ) -> pb::EvaluateEligibilityResponse {
+    let mut cites = Citations::new(policy, e.inline_citations);
+    let therapies = e
+        .therapies
+        .iter()
+        .map(|t| convert::eligibility(policy, policy.eligibility(facts, *t), e.full, &mut cites))
+        .collect();
+    let (sources, statements) = cites.into_tables(policy);
     pb::EvaluateEligibilityResponse {
         decision_id,
         request_id: e.request_id.clone(),
         policy: Some(convert::policy_reference(policy)),
         as_of_date: Some(convert::date(e.as_of)),
-        therapies: e
-            .therapies
-            .iter()
-            .map(|t| convert::eligibility(policy, policy.eligibility(facts, *t), e.full))
-            .collect(),
+        therapies,
         derived: e.full.then(|| convert::derived(facts)),
+        sources,
+        statements,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::citations::Citations;
 use super::record::{self, Pending, RecordedAnswer, unavailable};
 use super::request::decision_id;
 use super::{AppState, Evaluation, convert};
@@ -117,16 +118,21 @@ pub fn answer(
     e: &Evaluation,
     decision_id: String,
 ) -> pb::ClassifyFundingResponse {
+    let mut cites = Citations::new(policy, e.inline_citations);
+    let therapies = e
+        .therapies
+        .iter()
+        .map(|t| convert::funding(policy, policy.funding(facts, *t), e.full, &mut cites))
+        .collect();
+    let (sources, statements) = cites.into_tables(policy);
     pb::ClassifyFundingResponse {
         decision_id,
         request_id: e.request_id.clone(),
         policy: Some(convert::policy_reference(policy)),
         as_of_date: Some(convert::date(e.as_of)),
-        therapies: e
-            .therapies
-            .iter()
-            .map(|t| convert::funding(policy, policy.funding(facts, *t), e.full))
-            .collect(),
+        therapies,
+        sources,
+        statements,
     }
 }
 

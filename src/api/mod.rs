@@ -1,6 +1,7 @@
 //! gRPC adapters: decode and validate the request, call the engine, encode the answer.
 //! `tonic::Status` is built only here; no clinical logic lives here.
 
+mod citations;
 #[cfg(test)]
 mod clinical_cases;
 pub mod convert;

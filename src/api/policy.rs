@@ -58,6 +58,7 @@ fn describe(
                         .iter()
                         .map(|&c| {
                             let c = &policy.criteria[c];
+                            #[allow(deprecated)] // `parameters`, kept beside parameter_values.
                             pb::CriterionDefinition {
                                 criterion_id: c.id.clone(),
                                 description: c.description.clone(),
@@ -68,6 +69,8 @@ fn describe(
                                 severity: c
                                     .severity
                                     .map_or(0, |s: Severity| convert::severity(s) as i32),
+                                parameter_values: (!c.parameter_table.is_empty())
+                                    .then(|| structured(&c.parameter_table)),
                             }
                         })
                         .collect(),
@@ -114,4 +117,32 @@ fn describe(
             example_case_count: i32::try_from(policy.cases.len()).unwrap_or(i32::MAX),
         }))
     }
+}
+
+/// A policy file's parameter table as google.protobuf.Struct: numbers, text, yes/no, lists
+/// and tables as they are; a date or time as its TOML text.
+fn structured(table: &toml::Table) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: table
+            .iter()
+            .map(|(name, value)| (name.clone(), value_of(value)))
+            .collect(),
+    }
+}
+
+fn value_of(value: &toml::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        toml::Value::String(s) => Kind::StringValue(s.clone()),
+        // Policy integers are thresholds and counts, far inside f64's exact range.
+        toml::Value::Integer(i) => Kind::NumberValue(*i as f64),
+        toml::Value::Float(f) => Kind::NumberValue(*f),
+        toml::Value::Boolean(b) => Kind::BoolValue(*b),
+        toml::Value::Datetime(d) => Kind::StringValue(d.to_string()),
+        toml::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(value_of).collect(),
+        }),
+        toml::Value::Table(t) => Kind::StructValue(structured(t)),
+    };
+    prost_types::Value { kind: Some(kind) }
 }

@@ -382,6 +382,7 @@ pub trait EvaluationRequest: Message + Clone + Sized {
         &[i32],
         Option<&crate::google::r#type::Date>,
         i32,
+        i32,
     );
     fn patient_mut(&mut self) -> Option<&mut pb::PatientProfile>;
     /// As a decision record holds it.
@@ -393,7 +394,7 @@ pub trait EvaluationRequest: Message + Clone + Sized {
         state: &AppState,
         as_of: Option<&crate::google::r#type::Date>,
     ) -> Result<Evaluation, Status> {
-        let (request_id, patient, therapies, own_as_of, view) = self.parts();
+        let (request_id, patient, therapies, own_as_of, view, citations) = self.parts();
         read_evaluation(
             &state.pseudonymiser,
             request_id,
@@ -401,6 +402,7 @@ pub trait EvaluationRequest: Message + Clone + Sized {
             therapies,
             as_of.or(own_as_of),
             view,
+            citations,
         )
     }
 }
@@ -417,6 +419,7 @@ macro_rules! evaluation_request {
                 &[i32],
                 Option<&crate::google::r#type::Date>,
                 i32,
+                i32,
             ) {
                 let $r = self;
                 (
@@ -425,6 +428,7 @@ macro_rules! evaluation_request {
                     &self.therapies,
                     self.as_of_date.as_ref(),
                     self.view,
+                    self.citations,
                 )
             }
             fn patient_mut(&mut self) -> Option<&mut pb::PatientProfile> {

@@ -115,6 +115,9 @@ pub struct Evaluation {
     pub therapies: Vec<Therapy>,
     pub as_of: NaiveDate,
     pub full: bool,
+    /// Whether a FULL answer gives each item its full citation (CITATION_STYLE_INLINE,
+    /// deprecated) rather than citing each source once (SHARED).
+    pub inline_citations: bool,
     /// The patient's pseudonym, when identifiers were given.
     pub pseudonym: Option<String>,
 }
@@ -138,6 +141,7 @@ pub fn read_evaluation(
     therapies: &[i32],
     as_of: Option<&ProtoDate>,
     view: i32,
+    citations: i32,
 ) -> Result<Evaluation, Status> {
     let today = today();
     let mut r = Reader::default();
@@ -167,6 +171,13 @@ pub fn read_evaluation(
         Some(ViewChoice::Basic) => false,
         Some(ViewChoice::Full) | None => true,
     };
+    if pb::CitationStyle::try_from(citations).is_err() {
+        r.violation(
+            "citations",
+            format!("{citations} is not a CitationStyle (0 to 2)"),
+        );
+    }
+    let inline_citations = super::citations::asks_inline(citations);
     let pseudonym = patient
         .and_then(|p| p.identifiers.as_ref())
         .and_then(|ids| {
@@ -202,6 +213,7 @@ pub fn read_evaluation(
         therapies,
         as_of,
         full,
+        inline_citations,
         pseudonym,
     })
 }

@@ -4,7 +4,7 @@
 
 use chrono::NaiveDate;
 
-use super::finding::{Detail, Finding, NOT_IN_POLICY, Outcome, Text};
+use super::finding::{Detail, Finding, NOT_IN_POLICY, Outcome, Quantity, Shown, Text};
 use super::grading::{DIFFERENTIATION, GradeAssessment, WHO_GRADE};
 use crate::domain::{
     ChildPugh, Differentiation, Extent, ExtrahepaticSite, FunctionalSyndrome, MibgInterferingDrug,
@@ -57,14 +57,31 @@ impl Facts<'_> {
     }
 }
 
+/// How a value is compared with a check's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    LessThan,
+    AtMost,
+    GreaterThan,
+    AtLeast,
+}
+
 /// A numeric patient input a threshold check may name in the policy file.
 pub(crate) struct NumericInput {
     pub path: &'static str,
+    /// The unit as a clinician writes it ("x10^9/L").
     pub unit: &'static str,
+    /// The unit as a UCUM code ("10*9/L"), for the value's quantity.
+    pub ucum: &'static str,
     read: fn(&Patient) -> Option<f64>,
 }
 
 impl NumericInput {
+    /// A value of this input as a check shows it: text with unit, and its quantity.
+    pub fn shown(&self, d: Detail, value: f64) -> Shown {
+        Shown::measured(d, value, self.unit, self.ucum)
+    }
+
     /// The measure's name as a clinician says it: the field name without units.
     pub fn measure(&self) -> &'static str {
         match self.path {
@@ -88,10 +105,11 @@ pub(crate) struct DateInput {
 }
 
 macro_rules! numeric {
-    ($path:literal, $unit:literal, |$p:ident| $e:expr) => {
+    ($path:literal, $unit:literal, $ucum:literal, |$p:ident| $e:expr) => {
         NumericInput {
             path: concat!("patient.", $path),
             unit: $unit,
+            ucum: $ucum,
             read: |$p| $e,
         }
     };
@@ -122,72 +140,89 @@ impl RecordedInput {
 
 /// Every numeric input a policy may threshold.
 pub(crate) static NUMERIC_INPUTS: &[NumericInput] = &[
-    numeric!("tumour.ki67_percent", "%", |p| p.tumour.ki67_percent),
-    numeric!("tumour.mitoses_per_2mm2", "per 2 mm²", |p| p
-        .tumour
-        .mitoses_per_2mm2),
-    numeric!("tumour.primary_tumour_size_mm", "mm", |p| p
+    numeric!("tumour.ki67_percent", "%", "%", |p| p.tumour.ki67_percent),
+    numeric!(
+        "tumour.mitoses_per_2mm2",
+        "per 2 mm²",
+        "{mitoses}/(2.mm2)",
+        |p| p.tumour.mitoses_per_2mm2
+    ),
+    numeric!("tumour.primary_tumour_size_mm", "mm", "mm", |p| p
         .tumour
         .primary_tumour_size_mm),
-    numeric!("extent.liver_burden_percent", "%", |p| p
+    numeric!("extent.liver_burden_percent", "%", "%", |p| p
         .extent
         .liver_burden_percent),
-    numeric!("extent.estimated_debulkable_percent", "%", |p| p
+    numeric!("extent.estimated_debulkable_percent", "%", "%", |p| p
         .extent
         .estimated_debulkable_percent),
-    numeric!("imaging.krenning_score", "", |p| p
+    numeric!("imaging.krenning_score", "", "{score}", |p| p
         .imaging
         .krenning_score
         .map(f64::from)),
-    numeric!("imaging.mibg_uptake_score", "", |p| p
+    numeric!("imaging.mibg_uptake_score", "", "{score}", |p| p
         .imaging
         .mibg_uptake_score
         .map(f64::from)),
-    numeric!("fitness.ecog_performance_status", "", |p| p
+    numeric!("fitness.ecog_performance_status", "", "{score}", |p| p
         .fitness
         .ecog_performance_status
         .map(f64::from)),
-    numeric!("fitness.karnofsky_performance_status", "", |p| p
+    numeric!("fitness.karnofsky_performance_status", "", "%", |p| p
         .fitness
         .karnofsky_performance_status
         .map(f64::from)),
-    numeric!("fitness.life_expectancy_months", "months", |p| p
+    numeric!("fitness.life_expectancy_months", "months", "mo", |p| p
         .fitness
         .life_expectancy_months
         .map(f64::from)),
-    numeric!("fitness.prior_marrow_radiotherapy_percent", "%", |p| p
+    numeric!("fitness.prior_marrow_radiotherapy_percent", "%", "%", |p| p
         .fitness
         .prior_marrow_radiotherapy_percent),
-    numeric!("fitness.lvef_percent", "%", |p| p.fitness.lvef_percent),
-    numeric!("labs.haemoglobin_g_per_l", "g/L", |p| p
+    numeric!("fitness.lvef_percent", "%", "%", |p| p.fitness.lvef_percent),
+    numeric!("labs.haemoglobin_g_per_l", "g/L", "g/L", |p| p
         .labs
         .haemoglobin_g_per_l),
-    numeric!("labs.platelets_10e9_per_l", "x10^9/L", |p| p
+    numeric!("labs.platelets_10e9_per_l", "x10^9/L", "10*9/L", |p| p
         .labs
         .platelets_10e9_per_l),
-    numeric!("labs.white_cell_count_10e9_per_l", "x10^9/L", |p| p
-        .labs
-        .white_cell_count_10e9_per_l),
-    numeric!("labs.neutrophils_10e9_per_l", "x10^9/L", |p| p
+    numeric!(
+        "labs.white_cell_count_10e9_per_l",
+        "x10^9/L",
+        "10*9/L",
+        |p| p.labs.white_cell_count_10e9_per_l
+    ),
+    numeric!("labs.neutrophils_10e9_per_l", "x10^9/L", "10*9/L", |p| p
         .labs
         .neutrophils_10e9_per_l),
-    numeric!("labs.creatinine_umol_per_l", "µmol/L", |p| p
+    numeric!("labs.creatinine_umol_per_l", "µmol/L", "umol/L", |p| p
         .labs
         .creatinine_umol_per_l),
-    numeric!("labs.creatinine_clearance_ml_per_min", "mL/min", |p| p
-        .labs
-        .creatinine_clearance_ml_per_min),
-    numeric!("labs.egfr_ml_per_min_per_1_73m2", "mL/min/1.73 m²", |p| p
-        .labs
-        .egfr_ml_per_min_per_1_73m2),
-    numeric!("labs.bilirubin_umol_per_l", "µmol/L", |p| p
+    numeric!(
+        "labs.creatinine_clearance_ml_per_min",
+        "mL/min",
+        "mL/min",
+        |p| p.labs.creatinine_clearance_ml_per_min
+    ),
+    numeric!(
+        "labs.egfr_ml_per_min_per_1_73m2",
+        "mL/min/1.73 m²",
+        "mL/min/{1.73_m2}",
+        |p| p.labs.egfr_ml_per_min_per_1_73m2
+    ),
+    numeric!("labs.bilirubin_umol_per_l", "µmol/L", "umol/L", |p| p
         .labs
         .bilirubin_umol_per_l),
-    numeric!("labs.bilirubin_upper_limit_umol_per_l", "µmol/L", |p| p
+    numeric!(
+        "labs.bilirubin_upper_limit_umol_per_l",
+        "µmol/L",
+        "umol/L",
+        |p| p.labs.bilirubin_upper_limit_umol_per_l
+    ),
+    numeric!("labs.albumin_g_per_l", "g/L", "g/L", |p| p
         .labs
-        .bilirubin_upper_limit_umol_per_l),
-    numeric!("labs.albumin_g_per_l", "g/L", |p| p.labs.albumin_g_per_l),
-    numeric!("labs.inr", "", |p| p.labs.inr),
+        .albumin_g_per_l),
+    numeric!("labs.inr", "", "{INR}", |p| p.labs.inr),
 ];
 
 /// A yes/no or dated input: `input!(BooleanInput, "imaging.mibg_positive", |p| …)`.
@@ -459,6 +494,45 @@ impl Check {
         }
     }
 
+    /// The limit a threshold check compares a value with, for programs: the comparison and
+    /// the number in UCUM units (`threshold_text` says the same for people).
+    pub fn limit(&self) -> Option<(Comparison, Quantity)> {
+        let quantity = |value: f64, unit: &'static str| Quantity { value, unit };
+        let at_least = |yes: bool| {
+            if yes {
+                Comparison::AtLeast
+            } else {
+                Comparison::LessThan
+            }
+        };
+        Some(match self {
+            Check::ValueBelow {
+                input, threshold, ..
+            } => (Comparison::LessThan, quantity(*threshold, input.ucum)),
+            Check::ValueAbove { input, threshold } => {
+                (Comparison::GreaterThan, quantity(*threshold, input.ucum))
+            }
+            Check::ValueAboveMultipleOf { multiple, .. } => {
+                (Comparison::GreaterThan, quantity(*multiple, "{ULN}"))
+            }
+            Check::OlderThanDays { days, .. } => {
+                // Days in a policy file are a handful of digits: exact as an f64.
+                (Comparison::GreaterThan, quantity(*days as f64, "d"))
+            }
+            Check::Krenning { score, at_least: a } => {
+                (at_least(*a), quantity(f64::from(*score), "{score}"))
+            }
+            Check::Age { years, at_least: a } => (at_least(*a), quantity(f64::from(*years), "a")),
+            Check::ValueAtMost { input, limit } => {
+                (Comparison::AtMost, quantity(*limit, input.ucum))
+            }
+            Check::ValueAtLeast { input, limit } => {
+                (Comparison::AtLeast, quantity(*limit, input.ucum))
+            }
+            _ => return None,
+        })
+    }
+
     /// Evaluates the check on the facts, saying as much as `detail` asks; `member` evaluates
     /// another criterion of the policy at the same detail (for composites).
     pub fn evaluate<'f>(
@@ -480,7 +554,7 @@ impl Check {
                         v <= *limit,
                         why!(detail, "{v} {} against ≤ {limit}", input.unit),
                     )
-                    .value(input.path, with_unit(detail, v, input.unit)),
+                    .value(input.path, input.shown(detail, v)),
                 None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
             Check::ValueAtLeast { input, limit } => match (input.read)(p) {
@@ -489,7 +563,7 @@ impl Check {
                         v >= *limit,
                         why!(detail, "{v} {} against ≥ {limit}", input.unit),
                     )
-                    .value(input.path, with_unit(detail, v, input.unit)),
+                    .value(input.path, input.shown(detail, v)),
                 None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
             Check::ExtentIn { extents } => match p.extent.extent {
@@ -565,7 +639,7 @@ impl Check {
             Check::Recorded { input } => match (input.read)(p) {
                 Some(v) => detail
                     .decided(true, with_unit(detail, v, input.unit))
-                    .value(input.path, with_unit(detail, v, input.unit)),
+                    .value(input.path, input.shown(detail, v)),
                 None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
             Check::PregnantOrBreastfeeding => pregnant_or_breastfeeding(detail, p),
@@ -584,7 +658,7 @@ impl Check {
                         v > *threshold,
                         why!(detail, "{v} {} against > {threshold}", input.unit),
                     )
-                    .value(input.path, with_unit(detail, v, input.unit)),
+                    .value(input.path, input.shown(detail, v)),
                 None => detail.unknown(std::slice::from_ref(&input.path), "not recorded"),
             },
             Check::ValueAboveMultipleOf { input, reference, multiple, } => value_above_multiple_of(detail, p, input, reference, multiple),
@@ -792,7 +866,10 @@ fn krenning(detail: Detail, p: &Patient, score: &i32, at_least: &bool) -> Findin
                                     if *at_least { "needs ≥" } else { "below" }
                                 ),
                             )
-                            .value(KRENNING, why!(detail, "{k}"))
+                            .value(
+                                KRENNING,
+                                Shown::measured(detail, f64::from(k), "", "{score}"),
+                            )
                     }
                     // Reference §16.1: "positive" is uptake at least as high as normal liver,
                     // Krenning 2, so a read without a score settles thresholds at 2 only.
@@ -959,20 +1036,23 @@ fn value_below(
                         )
                         .value(
                             i.path,
-                            why!(
-                                detail,
-                                "{v} {} ({}, not {})",
-                                i.unit,
-                                i.measure(),
-                                input.measure()
-                            ),
+                            Shown {
+                                text: why!(
+                                    detail,
+                                    "{v} {} ({}, not {})",
+                                    i.unit,
+                                    i.measure(),
+                                    input.measure()
+                                ),
+                                quantity: i.shown(detail, v).quantity,
+                            },
                         ),
                     Some((i, v)) => detail
                         .decided(
                             v < *threshold,
                             why!(detail, "{v} {} against < {threshold}", i.unit),
                         )
-                        .value(i.path, with_unit(detail, v, i.unit)),
+                        .value(i.path, i.shown(detail, v)),
                     None => {
                         let mut paths = vec![input.path];
                         paths.extend(fallback.map(|i| i.path));
@@ -1000,8 +1080,8 @@ fn value_above_multiple_of(
                     multiple * r
                 ),
             )
-            .value(input.path, with_unit(detail, v, input.unit))
-            .value(reference.path, with_unit(detail, r, reference.unit)),
+            .value(input.path, input.shown(detail, v))
+            .value(reference.path, reference.shown(detail, r)),
         (v, r) => {
             let missing: Vec<&str> = [(v.is_none(), input.path), (r.is_none(), reference.path)]
                 .into_iter()
@@ -1166,6 +1246,31 @@ fn pregnant_or_breastfeeding(detail: Detail, p: &Patient) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// H-41: a value's number is in the unit its words say. Each input's UCUM code is the
+    /// translation of its written unit; a unitless score or ratio is a UCUM annotation.
+    #[test]
+    fn every_numeric_input_has_a_ucum_unit_that_matches_its_words() {
+        let ucum_for = |input: &NumericInput| match (input.unit, input.path) {
+            ("%", _) => "%",
+            ("per 2 mm²", _) => super::super::grading::MITOSES_UCUM,
+            ("mm", _) => "mm",
+            ("months", _) => "mo",
+            ("g/L", _) => "g/L",
+            ("x10^9/L", _) => "10*9/L",
+            ("µmol/L", _) => "umol/L",
+            ("mL/min", _) => "mL/min",
+            ("mL/min/1.73 m²", _) => "mL/min/{1.73_m2}",
+            // Karnofsky's scale is a percentage of normal activity, written without its sign.
+            ("", "patient.fitness.karnofsky_performance_status") => "%",
+            ("", "patient.labs.inr") => "{INR}",
+            ("", _) => "{score}",
+            (unit, path) => panic!("{path}: no UCUM code for '{unit}'"),
+        };
+        for input in NUMERIC_INPUTS {
+            assert_eq!(input.ucum, ucum_for(input), "{}", input.path);
+        }
+    }
     use crate::engine::Policy;
 
     /// What `check` finds for `patient` on 1 January 2026, explained.
@@ -1198,10 +1303,14 @@ mod tests {
                 found.outcome, outcome,
                 "Krenning {recorded} against {score} (at least: {at_least})"
             );
-            assert_eq!(
-                found.values,
-                vec![(KRENNING, Text::from(recorded.to_string()))]
-            );
+            let shown = Shown {
+                text: recorded.to_string().into(),
+                quantity: Some(Quantity {
+                    value: f64::from(recorded),
+                    unit: "{score}",
+                }),
+            };
+            assert_eq!(found.values, vec![(KRENNING, shown)]);
         }
     }
 
@@ -1279,8 +1388,19 @@ mod tests {
         assert_eq!(found.outcome, Outcome::Met);
         assert_eq!(found.values[0].0, "patient.labs.egfr_ml_per_min_per_1_73m2");
         assert!(
-            found.values[0].1.contains("eGFR, not creatinine clearance"),
+            found.values[0]
+                .1
+                .text
+                .contains("eGFR, not creatinine clearance"),
             "{found:?}"
+        );
+        // The number keeps the fallback's own unit: it is an eGFR, not a clearance.
+        assert_eq!(
+            found.values[0].1.quantity,
+            Some(Quantity {
+                value: 40.0,
+                unit: "mL/min/{1.73_m2}"
+            })
         );
         patient.labs.creatinine_clearance_ml_per_min = Some(60.0);
         let found = finding(&check, &patient);

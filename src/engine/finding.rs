@@ -25,12 +25,59 @@ impl Outcome {
 /// Text in an answer: the policy's own words are borrowed, anything formatted is owned.
 pub(crate) type Text = std::borrow::Cow<'static, str>;
 
+/// A number with its unit as a UCUM code (https://ucum.org), for programs; the value's text
+/// says it for people.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantity {
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+/// A patient value as a check used it: its text with its unit, and the number when it is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shown {
+    pub text: Text,
+    pub quantity: Option<Quantity>,
+}
+
+impl Shown {
+    /// A measured number: "{value} {unit}" and the quantity in UCUM, when explaining; nothing
+    /// otherwise (BASIC answers show no values).
+    pub(crate) fn measured(d: Detail, value: f64, unit: &'static str, ucum: &'static str) -> Self {
+        Shown {
+            text: d.text(|| format!("{value} {unit}").trim_end().to_string()),
+            quantity: d.explains().then_some(Quantity { value, unit: ucum }),
+        }
+    }
+}
+
+impl From<Text> for Shown {
+    fn from(text: Text) -> Self {
+        Shown {
+            text,
+            quantity: None,
+        }
+    }
+}
+
+impl From<&'static str> for Shown {
+    fn from(text: &'static str) -> Self {
+        Text::Borrowed(text).into()
+    }
+}
+
+impl From<String> for Shown {
+    fn from(text: String) -> Self {
+        Text::Owned(text).into()
+    }
+}
+
 /// What one check found.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Finding {
     pub outcome: Outcome,
     /// (field path, value with unit); explained findings only.
-    pub values: Vec<(&'static str, Text)>,
+    pub values: Vec<(&'static str, Shown)>,
     /// Field paths that would settle an UNKNOWN: most checks name a fixed list, borrowed
     /// rather than copied into an allocation for each finding.
     pub missing: Cow<'static, [&'static str]>,
@@ -107,7 +154,7 @@ impl Detail {
 }
 
 impl Finding {
-    pub(super) fn value(mut self, field: &'static str, value: impl Into<Text>) -> Self {
+    pub(super) fn value(mut self, field: &'static str, value: impl Into<Shown>) -> Self {
         if self.explained {
             self.values.push((field, value.into()));
         }

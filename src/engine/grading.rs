@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::finding::{Detail, Text};
+use super::finding::{Detail, Shown};
 use crate::domain::{Differentiation, GradingSystem, LungClassification, Patient, WhoGrade};
 
 /// Grade cut-offs, read from the policy file so a future WHO edition is a policy change.
@@ -39,7 +39,7 @@ pub(crate) struct GradeAssessment {
     pub basis: String,
     /// Patient values used: (field path, value). A measured value's text is empty unless
     /// asked to explain; which values were used is the same either way (criteria count them).
-    pub values: Vec<(&'static str, Text)>,
+    pub values: Vec<(&'static str, Shown)>,
     /// Inputs that would settle the grade when it is unknown.
     pub missing: Vec<&'static str>,
     /// Set when the stated grade disagrees with the measured values.
@@ -75,6 +75,8 @@ impl Reasons {
 
 const KI67: &str = "patient.tumour.ki67_percent";
 const MITOSES: &str = "patient.tumour.mitoses_per_2mm2";
+/// Mitoses per 2 mm² in UCUM: an annotated count per twice a square millimetre.
+pub(crate) const MITOSES_UCUM: &str = "{mitoses}/(2.mm2)";
 pub(super) const WHO_GRADE: &str = "patient.tumour.who_grade";
 const LUNG_CLASS: &str = "patient.tumour.lung_classification";
 const NECROSIS: &str = "patient.tumour.necrosis";
@@ -120,14 +122,16 @@ impl GradingParameters {
             let by_ki67 = t.ki67_percent.map(|k| {
                 let g = self.grade_by(k, self.ki67_g2_from_percent, self.ki67_g3_above_percent);
                 a.values
-                    .push((KI67, reasons.detail.text(|| format!("{k} %"))));
+                    .push((KI67, Shown::measured(reasons.detail, k, "%", "%")));
                 reasons.add(|| format!("Ki-67 {k} % gives {g}"));
                 g
             });
             let by_mitoses = t.mitoses_per_2mm2.map(|m| {
                 let g = self.grade_by(m, self.mitoses_g2_from, self.mitoses_g3_above);
-                a.values
-                    .push((MITOSES, reasons.detail.text(|| format!("{m} per 2 mm²"))));
+                a.values.push((
+                    MITOSES,
+                    Shown::measured(reasons.detail, m, "per 2 mm²", MITOSES_UCUM),
+                ));
                 reasons.add(|| format!("mitoses {m} per 2 mm² give {g}"));
                 g
             });
@@ -338,7 +342,7 @@ impl GradingParameters {
         let mitoses = t.mitoses_per_2mm2?;
         a.values.push((
             MITOSES,
-            reasons.detail.text(|| format!("{mitoses} per 2 mm²")),
+            Shown::measured(reasons.detail, mitoses, "per 2 mm²", MITOSES_UCUM),
         ));
         if let Some(n) = t.necrosis {
             a.values

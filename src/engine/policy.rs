@@ -243,7 +243,10 @@ pub struct Criterion {
     pub description: String,
     pub(crate) role: Role,
     pub check_name: String,
+    /// The check's parameters as the policy file writes them (a TOML inline table).
     pub parameters: String,
+    /// The same parameters as values.
+    pub parameter_table: toml::Table,
     pub(crate) check: Check,
     pub source: usize,
     pub(crate) severity: Option<Severity>,
@@ -1171,7 +1174,7 @@ fn compile_criteria(
         let parameters = if c.params.is_empty() {
             String::new()
         } else {
-            toml::Value::Table(c.params).to_string()
+            toml::Value::Table(c.params.clone()).to_string()
         };
         criteria.push(Criterion {
             id: c.id,
@@ -1179,6 +1182,7 @@ fn compile_criteria(
             role: c.role,
             check_name: c.check,
             parameters,
+            parameter_table: c.params,
             check,
             source,
             severity: c.severity,

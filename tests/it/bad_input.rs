@@ -64,6 +64,14 @@ async fn krenning_score_above_4_is_refused() {
 }
 
 #[tokio::test]
+async fn a_citation_style_the_contract_lacks_is_refused() {
+    let s = server().await;
+    let mut asked = request(ta539_small_bowel());
+    asked.citations = 7;
+    assert_eq!(violations(&s, asked).await, vec!["citations"]);
+}
+
+#[tokio::test]
 async fn negative_laboratory_values_are_refused() {
     let s = server().await;
     let patient = ta539_small_bowel().labs(|l| {

@@ -504,3 +504,82 @@ async fn when_the_decision_log_cannot_be_written_no_decision_is_returned() {
         .expect_err("no unrecorded decision");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
+
+/// GetDecision, a retry and ListDecisions return exactly the bytes the caller received, in
+/// each citation style; a shared answer's record is under half an inline one's.
+#[tokio::test]
+async fn the_record_returns_the_answer_as_received_in_every_citation_style() {
+    use prost::Message;
+    let s = server().await;
+    let styles = [
+        ("unset", pb::CitationStyle::Unspecified, true),
+        ("inline", pb::CitationStyle::Inline, true),
+        ("shared", pb::CitationStyle::Shared, false),
+    ];
+    let mut kept_sizes = Vec::new();
+    for (n, (name, style, inline)) in styles.into_iter().enumerate() {
+        let request = pb::EvaluateEligibilityRequest {
+            request_id: format!("5e0b7c1a-2d3f-4a5b-8c6d-7e8f9a0b1c{n:02}"),
+            patient: Some(Box::new(identified(
+                ta539_small_bowel().england(),
+                NHS_NUMBER,
+            ))),
+            citations: style as i32,
+            ..Default::default()
+        };
+        let answered = s
+            .client
+            .evaluate_eligibility(request.clone())
+            .await
+            .expect("answered");
+        assert_eq!(answered.therapies.len(), 14, "{name}: every therapy");
+        assert_eq!(answered.sources.is_empty(), inline, "{name}");
+        let stored = s
+            .client
+            .get_decision(pb::GetDecisionRequest {
+                decision_id: answered.decision_id.clone(),
+            })
+            .await
+            .expect("stored")
+            .decision
+            .expect("record");
+        let Some(pb::decision_record::Response::EligibilityResponse(returned)) = stored.response
+        else {
+            panic!("{name}: an eligibility record");
+        };
+        assert_eq!(
+            returned.encode_to_vec(),
+            answered.encode_to_vec(),
+            "{name}: GetDecision returns the bytes the caller received"
+        );
+        let retried = s.client.evaluate_eligibility(request).await.expect("retry");
+        assert_eq!(retried, answered, "{name}: a retry gets the same answer");
+        let kept = s
+            .store
+            .decision(&answered.decision_id)
+            .await
+            .expect("store")
+            .expect("kept");
+        kept_sizes.push(kept.record.len());
+    }
+    assert!(
+        kept_sizes[2] * 2 < kept_sizes[1],
+        "a shared record is under half an inline one: {kept_sizes:?}"
+    );
+    let listed = all_decisions(&s).await;
+    assert_eq!(listed.len(), 3);
+    for record in listed {
+        let Some(pb::decision_record::Response::EligibilityResponse(answer)) = record.response
+        else {
+            panic!("an eligibility record");
+        };
+        let Some(pb::decision_record::Request::EligibilityRequest(request)) = record.request else {
+            panic!("an eligibility request");
+        };
+        assert_eq!(
+            answer.sources.is_empty(),
+            request.citations != pb::CitationStyle::Shared as i32,
+            "ListDecisions gives each answer in its request's style"
+        );
+    }
+}

@@ -15,6 +15,7 @@ fn today() -> net_pathway::google::r#type::Date {
 // ---- TA539 route (NICE TA539 1.1) ----
 
 #[tokio::test]
+#[allow(deprecated)] // Reads the route's inline source, the default form.
 async fn progressive_g2_sstr_positive_metastatic_small_bowel_net_in_england_is_funded_under_ta539()
 {
     // NICE TA539 1.1: unresectable or metastatic, progressive, well-differentiated G1/G2,
@@ -100,6 +101,7 @@ async fn before_ta539_was_published_an_english_patient_needed_an_ifr() {
 // ---- Non-GEP NETs and retreatment: the audit registry (service page) ----
 
 #[tokio::test]
+#[allow(deprecated)] // Reads the route's inline source, the default form.
 async fn bronchial_net_is_in_the_audit_registry_closed_to_new_patients_via_the_royal_free_mdt() {
     // Service page: non-GEP NETs (bronchial...) only within a prospective audit and registry,
     // further inclusion on hold, decisions via the Royal Free NET MDT.
@@ -609,7 +611,54 @@ async fn an_egfr_standing_in_for_creatinine_clearance_says_so() {
     assert_eq!(flag.value, "45 mL/min");
 }
 
+/// Typed values: a program reads a value and its limit as numbers with UCUM units, not text.
+/// The TA539 patient with platelets of 60 x10^9/L: the withhold flag (limit < 75, the policy's
+/// parameter from the SmPC, flagged to verify) carries 60 "10*9/L" against LESS_THAN 75
+/// "10*9/L", and the grade criterion reads Ki-67 8 "%".
 #[tokio::test]
+async fn values_and_limits_come_as_numbers_with_ucum_units() {
+    let s = server().await;
+    let patient = ta539_small_bowel()
+        .england()
+        .labs(|l| l.platelets_10e9_per_l = Some(60.0));
+    let e = s.eligibility_on(&patient, LU177, today()).await;
+    let flag = e
+        .safety_flags
+        .iter()
+        .find(|f| f.flag_id == "radionuclide-platelets")
+        .expect("platelet flag");
+    let quantity = |value: f64, unit: &str| pb::Quantity {
+        value,
+        unit: unit.into(),
+    };
+    assert_eq!(flag.value, "60 x10^9/L", "the text stays for people");
+    assert_eq!(flag.measured, Some(quantity(60.0, "10*9/L")));
+    assert_eq!(
+        flag.limit,
+        Some(pb::Limit {
+            comparison: pb::Comparison::LessThan as i32,
+            quantity: Some(quantity(75.0, "10*9/L")),
+        })
+    );
+    let ki67 = e
+        .criteria
+        .iter()
+        .flat_map(|c| &c.values_used)
+        .find(|v| v.field == "patient.tumour.ki67_percent")
+        .expect("Ki-67 used");
+    assert_eq!(ki67.value, "8 %");
+    assert_eq!(ki67.quantity, Some(quantity(8.0, "%")));
+    // A value that is not a number has no quantity.
+    let nation = e
+        .criteria
+        .iter()
+        .flat_map(|c| &c.values_used)
+        .find(|v| v.field == "patient.demographics.nation");
+    assert!(nation.is_none_or(|v| v.quantity.is_none()), "{nation:?}");
+}
+
+#[tokio::test]
+#[allow(deprecated)] // Reads the flags' inline sources, the default form.
 async fn low_blood_counts_raise_withhold_flags() {
     let s = server().await;
     let patient = ta539_small_bowel().england().male().labs(|l| {
@@ -882,21 +931,30 @@ async fn a_basic_answer_gives_the_full_ones_status_and_leaves_why_to_full() {
     );
 }
 
+/// Position 3 and 11: eligibility follows the licence, and cites it. A shared answer cites each
+/// source once and each criterion's statement once; the inline form (deprecated) carries the
+/// same words on every criterion.
 #[tokio::test]
+#[allow(deprecated)] // Compares the inline form with the shared one.
 async fn every_criterion_cites_its_source_and_the_answer_names_the_policy() {
     let s = server().await;
+    let ask = |request_id: &str, citations: pb::CitationStyle| pb::EvaluateEligibilityRequest {
+        request_id: request_id.into(),
+        patient: Some(Box::new(ta539_small_bowel().england().profile())),
+        therapies: vec![LU177 as i32],
+        citations: citations as i32,
+        ..Default::default()
+    };
     let response = s
         .client
-        .evaluate_eligibility(pb::EvaluateEligibilityRequest {
-            request_id: "0b0e1c4e-5f5a-4d8e-9d3c-2f1e6a7b8c9d".into(),
-            patient: Some(Box::new(ta539_small_bowel().england().profile())),
-            therapies: vec![LU177 as i32],
-            ..Default::default()
-        })
+        .evaluate_eligibility(ask(
+            "0b0e1c4e-5f5a-4d8e-9d3c-2f1e6a7b8c9d",
+            pb::CitationStyle::Shared,
+        ))
         .await
         .expect("evaluate");
     assert_eq!(response.request_id, "0b0e1c4e-5f5a-4d8e-9d3c-2f1e6a7b8c9d");
-    let policy = response.policy.expect("policy reference");
+    let policy = response.policy.as_ref().expect("policy reference");
     assert_eq!(
         policy.version,
         net_pathway::engine::Policy::bundled()
@@ -904,29 +962,66 @@ async fn every_criterion_cites_its_source_and_the_answer_names_the_policy() {
             .version
     );
     assert!(policy.content_hash.starts_with("sha256:") && policy.content_hash.len() == 7 + 64);
-    let adult = response.therapies[0]
-        .criteria
-        .iter()
-        .find(|c| c.criterion_id == "lutathera-adult")
-        .expect("adult criterion");
-    // Position 3 and 11: eligibility follows the licence, and cites it.
-    let source = adult.source.as_ref().expect("source");
+    let statement = |id: &str| {
+        response
+            .statements
+            .iter()
+            .find(|st| st.criterion_id == id)
+            .unwrap_or_else(|| panic!("no statement for {id}"))
+    };
+    let source = |id: &str| {
+        response
+            .sources
+            .iter()
+            .find(|so| so.id == id)
+            .unwrap_or_else(|| panic!("no source {id}"))
+    };
+    let adult = source(&statement("lutathera-adult").source_id);
     assert!(
-        source.document.starts_with("Lutathera"),
+        adult.document.starts_with("Lutathera"),
         "{}",
-        source.document
+        adult.document
     );
-    assert!(source.section.contains("4.1"), "{}", source.section);
+    assert!(adult.section.contains("4.1"), "{}", adult.section);
     assert_eq!(
-        source.url,
+        adult.url,
         "https://www.ema.europa.eu/en/medicines/human/EPAR/lutathera"
     );
-    assert!(
-        response.therapies[0]
-            .criteria
+    let criteria = &response.therapies[0].criteria;
+    for c in criteria {
+        assert!(c.description.is_empty() && c.source.is_none(), "{c:?}");
+        assert!(!statement(&c.criterion_id).description.is_empty());
+        source(&statement(&c.criterion_id).source_id);
+    }
+    let once =
+        |ids: Vec<&str>| ids.len() == ids.iter().collect::<std::collections::HashSet<_>>().len();
+    assert!(once(
+        response.sources.iter().map(|so| so.id.as_str()).collect()
+    ));
+    assert!(once(
+        response
+            .statements
             .iter()
-            .all(|c| c.source.is_some())
-    );
+            .map(|st| st.criterion_id.as_str())
+            .collect()
+    ));
+
+    let inline = s
+        .client
+        .evaluate_eligibility(ask(
+            "6f1d8a52-3c1b-4e0f-9a77-0d2b4c6e8f10",
+            pb::CitationStyle::Inline,
+        ))
+        .await
+        .expect("evaluate");
+    assert!(inline.sources.is_empty() && inline.statements.is_empty());
+    assert_eq!(inline.therapies[0].criteria.len(), criteria.len());
+    for (inlined, shared) in inline.therapies[0].criteria.iter().zip(criteria) {
+        let said = statement(&shared.criterion_id);
+        assert_eq!(inlined.criterion_id, shared.criterion_id);
+        assert_eq!(inlined.description, said.description);
+        assert_eq!(inlined.source.as_ref(), Some(source(&said.source_id)));
+    }
 }
 
 #[tokio::test]

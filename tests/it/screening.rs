@@ -14,6 +14,7 @@ fn screening(id: &str, patient: &Patient) -> pb::ScreenCohortRequest {
         therapies: vec![Therapy::PrrtLu177Dotatate as i32],
         as_of_date: Some(date(2026, 11, 1)),
         view: pb::EvaluationView::Basic as i32,
+        ..Default::default()
     }
 }
 

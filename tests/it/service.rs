@@ -95,6 +95,20 @@ async fn the_policy_service_describes_every_therapy_and_its_sources() {
         .expect("Lu-177");
     assert!(lu.decided);
     assert!(lu.criteria.iter().all(|c| c.source.is_some()));
+    // Parameters as structured values: the platelet limit is a number a program can read.
+    let platelets = lu
+        .criteria
+        .iter()
+        .find(|c| c.criterion_id == "radionuclide-platelets")
+        .and_then(|c| c.parameter_values.as_ref())
+        .expect("platelet parameters");
+    let field = |name: &str| platelets.fields.get(name).and_then(|v| v.kind.clone());
+    use prost_types::value::Kind;
+    assert_eq!(field("threshold"), Some(Kind::NumberValue(75.0)));
+    assert_eq!(
+        field("input"),
+        Some(Kind::StringValue("labs.platelets_10e9_per_l".into()))
+    );
     let ta539 = lu
         .routes
         .iter()

@@ -17,7 +17,7 @@ import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import { ERROR_DOMAIN, errorDetails, screenCohort, type ScreeningAnswer } from "../src/index.js";
-import { EvaluationView, Therapy } from "../src/gen/netpathway/v1/common_pb.js";
+import { CitationStyle, EvaluationView, Therapy } from "../src/gen/netpathway/v1/common_pb.js";
 import { DecisionLogService } from "../src/gen/netpathway/v1/decision_log_service_pb.js";
 import {
   EligibilityService,
@@ -107,6 +107,27 @@ describe("the TypeScript client against the server", () => {
     // A retry with the same requestId gets the recorded answer, not a second decision.
     const again = await eligibility.evaluateEligibility(request, { timeoutMs });
     assert.equal(again.decisionId, answer.decisionId);
+  });
+
+  it("a shared answer cites each source once and gives numbers as numbers", async () => {
+    const request = ta539Patient();
+    request.therapies = [];
+    request.citations = CitationStyle.SHARED;
+    const answer = await eligibility.evaluateEligibility(request, { timeoutMs });
+    const statements = new Map(answer.statements.map((s) => [s.criterionId, s]));
+    const sources = new Map(answer.sources.map((s) => [s.id, s]));
+    assert.equal(statements.size, answer.statements.length, "each statement once");
+    assert.equal(sources.size, answer.sources.length, "each source once");
+    for (const therapy of answer.therapies) {
+      for (const criterion of therapy.criteria) {
+        assert.ok(sources.has(statements.get(criterion.criterionId)?.sourceId ?? ""));
+      }
+    }
+    const ki67 = answer.therapies
+      .flatMap((t) => t.criteria)
+      .flatMap((c) => c.valuesUsed)
+      .find((v) => v.field === "patient.tumour.ki67_percent");
+    assert.deepEqual([ki67?.quantity?.value, ki67?.quantity?.unit], [8, "%"]);
   });
 
   it("Ki-67 of 140 % is refused with its field violation", async () => {

@@ -128,6 +128,28 @@ class AgainstTheServer(unittest.TestCase):
         again = self.eligibility.EvaluateEligibility(request, timeout=DEADLINE)
         self.assertEqual(again.decision_id, answer.decision_id)
 
+    def test_a_shared_answer_cites_each_source_once_and_gives_numbers_as_numbers(self) -> None:
+        request = ta539_patient()
+        del request.therapies[:]
+        request.citations = common_pb2.CITATION_STYLE_SHARED
+        answer = self.eligibility.EvaluateEligibility(request, timeout=DEADLINE)
+        statements = {s.criterion_id: s for s in answer.statements}
+        sources = {s.id: s for s in answer.sources}
+        self.assertEqual(len(statements), len(answer.statements), "each statement once")
+        self.assertEqual(len(sources), len(answer.sources), "each source once")
+        for therapy in answer.therapies:
+            for criterion in therapy.criteria:
+                self.assertIn(statements[criterion.criterion_id].source_id, sources)
+        ki67 = [
+            value
+            for therapy in answer.therapies
+            for criterion in therapy.criteria
+            for value in criterion.values_used
+            if value.field == "patient.tumour.ki67_percent"
+        ]
+        self.assertTrue(ki67)
+        self.assertEqual((ki67[0].quantity.value, ki67[0].quantity.unit), (8.0, "%"))
+
     def test_ki67_of_140_percent_is_refused_with_its_field_violation(self) -> None:
         with self.assertRaises(grpc.RpcError) as refused:
             self.eligibility.EvaluateEligibility(example("invalid-ki67.json"), timeout=DEADLINE)
